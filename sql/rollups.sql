@@ -1,0 +1,648 @@
+-- Sales rollups kept exact at commit by statement-level triggers (SPEC §2).
+--
+-- How it stays exact without blocking the POS:
+-- * Every rollup is stored as additive "parts": one row per key and per writing session
+--   (`shard` = backend id). A trigger adds its statement's net delta to its own session's
+--   rows, so concurrent sales never wait on, nor deadlock over, a rollup row. The public
+--   relations (`analytics.sales_daily`, ...) are views that sum the parts.
+-- * A repair never rewrites parts: `refresh_all`/`refresh_store` add the difference between
+--   the definition over the source tables and the current sums, both read in one snapshot,
+--   to shard 0, which no session writes. Transactions still in flight are in neither side
+--   of that difference and add their own deltas when they commit.
+-- * Each rollup is described once in `analytics.rollup_catalog`; the trigger body, `verify`
+--   and the repair are all generated from that description.
+
+-- Settings and bookkeeping ---------------------------------------------------------------
+
+CREATE TABLE analytics.store_settings (
+    store_id   uuid PRIMARY KEY,
+    timezone   text NOT NULL CONSTRAINT store_settings_timezone_valid
+                    CHECK (analytics.is_valid_timezone(timezone)),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE analytics.store_settings IS
+    'Per-store settings. Change a zone with analytics.set_store_timezone(), which re-buckets the store.';
+
+CREATE TABLE analytics.source_config (
+    singleton           bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    source_schema       name NOT NULL,
+    variant             text NOT NULL CHECK (variant IN ('real', 'simplified')),
+    sales_has_status    bool NOT NULL,
+    sales_has_voided_at bool NOT NULL,
+    valid_sale          text NOT NULL,
+    attached_at         timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE analytics.source_config IS 'What analytics.attach() found and captures.';
+
+CREATE TABLE analytics.ingest_errors (
+    id           bigserial PRIMARY KEY,
+    source_table text NOT NULL,
+    source_id    text NOT NULL,
+    column_name  text NOT NULL,
+    problem      text NOT NULL,
+    value        text,
+    first_seen   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ingest_errors_once UNIQUE (source_table, source_id, column_name)
+);
+COMMENT ON TABLE analytics.ingest_errors IS
+    'Source values that could not be read (counted as 0); one row per source row and column.';
+
+-- Reading LA-CAJA's JSON without ever failing ------------------------------------------
+
+-- amount(): SPEC §2 "amount(sale, key)". JSON numbers and decimal strings count; anything
+-- else (missing, null, text, object, NaN) and magnitudes >= 10^1000 count as 0.
+CREATE FUNCTION analytics.amount(value jsonb) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(value)
+        WHEN 'number' THEN CASE WHEN abs(value::numeric) < 1e1000 THEN value::numeric ELSE 0 END
+        WHEN 'string' THEN coalesce(analytics.parse_amount(value #>> '{}'), 0)
+        ELSE 0
+    END
+$$;
+
+CREATE FUNCTION analytics.amount_problem(value jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN value IS NULL THEN 'missing'
+        WHEN jsonb_typeof(value) = 'number' THEN
+            CASE WHEN abs(value::numeric) >= 1e1000 THEN 'number out of range (>= 1e1000)' END
+        WHEN jsonb_typeof(value) = 'string' THEN
+            CASE WHEN analytics.parse_amount(value #>> '{}') IS NULL THEN 'string is not a finite decimal' END
+        ELSE 'is ' || jsonb_typeof(value) || ', not a number'
+    END
+$$;
+
+-- SPEC §2: coalesce(nullif(payment->>'method',''),'UNKNOWN'). A method longer than 64
+-- characters is not one of LA-CAJA's and could not be a rollup key: it counts as UNKNOWN.
+CREATE FUNCTION analytics.payment_method(payment jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(payment ->> 'method') > 64 THEN 'UNKNOWN'
+                ELSE coalesce(nullif(payment ->> 'method', ''), 'UNKNOWN') END
+$$;
+
+CREATE FUNCTION analytics.sale_problems(totals jsonb, payment jsonb)
+RETURNS TABLE (column_name text, problem text, value text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p.column_name, p.problem, left(p.value, 200)
+    FROM (VALUES
+        ('totals.subtotal_bs',  analytics.amount_problem(totals -> 'subtotal_bs'),  (totals -> 'subtotal_bs')::text),
+        ('totals.subtotal_usd', analytics.amount_problem(totals -> 'subtotal_usd'), (totals -> 'subtotal_usd')::text),
+        ('totals.discount_bs',  analytics.amount_problem(totals -> 'discount_bs'),  (totals -> 'discount_bs')::text),
+        ('totals.discount_usd', analytics.amount_problem(totals -> 'discount_usd'), (totals -> 'discount_usd')::text),
+        ('totals.total_bs',     analytics.amount_problem(totals -> 'total_bs'),     (totals -> 'total_bs')::text),
+        ('totals.total_usd',    analytics.amount_problem(totals -> 'total_usd'),    (totals -> 'total_usd')::text),
+        ('payment.method',
+         CASE WHEN jsonb_typeof(payment -> 'method') IS DISTINCT FROM 'string' THEN 'missing or not a string'
+              WHEN length(payment ->> 'method') > 64 THEN 'longer than 64 characters' END,
+         (payment -> 'method')::text)
+    ) AS p (column_name, problem, value)
+    WHERE p.problem IS NOT NULL
+$$;
+
+CREATE FUNCTION analytics.store_timezone(store_id uuid) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce((SELECT s.timezone FROM analytics.store_settings s WHERE s.store_id = $1),
+                    analytics.default_timezone())
+$$;
+
+-- Storage: additive parts --------------------------------------------------------------
+
+CREATE TABLE analytics.sales_hourly_parts (
+    store_id     uuid        NOT NULL,
+    bucket       timestamptz NOT NULL,
+    local_hour   timestamp   NOT NULL,
+    shard        int         NOT NULL,
+    sales_count  bigint      NOT NULL,
+    subtotal_bs  numeric     NOT NULL,
+    subtotal_usd numeric     NOT NULL,
+    discount_bs  numeric     NOT NULL,
+    discount_usd numeric     NOT NULL,
+    total_bs     numeric     NOT NULL,
+    total_usd    numeric     NOT NULL,
+    PRIMARY KEY (store_id, bucket, local_hour, shard)
+) WITH (fillfactor = 80);
+CREATE INDEX sales_hourly_parts_local ON analytics.sales_hourly_parts (store_id, local_hour);
+
+CREATE TABLE analytics.sales_daily_parts (
+    store_id     uuid    NOT NULL,
+    day          date    NOT NULL,
+    shard        int     NOT NULL,
+    sales_count  bigint  NOT NULL,
+    subtotal_bs  numeric NOT NULL,
+    subtotal_usd numeric NOT NULL,
+    discount_bs  numeric NOT NULL,
+    discount_usd numeric NOT NULL,
+    total_bs     numeric NOT NULL,
+    total_usd    numeric NOT NULL,
+    PRIMARY KEY (store_id, day, shard)
+) WITH (fillfactor = 80);
+
+CREATE TABLE analytics.sales_by_payment_daily_parts (
+    store_id    uuid    NOT NULL,
+    day         date    NOT NULL,
+    method      text    NOT NULL,
+    shard       int     NOT NULL,
+    sales_count bigint  NOT NULL,
+    total_bs    numeric NOT NULL,
+    total_usd   numeric NOT NULL,
+    PRIMARY KEY (store_id, day, method, shard)
+) WITH (fillfactor = 80);
+
+-- Distinct customers are not additive; their per-day sale counts are.
+CREATE TABLE analytics.customer_daily_parts (
+    store_id    uuid   NOT NULL,
+    day         date   NOT NULL,
+    customer_id uuid   NOT NULL,
+    shard       int    NOT NULL,
+    sales_count bigint NOT NULL,
+    PRIMARY KEY (store_id, day, customer_id, shard)
+) WITH (fillfactor = 80);
+
+-- One description per rollup; everything that writes or checks parts is generated from it.
+-- Expressions read the columns of a "measured sale" (see analytics._measure_sql).
+CREATE TABLE analytics.rollup_catalog (
+    name      text PRIMARY KEY,
+    parts     regclass NOT NULL,
+    keys      text[] NOT NULL,
+    key_exprs text[] NOT NULL,
+    vals      text[] NOT NULL,
+    val_exprs text[] NOT NULL,
+    filter    text NOT NULL DEFAULT 'true',
+    position  int NOT NULL UNIQUE
+);
+COMMENT ON TABLE analytics.rollup_catalog IS
+    'How each rollup is computed from measured sales; drives the triggers, verify() and refresh.';
+
+INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, filter) VALUES
+ (1, 'sales_hourly', 'analytics.sales_hourly_parts',
+  '{store_id,bucket,local_hour}', '{store_id,"local_hour AT TIME ZONE tz",local_hour}',
+  '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd}',
+  '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd)}',
+  'true'),
+ (2, 'sales_daily', 'analytics.sales_daily_parts',
+  '{store_id,day}', '{store_id,day}',
+  '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd}',
+  '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd)}',
+  'true'),
+ (3, 'sales_by_payment_daily', 'analytics.sales_by_payment_daily_parts',
+  '{store_id,day,method}', '{store_id,day,method}',
+  '{sales_count,total_bs,total_usd}', '{sum(sign),sum(total_bs),sum(total_usd)}',
+  'true'),
+ (4, 'sales_daily.customers', 'analytics.customer_daily_parts',
+  '{store_id,day,customer_id}', '{store_id,day,customer_id}',
+  '{sales_count}', '{sum(sign)}',
+  'customer_id IS NOT NULL');
+
+-- What readers see: the definitions of SPEC §2 ------------------------------------------
+
+CREATE VIEW analytics.sales_hourly AS
+SELECT p.store_id, p.bucket,
+       sum(p.sales_count)::bigint AS sales_count,
+       sum(p.subtotal_bs) AS subtotal_bs, sum(p.subtotal_usd) AS subtotal_usd,
+       sum(p.discount_bs) AS discount_bs, sum(p.discount_usd) AS discount_usd,
+       sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd,
+       sum(p.total_bs) / sum(p.sales_count)::bigint AS avg_ticket_bs,
+       sum(p.total_usd) / sum(p.sales_count)::bigint AS avg_ticket_usd
+FROM analytics.sales_hourly_parts p
+GROUP BY p.store_id, p.bucket
+HAVING sum(p.sales_count) <> 0;
+
+CREATE VIEW analytics.sales_daily AS
+SELECT d.store_id, d.day,
+       d.day::timestamp AT TIME ZONE analytics.store_timezone(d.store_id) AS bucket,
+       d.sales_count, d.subtotal_bs, d.subtotal_usd, d.discount_bs, d.discount_usd,
+       d.total_bs, d.total_usd,
+       d.total_bs / d.sales_count AS avg_ticket_bs,
+       d.total_usd / d.sales_count AS avg_ticket_usd,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM analytics.customer_daily_parts c
+            WHERE c.store_id = d.store_id AND c.day = d.day
+            GROUP BY c.customer_id HAVING sum(c.sales_count) > 0) AS present
+       ) AS unique_customers
+FROM (
+    SELECT p.store_id, p.day,
+           sum(p.sales_count)::bigint AS sales_count,
+           sum(p.subtotal_bs) AS subtotal_bs, sum(p.subtotal_usd) AS subtotal_usd,
+           sum(p.discount_bs) AS discount_bs, sum(p.discount_usd) AS discount_usd,
+           sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd
+    FROM analytics.sales_daily_parts p
+    GROUP BY p.store_id, p.day
+    HAVING sum(p.sales_count) <> 0
+) AS d;
+
+CREATE VIEW analytics.sales_by_payment_daily AS
+SELECT p.store_id, p.day, p.method,
+       sum(p.sales_count)::bigint AS sales_count,
+       sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd
+FROM analytics.sales_by_payment_daily_parts p
+GROUP BY p.store_id, p.day, p.method
+HAVING sum(p.sales_count) <> 0;
+
+-- LA-CAJA's heatmap shape; a local hour that a DST fall-back repeats is one cell.
+CREATE VIEW analytics.sales_heatmap AS
+SELECT p.store_id,
+       p.local_hour::date AS date,
+       extract(hour FROM p.local_hour)::int AS hour,
+       extract(dow FROM p.local_hour)::int AS day_of_week,
+       sum(p.sales_count)::bigint AS sales_count,
+       sum(p.total_bs) AS total_amount_bs,
+       sum(p.total_usd) AS total_amount_usd,
+       sum(p.total_bs) / sum(p.sales_count)::bigint AS avg_ticket_bs,
+       sum(p.total_usd) / sum(p.sales_count)::bigint AS avg_ticket_usd
+FROM analytics.sales_hourly_parts p
+GROUP BY p.store_id, p.local_hour::date, extract(hour FROM p.local_hour), extract(dow FROM p.local_hour)
+HAVING sum(p.sales_count) <> 0;
+
+-- SQL generation from the catalog ------------------------------------------------------
+
+-- A measured sale: what every rollup is computed from. `source` yields sign, store_id,
+-- sold_at, customer_id, totals and payment for valid sales only.
+CREATE FUNCTION analytics._measure_sql(source text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format($q$
+        SELECT c.sign, c.store_id, c.customer_id, z.tz,
+               date_trunc('hour', c.sold_at AT TIME ZONE z.tz) AS local_hour,
+               (c.sold_at AT TIME ZONE z.tz)::date AS day,
+               analytics.payment_method(c.payment) AS method,
+               c.sign * analytics.amount(c.totals -> 'subtotal_bs')  AS subtotal_bs,
+               c.sign * analytics.amount(c.totals -> 'subtotal_usd') AS subtotal_usd,
+               c.sign * analytics.amount(c.totals -> 'discount_bs')  AS discount_bs,
+               c.sign * analytics.amount(c.totals -> 'discount_usd') AS discount_usd,
+               c.sign * analytics.amount(c.totals -> 'total_bs')     AS total_bs,
+               c.sign * analytics.amount(c.totals -> 'total_usd')    AS total_usd
+        FROM (%s) AS c
+        LEFT JOIN analytics.store_settings AS st ON st.store_id = c.store_id
+        CROSS JOIN LATERAL (SELECT coalesce(st.timezone, analytics.default_timezone()) AS tz) AS z
+        WHERE c.store_id IS NOT NULL AND c.sold_at IS NOT NULL$q$, source)
+$$;
+
+-- The rollup's rows aggregated from measured sales in `measured` (a CTE name).
+CREATE FUNCTION analytics._aggregate_sql(r analytics.rollup_catalog, measured text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('SELECT %s FROM %I WHERE %s GROUP BY %s',
+        (SELECT string_agg(format('%s AS %I', e, k), ', ')
+           FROM unnest(r.key_exprs || r.val_exprs, r.keys || r.vals) AS x(e, k)),
+        measured, r.filter,
+        (SELECT string_agg(i::text, ', ') FROM generate_series(1, cardinality(r.keys)) AS i))
+$$;
+
+-- The rollup's current sums over all shards, optionally for one store.
+CREATE FUNCTION analytics._actual_sql(r analytics.rollup_catalog, store_filter text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('SELECT %s, %s FROM %s WHERE %s GROUP BY %s',
+        (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k),
+        (SELECT string_agg(format('sum(%1$I) AS %1$I', v), ', ') FROM unnest(r.vals) AS v),
+        r.parts, store_filter,
+        (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k))
+$$;
+
+-- INSERT ... ON CONFLICT that adds `rows` (unique per key) to `shard_expr`'s parts, in key
+-- order, skipping keys whose delta is all zero.
+CREATE FUNCTION analytics._add_to_parts_sql(r analytics.rollup_catalog, rows_sql text, shard_expr text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT format($q$INSERT INTO %1$s AS p (%2$s, shard, %3$s)
+        SELECT %2$s, %4$s, %3$s FROM (%5$s) AS d
+        WHERE ROW(%3$s) <> ROW(%6$s)
+        ORDER BY %2$s
+        ON CONFLICT (%2$s, shard) DO UPDATE SET %7$s$q$,
+        r.parts,
+        (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k),
+        (SELECT string_agg(format('%I', v), ', ') FROM unnest(r.vals) AS v),
+        shard_expr,
+        rows_sql,
+        (SELECT string_agg('0', ', ') FROM unnest(r.vals)),
+        (SELECT string_agg(format('%1$I = p.%1$I + excluded.%1$I', v), ', ') FROM unnest(r.vals) AS v))
+$$;
+
+-- Expected (definition over the source) against actual (sums of parts), per key.
+CREATE FUNCTION analytics._difference_sql(r analytics.rollup_catalog, measured text, store_filter text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT format($q$SELECT %1$s, %2$s, %3$s, %4$s
+        FROM (%5$s) AS e FULL JOIN (%6$s) AS a USING (%1$s)
+        WHERE ROW(%7$s) <> ROW(%8$s)$q$,
+        (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k),
+        (SELECT string_agg(format('coalesce(e.%1$I, 0) - coalesce(a.%1$I, 0) AS %1$I', v), ', ') FROM unnest(r.vals) AS v),
+        (SELECT string_agg(format('e.%1$I AS %2$I', v, 'expected_' || v), ', ') FROM unnest(r.vals) AS v),
+        (SELECT string_agg(format('a.%1$I AS %2$I', v, 'actual_' || v), ', ') FROM unnest(r.vals) AS v),
+        analytics._aggregate_sql(r, measured),
+        analytics._actual_sql(r, store_filter),
+        (SELECT string_agg(format('coalesce(e.%I, 0)', v), ', ') FROM unnest(r.vals) AS v),
+        (SELECT string_agg(format('coalesce(a.%I, 0)', v), ', ') FROM unnest(r.vals) AS v))
+$$;
+
+-- Valid sales of the attached source, as `sign, store_id, sold_at, customer_id, totals,
+-- payment`, optionally for one store.
+CREATE FUNCTION analytics._source_sales_sql(store_filter text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cfg analytics.source_config;
+BEGIN
+    SELECT * INTO cfg FROM analytics.source_config;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lacaja_analytics is not attached to any sales table'
+            USING HINT = 'Run SELECT analytics.attach(''public'') (or the schema holding LA-CAJA''s tables).';
+    END IF;
+    RETURN format('SELECT 1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment
+                   FROM %I.sales AS r WHERE (%s) AND (%s)',
+                  cfg.source_schema, cfg.valid_sale, store_filter);
+END
+$$;
+
+-- The capture trigger's body for the detected variant (`valid_sale` reads alias r).
+CREATE FUNCTION analytics._capture_sales_body(valid_sale text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    changes constant text[] := ARRAY[
+        format('SELECT 1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM new_rows r WHERE %s', valid_sale),
+        format('SELECT -1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM old_rows r WHERE %s', valid_sale),
+        format('SELECT -1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM old_rows r WHERE %1$s
+                UNION ALL
+                SELECT 1, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM new_rows r WHERE %1$s', valid_sale)];
+    problems constant text := $q$problems AS (
+            INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
+            SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
+            FROM new_rows r CROSS JOIN LATERAL analytics.sale_problems(r.totals, r.payment) AS p
+            ON CONFLICT DO NOTHING)$q$;
+    upserts text[];
+    branches text[] := '{}';
+    i int;
+    statement text;
+BEGIN
+    SELECT array_agg(analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'),
+                                                 'analytics.backend_shard()') ORDER BY c.position)
+      INTO upserts FROM analytics.rollup_catalog c;
+    FOR i IN 1..3 LOOP
+        statement := format('WITH changed AS (%s), measured AS (%s)', changes[i],
+                            analytics._measure_sql('SELECT * FROM changed'));
+        IF i <> 2 THEN
+            statement := statement || ', ' || problems;
+        END IF;
+        FOR j IN 1..cardinality(upserts) - 1 LOOP
+            statement := statement || format(', add_%s AS (%s)', j, upserts[j]);
+        END LOOP;
+        branches := branches || (statement || E'\n' || upserts[cardinality(upserts)] || ';');
+    END LOOP;
+    RETURN format($f$
+BEGIN
+    -- generated by analytics.attach(); valid sale: %s
+    IF TG_OP = 'INSERT' THEN
+        %s
+    ELSIF TG_OP = 'DELETE' THEN
+        %s
+    ELSE
+        %s
+    END IF;
+    RETURN NULL;
+END$f$, valid_sale, branches[1], branches[2], branches[3]);
+END
+$$;
+
+-- The trigger functions exist from install on; attach() replaces the capture body with
+-- one generated for the source it finds. Until then capture does nothing.
+CREATE FUNCTION analytics._capture_sales() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION analytics._capture_sales_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r analytics.rollup_catalog;
+BEGIN
+    FOR r IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+        EXECUTE format('TRUNCATE %s', r.parts);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- Attach and detach ---------------------------------------------------------------------
+
+CREATE FUNCTION analytics.detach() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    dropped text[] := '{}';
+BEGIN
+    FOR t IN
+        SELECT tg.tgname, tg.tgrelid::regclass AS rel
+        FROM pg_trigger tg
+        WHERE tg.tgname LIKE 'lacaja\_analytics\_%' AND NOT tg.tgisinternal
+        ORDER BY 2, 1
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+        dropped := dropped || format('%s.%s', t.rel, t.tgname);
+    END LOOP;
+    DELETE FROM analytics.source_config;
+    CREATE OR REPLACE FUNCTION analytics._capture_sales() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+    BEGIN
+        RETURN NULL;
+    END
+    $body$;
+    RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
+END
+$$;
+
+CREATE FUNCTION analytics.attach(source_schema name DEFAULT 'public') RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sales regclass := to_regclass(format('%I.sales', source_schema));
+    has_status bool;
+    has_voided_at bool;
+    missing text[];
+    valid_sale text;
+    optional_tables text[];
+    found_tables text[];
+    t text;
+BEGIN
+    IF sales IS NULL THEN
+        RAISE EXCEPTION 'no table "sales" in schema "%"', source_schema
+            USING HINT = 'Pass the schema holding LA-CAJA''s tables: SELECT analytics.attach(''public'').';
+    END IF;
+
+    SELECT array_agg(need ORDER BY need) INTO missing
+    FROM unnest(ARRAY['id', 'store_id', 'sold_at', 'totals', 'payment', 'customer_id']) AS need
+    WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = sales AND a.attname = need AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '% lacks columns LA-CAJA''s sales always have: %', sales, array_to_string(missing, ', ')
+            USING HINT = 'See SPEC §1 for the columns analytics needs.';
+    END IF;
+
+    SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = sales AND attname = 'status' AND NOT attisdropped),
+           EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = sales AND attname = 'voided_at' AND NOT attisdropped)
+      INTO has_status, has_voided_at;
+    valid_sale := CASE
+        WHEN has_status AND has_voided_at THEN $v$r.status = 'completed' AND r.voided_at IS NULL$v$
+        WHEN has_status THEN $v$r.status = 'completed'$v$
+        WHEN has_voided_at THEN 'r.voided_at IS NULL'
+        ELSE 'true' END;
+
+    PERFORM analytics.detach();
+    INSERT INTO analytics.source_config (source_schema, variant, sales_has_status, sales_has_voided_at, valid_sale)
+    VALUES (source_schema, CASE WHEN has_status THEN 'simplified' ELSE 'real' END, has_status, has_voided_at, valid_sale);
+
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._capture_sales() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        analytics._capture_sales_body(valid_sale));
+
+    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_insert AFTER INSERT ON %s
+                    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+                    EXECUTE FUNCTION analytics._capture_sales()', sales);
+    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_update AFTER UPDATE ON %s
+                    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+                    EXECUTE FUNCTION analytics._capture_sales()', sales);
+    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_delete AFTER DELETE ON %s
+                    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+                    EXECUTE FUNCTION analytics._capture_sales()', sales);
+    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_truncate AFTER TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION analytics._capture_sales_truncate()', sales);
+    FOREACH t IN ARRAY ARRAY['lacaja_analytics_capture_insert', 'lacaja_analytics_capture_update',
+                             'lacaja_analytics_capture_delete', 'lacaja_analytics_capture_truncate'] LOOP
+        PERFORM analytics._bind_trigger_to_extension(sales::oid, t);
+    END LOOP;
+
+    optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
+                             'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
+    SELECT array_agg(o ORDER BY o) FILTER (WHERE to_regclass(format('%I.%I', source_schema, o)) IS NOT NULL)
+      INTO found_tables FROM unnest(optional_tables) AS o;
+
+    RETURN jsonb_build_object(
+        'attached', true,
+        'source_schema', source_schema,
+        'sales', sales::text,
+        'variant', CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
+        'valid_sale', valid_sale,
+        'tables_found', coalesce(to_jsonb(found_tables), '[]'),
+        'tables_missing', coalesce((SELECT jsonb_agg(o ORDER BY o) FROM unnest(optional_tables) o
+                                    WHERE o <> ALL (coalesce(found_tables, '{}'))), '[]'),
+        'next_step', 'SELECT analytics.refresh_all();  -- backfills the rollups from history');
+END
+$$;
+
+-- Verify and repair ---------------------------------------------------------------------
+
+CREATE FUNCTION analytics._store_filter(store_id uuid) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN store_id IS NULL THEN 'true' ELSE format('store_id = %L::uuid', store_id) END
+$$;
+
+CREATE FUNCTION analytics.verify(store_id uuid DEFAULT NULL)
+RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source text := analytics._source_sales_sql(
+        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END);
+    parts text[] := '{}';
+    c analytics.rollup_catalog;
+BEGIN
+    FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+        parts := parts || format($q$SELECT %L, jsonb_build_object(%s), jsonb_build_object(%s), jsonb_build_object(%s)
+                                   FROM (%s) AS d$q$,
+            c.name,
+            (SELECT string_agg(format('%L, d.%I', k, k), ', ') FROM unnest(c.keys) k),
+            (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'expected_' || v), ', ') FROM unnest(c.vals) v),
+            (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'actual_' || v), ', ') FROM unnest(c.vals) v),
+            analytics._difference_sql(c, 'measured', analytics._store_filter(store_id)));
+    END LOOP;
+    -- One statement, so every rollup is compared in the same snapshot.
+    RETURN QUERY EXECUTE format('WITH measured AS MATERIALIZED (%s) %s',
+        analytics._measure_sql(source), array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+CREATE FUNCTION analytics._repair(store_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source text := analytics._source_sales_sql(
+        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END);
+    ctes text[] := '{}';
+    counts text[] := '{}';
+    c analytics.rollup_catalog;
+    corrected jsonb;
+    started timestamptz := clock_timestamp();
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'analytics refresh must run at READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING HINT = 'Run it in its own transaction; it never blocks sales.';
+    END IF;
+    -- Repairs add corrections to shard 0; two at once would both add the same correction.
+    -- Taken before the repair statement so that its snapshot sees the previous repair.
+    PERFORM pg_advisory_xact_lock(1279345482, 1);
+    FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+        ctes := ctes || format('fix_%s AS (%s RETURNING 1)', c.position,
+            analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured', analytics._store_filter(store_id)), '0'));
+        counts := counts || format('%L, (SELECT count(*) FROM fix_%s)', c.name, c.position);
+    END LOOP;
+    counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured)$q$::text;
+    -- One statement: the source and every rollup are read in the same snapshot.
+    EXECUTE format('WITH measured AS MATERIALIZED (%s), %s SELECT jsonb_build_object(%s)',
+                   analytics._measure_sql(source), array_to_string(ctes, ', '), array_to_string(counts, ', '))
+      INTO corrected;
+    RETURN jsonb_build_object(
+        'store_id', store_id,
+        'keys_corrected', corrected - 'valid_sales',
+        'valid_sales', corrected -> 'valid_sales',
+        'duration_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000, 1));
+END
+$$;
+
+CREATE FUNCTION analytics.refresh_all() RETURNS jsonb
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT analytics._repair(NULL)
+$$;
+
+CREATE FUNCTION analytics.refresh_store(store_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF store_id IS NULL THEN
+        RAISE EXCEPTION 'refresh_store needs a store id' USING HINT = 'Use analytics.refresh_all() for every store.';
+    END IF;
+    RETURN analytics._repair(store_id);
+END
+$$;
+
+CREATE FUNCTION analytics.set_store_timezone(store_id uuid, tz text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source_schema name := (SELECT c.source_schema FROM analytics.source_config c);
+BEGIN
+    IF store_id IS NULL THEN
+        RAISE EXCEPTION 'set_store_timezone needs a store id';
+    END IF;
+    IF tz IS NULL OR NOT analytics.is_valid_timezone(tz) THEN
+        RAISE EXCEPTION 'unknown time zone: %', coalesce(tz, 'NULL')
+            USING HINT = 'Use a name from pg_timezone_names, e.g. America/Caracas.';
+    END IF;
+    IF source_schema IS NOT NULL THEN
+        -- Sales being written now were bucketed with the old zone; wait for them, and hold
+        -- new ones back for the moment it takes to re-bucket this one store.
+        EXECUTE format('LOCK TABLE %I.sales IN SHARE MODE', source_schema);
+    END IF;
+    INSERT INTO analytics.store_settings AS s (store_id, timezone) VALUES ($1, $2)
+    ON CONFLICT ON CONSTRAINT store_settings_pkey DO UPDATE SET timezone = excluded.timezone, updated_at = now();
+    RETURN jsonb_build_object('store_id', $1, 'timezone', $2, 'rebucketed',
+        CASE WHEN source_schema IS NOT NULL THEN analytics._repair($1) END);
+END
+$$;
+
+-- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
+-- by PUBLIC, and the upkeep functions are for the DBA.
+REVOKE ALL ON ALL TABLES IN SCHEMA analytics FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA analytics FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics.refresh_all(),
+    analytics.refresh_store(uuid), analytics.set_store_timezone(uuid, text), analytics._repair(uuid),
+    analytics._capture_sales(), analytics._capture_sales_truncate(),
+    analytics._bind_trigger_to_extension(oid, text) FROM PUBLIC;
+
+-- Attach at once when LA-CAJA's tables are already there.
+DO $$
+BEGIN
+    IF to_regclass(format('%I.sales', analytics.configured_source_schema())) IS NOT NULL THEN
+        PERFORM analytics.attach(analytics.configured_source_schema());
+    END IF;
+END
+$$;

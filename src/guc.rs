@@ -1,0 +1,76 @@
+//! Every setting of the extension, registered in one place.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+/// Time zone of stores that have no row in `analytics.store_settings` (SPEC §2).
+pub static DEFAULT_TIMEZONE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"America/Caracas"));
+
+/// Schema whose LA-CAJA tables `CREATE EXTENSION` attaches to.
+pub static SOURCE_SCHEMA: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"public"));
+
+pub fn init() {
+    // SUSET: the zone decides which bucket every sale lands in; a POS session that could
+    // change it would scatter its own sales into the wrong days.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"lacaja_analytics.default_timezone",
+            c"Time zone of stores without an entry in analytics.store_settings.",
+            c"Days and hours of the rollups are store-local. After changing it, run analytics.refresh_all().",
+            &DEFAULT_TIMEZONE,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_timezone),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_string_guc(
+        c"lacaja_analytics.source_schema",
+        c"Schema holding LA-CAJA's tables (sales, sale_items, ...).",
+        c"CREATE EXTENSION attaches to the tables found there.",
+        &SOURCE_SCHEMA,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+pub fn default_timezone() -> String {
+    setting_string(&DEFAULT_TIMEZONE, "America/Caracas")
+}
+
+pub fn source_schema() -> String {
+    setting_string(&SOURCE_SCHEMA, "public")
+}
+
+fn setting_string(setting: &GucSetting<Option<CString>>, fallback: &str) -> String {
+    setting
+        .get()
+        .map(|value| value.to_string_lossy().into_owned())
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// Rejects a zone Postgres cannot load, so that no trigger ever meets an unknown zone.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_timezone(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    if newval.is_null() || (*newval).is_null() {
+        return false;
+    }
+    let name = CStr::from_ptr(*newval);
+    if crate::rollups::timezone_is_known(name) {
+        true
+    } else {
+        pg_sys::GUC_check_errmsg_string =
+            pg_sys::pstrdup(c"unknown time zone; use a name from pg_timezone_names".as_ptr());
+        false
+    }
+}

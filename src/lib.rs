@@ -1,0 +1,31 @@
+//! lacaja_analytics: LA-CAJA's analytics layer inside PostgreSQL.
+//!
+//! Capabilities live in one module each; their SQL objects live in `sql/<module>.sql`.
+
+use pgrx::prelude::*;
+
+mod guc;
+mod rollups;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/rollups.sql", name = "rollups", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'lacaja_analytics'"]
+    }
+}

@@ -1,0 +1,278 @@
+//! In-transaction tests (`cargo pgrx test`): each runs in one transaction that is rolled back.
+//! Commits, concurrency and the randomised oracle workload are in `tests/` against a server.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const SCHEMA: &str = include_str!("../sql/fixtures/lacaja_schema.sql");
+    const ORACLE: &str = include_str!("../tests/sql/oracle.sql");
+
+    const STORE_A: &str = "a0000000-0000-4000-8000-000000000001";
+    const STORE_B: &str = "b0000000-0000-4000-8000-000000000002";
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{e}\n---\n{sql}"));
+    }
+
+    fn scalar<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{e}\n---\n{sql}"))
+    }
+
+    /// A LA-CAJA schema `pos` with two stores, attached.
+    fn lacaja_pos() {
+        run("CREATE SCHEMA pos; SET LOCAL search_path = pos, public");
+        run(SCHEMA);
+        run(&format!(
+            "INSERT INTO stores (id, name) VALUES ('{STORE_A}', 'A'), ('{STORE_B}', 'B');
+             INSERT INTO customers (id, store_id, name)
+             SELECT ('c0000000-0000-4000-8000-00000000000' || i)::uuid, '{STORE_A}', 'c' || i FROM generate_series(1, 5) i"
+        ));
+        let report: pgrx::JsonB = scalar("SELECT analytics.attach('pos')").unwrap();
+        assert_eq!(report.0["variant"], "real", "{}", report.0);
+        run(ORACLE);
+    }
+
+    fn sale(id: u32, store: &str, sold_at: &str, total_bs: &str, method: &str, customer: Option<u32>) -> String {
+        let customer = customer
+            .map(|c| format!("'c0000000-0000-4000-8000-00000000000{c}'"))
+            .unwrap_or_else(|| "NULL".into());
+        format!(
+            "INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment, customer_id)
+             VALUES (('d0000000-0000-4000-8000-' || lpad('{id}', 12, '0'))::uuid, '{store}', '{sold_at}', 36.5, 'BS',
+                     jsonb_build_object('subtotal_bs', {total_bs}, 'subtotal_usd', round({total_bs} / 36.5, 2),
+                                        'discount_bs', 0, 'discount_usd', 0,
+                                        'total_bs', {total_bs}, 'total_usd', round({total_bs} / 36.5, 2)),
+                     jsonb_build_object('method', '{method}'), {customer})"
+        )
+    }
+
+    fn sale_id(id: u32) -> String {
+        format!("('d0000000-0000-4000-8000-' || lpad('{id}', 12, '0'))::uuid")
+    }
+
+    fn assert_matches_oracle() {
+        let differences: Option<String> = scalar(
+            "SELECT string_agg(relation || ': ' || differences, ', ') FROM oracle_differences WHERE differences > 0",
+        );
+        assert_eq!(differences, None, "rollups differ from the oracle");
+        let verify: i64 = scalar("SELECT count(*) FROM analytics.verify()").unwrap();
+        assert_eq!(verify, 0, "verify() reports differences");
+    }
+
+    #[pg_test]
+    fn parse_amount_reads_decimal_text_only() {
+        assert_eq!(scalar::<String>("SELECT analytics.parse_amount(' 12.50 ')::text").as_deref(), Some("12.50"));
+        assert_eq!(scalar::<String>("SELECT analytics.parse_amount('-1e2')::text").as_deref(), Some("-100"));
+        for bad in ["abc", "NaN", "Infinity", "1,5", "", "1e5000"] {
+            let parsed: Option<String> = scalar(&format!("SELECT analytics.parse_amount('{bad}')::text"));
+            assert_eq!(parsed, None, "{bad:?} is not an amount");
+        }
+    }
+
+    #[pg_test]
+    fn amount_counts_anything_odd_as_zero() {
+        let cases = [
+            ("'12.5'::jsonb", "12.5"),
+            ("'\"7.25\"'::jsonb", "7.25"),
+            ("'\"abc\"'::jsonb", "0"),
+            ("'null'::jsonb", "0"),
+            ("'{\"a\":1}'::jsonb", "0"),
+            ("'[1]'::jsonb", "0"),
+            ("NULL::jsonb", "0"),
+            ("'1e1000'::jsonb", "0"),
+            ("'9.99e999'::jsonb", "9.99e999"),
+        ];
+        for (input, expected) in cases {
+            let same: bool = scalar(&format!("SELECT analytics.amount({input}) = '{expected}'::numeric")).unwrap();
+            assert!(same, "amount({input}) should be {expected}");
+        }
+    }
+
+    #[pg_test]
+    fn timezone_validation() {
+        assert_eq!(scalar::<bool>("SELECT analytics.is_valid_timezone('America/Caracas')"), Some(true));
+        assert_eq!(scalar::<bool>("SELECT analytics.is_valid_timezone('Mars/Olympus')"), Some(false));
+        let rejected = PgTryBuilder::new(|| {
+            Spi::run("SET lacaja_analytics.default_timezone = 'Mars/Olympus'").is_err()
+        })
+        .catch_others(|_| true)
+        .execute();
+        assert!(rejected, "an unknown default zone must be refused");
+    }
+
+    #[pg_test]
+    fn inserts_voids_returns_and_deletes_stay_exact() {
+        lacaja_pos();
+        run(&sale(1, STORE_A, "2026-03-01 10:15:00-04", "100.00", "CASH_BS", Some(1)));
+        run(&sale(2, STORE_A, "2026-03-01 10:45:00-04", "50.50", "PAGO_MOVIL", Some(1)));
+        run(&sale(3, STORE_A, "2026-03-01 23:30:00-04", "20", "FIAO", Some(2)));
+        run(&sale(4, STORE_B, "2026-03-02 01:00:00-04", "10", "SPLIT", None));
+        assert_matches_oracle();
+        let count: i64 = scalar(&format!(
+            "SELECT sales_count FROM analytics.sales_daily WHERE store_id = '{STORE_A}' AND day = '2026-03-01'"
+        ))
+        .unwrap();
+        assert_eq!(count, 3);
+        let customers: i64 = scalar(&format!(
+            "SELECT unique_customers FROM analytics.sales_daily WHERE store_id = '{STORE_A}' AND day = '2026-03-01'"
+        ))
+        .unwrap();
+        assert_eq!(customers, 2);
+
+        run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(2)));
+        assert_matches_oracle();
+        run(&format!("UPDATE sales SET voided_at = NULL WHERE id = {}", sale_id(2)));
+        run(&format!(
+            "UPDATE sales SET totals = totals || '{{\"total_bs\": 80, \"total_usd\": 2.19}}' WHERE id = {}",
+            sale_id(1)
+        ));
+        run(&format!("UPDATE sales SET sold_at = sold_at - interval '40 days', customer_id = NULL WHERE id = {}", sale_id(3)));
+        run(&format!("UPDATE sales SET store_id = '{STORE_B}', customer_id = NULL WHERE id = {}", sale_id(2)));
+        assert_matches_oracle();
+        run(&format!("DELETE FROM sales WHERE id IN ({}, {})", sale_id(1), sale_id(4)));
+        assert_matches_oracle();
+        // A statement touching many rows at once, as a COPY or a sync batch does.
+        run(&format!(
+            "INSERT INTO sales (id, store_id, sold_at, totals, payment, customer_id)
+             SELECT gen_random_uuid(), CASE WHEN i % 2 = 0 THEN '{STORE_A}'::uuid ELSE '{STORE_B}'::uuid END,
+                    '2026-02-01'::timestamptz + i * interval '37 minutes',
+                    jsonb_build_object('total_bs', i, 'total_usd', i / 10.0, 'subtotal_bs', i),
+                    jsonb_build_object('method', (ARRAY['CASH_BS','CASH_USD','TRANSFER',''])[1 + i % 4]),
+                    NULL
+             FROM generate_series(1, 500) i"
+        ));
+        run("UPDATE sales SET voided_at = now() WHERE sold_at < '2026-02-05'");
+        assert_matches_oracle();
+        run("DELETE FROM sales WHERE sold_at < '2026-02-03'");
+        assert_matches_oracle();
+    }
+
+    #[pg_test]
+    fn hostile_json_commits_counts_as_zero_and_is_reported() {
+        lacaja_pos();
+        run(&format!(
+            r#"INSERT INTO sales (id, store_id, sold_at, totals, payment)
+               SELECT gen_random_uuid(), '{STORE_A}', '2026-04-01 12:00-04'::timestamptz + i * interval '1 minute',
+                      (ARRAY['{{}}', 'null', '"abc"', '[1,2]', '{{"total_bs": "abc"}}', '{{"total_bs": null}}',
+                             '{{"total_bs": {{"x": 1}}}}', '{{"total_bs": "NaN"}}', '{{"total_bs": "Infinity"}}',
+                             '{{"total_bs": 1e999, "total_usd": 1e999}}', '{{"total_bs": 5e1000}}',
+                             '{{"total_bs": " 12.5 ", "total_usd": "-3e2"}}', '{{"total_bs": true}}',
+                             '{{"total_bs": "1e99999999"}}', '{{"total_bs": 12.345678901234567890}}'])[1 + i % 15]::jsonb,
+                      (ARRAY['{{}}', '"CASH"', '{{"method": 5}}', '{{"method": null}}', '{{"method": ""}}',
+                             '{{"method": {{"a": 1}}}}', '[]', '{{"method": "FIAO"}}'])[1 + i % 8]::jsonb
+               FROM generate_series(1, 300) i"#
+        ));
+        assert_matches_oracle();
+        let committed: i64 = scalar("SELECT count(*) FROM sales").unwrap();
+        assert_eq!(committed, 300);
+        let reported: i64 =
+            scalar("SELECT count(*) FROM analytics.ingest_errors WHERE column_name = 'totals.total_bs' AND problem <> ''")
+                .unwrap();
+        assert!(reported > 0, "malformed totals must be reported");
+        // Reported once per row and column, however often the row changes.
+        run("UPDATE sales SET voided_at = now()");
+        run("UPDATE sales SET voided_at = NULL");
+        let duplicates: i64 = scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM analytics.ingest_errors GROUP BY source_id, column_name HAVING count(*) > 1) d",
+        )
+        .unwrap();
+        assert_eq!(duplicates, 0);
+        assert_matches_oracle();
+    }
+
+    #[pg_test]
+    fn refresh_repairs_what_capture_missed() {
+        lacaja_pos();
+        run(&sale(1, STORE_A, "2026-03-01 10:15:00-04", "100.00", "CASH_BS", Some(1)));
+        run("ALTER TABLE sales DISABLE TRIGGER USER");
+        run(&sale(2, STORE_A, "2026-03-01 11:15:00-04", "30.00", "CASH_USD", Some(3)));
+        run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(1)));
+        run("ALTER TABLE sales ENABLE TRIGGER USER");
+        let broken: i64 = scalar("SELECT count(*) FROM analytics.verify()").unwrap();
+        assert!(broken > 0, "verify() must see what capture missed");
+        run("SELECT analytics.refresh_all()");
+        assert_matches_oracle();
+        // Idempotent: a second refresh corrects nothing.
+        let again: pgrx::JsonB = scalar("SELECT analytics.refresh_all()").unwrap();
+        let corrected: i64 = again.0["keys_corrected"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum();
+        assert_eq!(corrected, 0, "{}", again.0);
+    }
+
+    #[pg_test]
+    fn time_zones_with_dst_and_half_hours() {
+        lacaja_pos();
+        run(&format!("SELECT analytics.set_store_timezone('{STORE_A}', 'America/New_York')"));
+        run(&format!("SELECT analytics.set_store_timezone('{STORE_B}', 'Asia/Kolkata')"));
+        // New York falls back on 2026-11-01: 01:30 EDT and 01:30 EST are one local hour.
+        for (i, at) in ["2026-11-01 01:30-04", "2026-11-01 01:30-05", "2026-03-08 03:10-04", "2026-03-07 23:59-05"]
+            .iter()
+            .enumerate()
+        {
+            run(&sale(10 + i as u32, STORE_A, at, "10", "CASH_BS", None));
+        }
+        for (i, at) in ["2026-06-01 18:29Z", "2026-06-01 18:31Z", "2026-06-01 23:59Z"].iter().enumerate() {
+            run(&sale(20 + i as u32, STORE_B, at, "5", "CASH_USD", None));
+        }
+        assert_matches_oracle();
+        let cell: i64 = scalar(&format!(
+            "SELECT sales_count FROM analytics.sales_heatmap WHERE store_id = '{STORE_A}' AND date = '2026-11-01' AND hour = 1"
+        ))
+        .unwrap();
+        assert_eq!(cell, 2);
+        // 18:29Z is 23:59 in Kolkata, 18:31Z is 00:01 the next day.
+        let days: i64 = scalar(&format!("SELECT count(*) FROM analytics.sales_daily WHERE store_id = '{STORE_B}'")).unwrap();
+        assert_eq!(days, 2);
+        // Re-bucketing a store moves its history into the new zone's days and hours.
+        run(&format!("SELECT analytics.set_store_timezone('{STORE_B}', 'UTC')"));
+        assert_matches_oracle();
+        let days: i64 = scalar(&format!("SELECT count(*) FROM analytics.sales_daily WHERE store_id = '{STORE_B}'")).unwrap();
+        assert_eq!(days, 1);
+        let refused = PgTryBuilder::new(|| {
+            Spi::run(&format!("SELECT analytics.set_store_timezone('{STORE_B}', 'Nowhere/Land')")).is_err()
+        })
+        .catch_others(|_| true)
+        .execute();
+        assert!(refused);
+    }
+
+    #[pg_test]
+    fn simplified_variant_counts_completed_sales_only() {
+        run("CREATE SCHEMA simple");
+        run("CREATE TABLE simple.sales (id uuid PRIMARY KEY, store_id uuid NOT NULL, sold_at timestamptz NOT NULL,
+                totals jsonb NOT NULL, payment jsonb NOT NULL, customer_id uuid, status text NOT NULL)");
+        let report: pgrx::JsonB = scalar("SELECT analytics.attach('simple')").unwrap();
+        assert_eq!(report.0["variant"], "simplified", "{}", report.0);
+        run(&format!(
+            "INSERT INTO simple.sales SELECT gen_random_uuid(), '{STORE_A}', '2026-05-05 12:00-04',
+                    '{{\"total_bs\": 10}}', '{{\"method\": \"CASH_BS\"}}', NULL, s
+             FROM unnest(ARRAY['completed', 'pending', 'cancelled', 'completed']) s"
+        ));
+        run("UPDATE simple.sales SET status = 'completed' WHERE status = 'pending'");
+        let count: i64 = scalar("SELECT sales_count FROM analytics.sales_daily").unwrap();
+        assert_eq!(count, 3);
+        let verify: i64 = scalar("SELECT count(*) FROM analytics.verify()").unwrap();
+        assert_eq!(verify, 0);
+    }
+
+    #[pg_test]
+    fn attach_refuses_a_schema_without_sales() {
+        let refused = PgTryBuilder::new(|| Spi::run("SELECT analytics.attach('pg_catalog')").is_err())
+            .catch_others(|_| true)
+            .execute();
+        assert!(refused);
+    }
+
+    #[pg_test]
+    fn public_cannot_write_analytics() {
+        let writable: i64 = scalar(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'analytics' AND c.relkind IN ('r', 'v', 'S', 'p')
+               AND (has_table_privilege('public', c.oid, 'INSERT') OR has_table_privilege('public', c.oid, 'UPDATE')
+                    OR has_table_privilege('public', c.oid, 'DELETE') OR has_table_privilege('public', c.oid, 'TRUNCATE'))",
+        )
+        .unwrap();
+        assert_eq!(writable, 0);
+    }
+
+}

@@ -1,0 +1,79 @@
+-- SPEC §2 evaluated directly over the source tables, written independently of the extension's
+-- code: the oracle every rollup is compared with. Run with search_path set to the schema
+-- that holds LA-CAJA's tables; creates temporary views named oracle_<relation>.
+
+CREATE FUNCTION pg_temp.oracle_amount(v jsonb) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN jsonb_typeof(v) = 'number' AND abs(v::numeric) < 1e1000 THEN v::numeric
+        WHEN jsonb_typeof(v) = 'string'
+             AND (v #>> '{}') ~ '^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$'
+             THEN (v #>> '{}')::numeric
+        ELSE 0
+    END
+$$;
+
+CREATE TEMP VIEW oracle_valid_sales AS
+SELECT s.*, coalesce(st.timezone, current_setting('lacaja_analytics.default_timezone')) AS tz,
+       pg_temp.oracle_amount(s.totals -> 'subtotal_bs')  AS a_subtotal_bs,
+       pg_temp.oracle_amount(s.totals -> 'subtotal_usd') AS a_subtotal_usd,
+       pg_temp.oracle_amount(s.totals -> 'discount_bs')  AS a_discount_bs,
+       pg_temp.oracle_amount(s.totals -> 'discount_usd') AS a_discount_usd,
+       pg_temp.oracle_amount(s.totals -> 'total_bs')     AS a_total_bs,
+       pg_temp.oracle_amount(s.totals -> 'total_usd')    AS a_total_usd
+FROM sales s
+LEFT JOIN analytics.store_settings st ON st.store_id = s.store_id
+WHERE s.voided_at IS NULL;
+
+CREATE TEMP VIEW oracle_sales_hourly AS
+SELECT store_id, date_trunc('hour', sold_at AT TIME ZONE tz) AT TIME ZONE tz AS bucket,
+       count(*) AS sales_count,
+       sum(a_subtotal_bs) AS subtotal_bs, sum(a_subtotal_usd) AS subtotal_usd,
+       sum(a_discount_bs) AS discount_bs, sum(a_discount_usd) AS discount_usd,
+       sum(a_total_bs) AS total_bs, sum(a_total_usd) AS total_usd,
+       sum(a_total_bs) / count(*) AS avg_ticket_bs, sum(a_total_usd) / count(*) AS avg_ticket_usd
+FROM oracle_valid_sales GROUP BY 1, 2;
+
+CREATE TEMP VIEW oracle_sales_daily AS
+SELECT store_id, (sold_at AT TIME ZONE tz)::date AS day,
+       (sold_at AT TIME ZONE tz)::date::timestamp AT TIME ZONE min(tz) AS bucket,
+       count(*) AS sales_count,
+       sum(a_subtotal_bs) AS subtotal_bs, sum(a_subtotal_usd) AS subtotal_usd,
+       sum(a_discount_bs) AS discount_bs, sum(a_discount_usd) AS discount_usd,
+       sum(a_total_bs) AS total_bs, sum(a_total_usd) AS total_usd,
+       sum(a_total_bs) / count(*) AS avg_ticket_bs, sum(a_total_usd) / count(*) AS avg_ticket_usd,
+       count(DISTINCT customer_id) AS unique_customers
+FROM oracle_valid_sales GROUP BY 1, 2;
+
+CREATE TEMP VIEW oracle_sales_by_payment_daily AS
+SELECT store_id, (sold_at AT TIME ZONE tz)::date AS day,
+       -- documented limit (docs/decisions.md): a "method" over 64 characters is UNKNOWN
+       CASE WHEN length(payment ->> 'method') > 64 THEN 'UNKNOWN'
+            ELSE coalesce(nullif(payment ->> 'method', ''), 'UNKNOWN') END AS method,
+       count(*) AS sales_count, sum(a_total_bs) AS total_bs, sum(a_total_usd) AS total_usd
+FROM oracle_valid_sales GROUP BY 1, 2, 3;
+
+CREATE TEMP VIEW oracle_sales_heatmap AS
+SELECT store_id, (sold_at AT TIME ZONE tz)::date AS date,
+       extract(hour FROM sold_at AT TIME ZONE tz)::int AS hour,
+       extract(dow FROM sold_at AT TIME ZONE tz)::int AS day_of_week,
+       count(*) AS sales_count, sum(a_total_bs) AS total_amount_bs, sum(a_total_usd) AS total_amount_usd,
+       sum(a_total_bs) / count(*) AS avg_ticket_bs, sum(a_total_usd) / count(*) AS avg_ticket_usd
+FROM oracle_valid_sales GROUP BY 1, 2, 3, 4;
+
+-- One row per relation: how many rows differ between the rollup and the oracle.
+CREATE TEMP VIEW oracle_differences AS
+SELECT 'sales_hourly' AS relation, count(*) AS differences FROM (
+    (SELECT * FROM analytics.sales_hourly EXCEPT ALL SELECT * FROM oracle_sales_hourly)
+    UNION ALL (SELECT * FROM oracle_sales_hourly EXCEPT ALL SELECT * FROM analytics.sales_hourly)) d
+UNION ALL
+SELECT 'sales_daily', count(*) FROM (
+    (SELECT * FROM analytics.sales_daily EXCEPT ALL SELECT * FROM oracle_sales_daily)
+    UNION ALL (SELECT * FROM oracle_sales_daily EXCEPT ALL SELECT * FROM analytics.sales_daily)) d
+UNION ALL
+SELECT 'sales_by_payment_daily', count(*) FROM (
+    (SELECT * FROM analytics.sales_by_payment_daily EXCEPT ALL SELECT * FROM oracle_sales_by_payment_daily)
+    UNION ALL (SELECT * FROM oracle_sales_by_payment_daily EXCEPT ALL SELECT * FROM analytics.sales_by_payment_daily)) d
+UNION ALL
+SELECT 'sales_heatmap', count(*) FROM (
+    (SELECT * FROM analytics.sales_heatmap EXCEPT ALL SELECT * FROM oracle_sales_heatmap)
+    UNION ALL (SELECT * FROM oracle_sales_heatmap EXCEPT ALL SELECT * FROM analytics.sales_heatmap)) d;
