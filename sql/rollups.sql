@@ -119,6 +119,8 @@ CREATE TABLE analytics.sales_hourly_parts (
     discount_usd numeric     NOT NULL,
     total_bs     numeric     NOT NULL,
     total_usd    numeric     NOT NULL,
+    total_bs_scales  numeric NOT NULL,
+    total_usd_scales numeric NOT NULL,
     PRIMARY KEY (store_id, bucket, local_hour, shard)
 ) WITH (fillfactor = 80);
 CREATE INDEX sales_hourly_parts_local ON analytics.sales_hourly_parts (store_id, local_hour);
@@ -134,6 +136,8 @@ CREATE TABLE analytics.sales_daily_parts (
     discount_usd numeric NOT NULL,
     total_bs     numeric NOT NULL,
     total_usd    numeric NOT NULL,
+    total_bs_scales  numeric NOT NULL,
+    total_usd_scales numeric NOT NULL,
     PRIMARY KEY (store_id, day, shard)
 ) WITH (fillfactor = 80);
 
@@ -176,13 +180,13 @@ COMMENT ON TABLE analytics.rollup_catalog IS
 INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, filter) VALUES
  (1, 'sales_hourly', 'analytics.sales_hourly_parts',
   '{store_id,bucket,local_hour}', '{store_id,"local_hour AT TIME ZONE tz",local_hour}',
-  '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd}',
-  '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd)}',
+  '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd,total_bs_scales,total_usd_scales}',
+  '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd),sum(total_bs_scales),sum(total_usd_scales)}',
   'true'),
  (2, 'sales_daily', 'analytics.sales_daily_parts',
   '{store_id,day}', '{store_id,day}',
-  '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd}',
-  '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd)}',
+  '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd,total_bs_scales,total_usd_scales}',
+  '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd),sum(total_bs_scales),sum(total_usd_scales)}',
   'true'),
  (3, 'sales_by_payment_daily', 'analytics.sales_by_payment_daily_parts',
   '{store_id,day,method}', '{store_id,day,method}',
@@ -195,14 +199,50 @@ INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, va
 
 -- What readers see: the definitions of SPEC §2 ------------------------------------------
 
+-- A sum of parts equals the sum over the source, but carries the largest scale any delta
+-- ever had (a voided 0.000001 leaves 240.860000). Readers get it at the scale of its digits,
+-- at least cents. Totals that feed averages are kept at their exact scale (below).
+CREATE FUNCTION analytics.money(amount numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT round(amount, greatest(2, scale(trim_scale(amount))))
+$$;
+
+-- Averages must divide exactly as sum/count over the source does, and numeric division keeps
+-- as many decimals as the dividend has: the largest scale among the sales now in the group.
+-- A maximum cannot be un-added when a sale is voided, so parts keep an additive histogram
+-- of scales instead: each amount adds 2^(32*scale); the highest non-zero base-2^32 digit of
+-- the sum is the largest scale present.
+CREATE FUNCTION analytics.scale_mark(amount numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE scale(amount) WHEN 0 THEN 1::numeric WHEN 1 THEN 4294967296::numeric
+                              WHEN 2 THEN 18446744073709551616::numeric
+                              ELSE trunc(power(4294967296::numeric, scale(amount))) END
+$$;
+
+CREATE FUNCTION analytics.largest_scale(scales numeric) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN scales < 4294967296 THEN 0
+                WHEN scales < 18446744073709551616 THEN 1
+                WHEN scales < 79228162514264337593543950336 THEN 2
+                ELSE (SELECT d + (trunc(power(4294967296::numeric, d + 1)) <= scales)::int
+                               - (trunc(power(4294967296::numeric, d)) > scales)::int
+                      FROM (SELECT floor(log(4294967296::numeric, scales))::int AS d) AS estimate) END
+$$;
+
+-- A sum of parts at the scale the same sum over the source has.
+CREATE FUNCTION analytics.at_scale(amount numeric, scales numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT round(amount, analytics.largest_scale(scales))
+$$;
+
 CREATE VIEW analytics.sales_hourly AS
 SELECT p.store_id, p.bucket,
        sum(p.sales_count)::bigint AS sales_count,
-       sum(p.subtotal_bs) AS subtotal_bs, sum(p.subtotal_usd) AS subtotal_usd,
-       sum(p.discount_bs) AS discount_bs, sum(p.discount_usd) AS discount_usd,
-       sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd,
-       sum(p.total_bs) / sum(p.sales_count)::bigint AS avg_ticket_bs,
-       sum(p.total_usd) / sum(p.sales_count)::bigint AS avg_ticket_usd
+       analytics.money(sum(p.subtotal_bs)) AS subtotal_bs, analytics.money(sum(p.subtotal_usd)) AS subtotal_usd,
+       analytics.money(sum(p.discount_bs)) AS discount_bs, analytics.money(sum(p.discount_usd)) AS discount_usd,
+       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs, analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd,
+       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) / sum(p.sales_count)::bigint AS avg_ticket_bs,
+       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) / sum(p.sales_count)::bigint AS avg_ticket_usd
 FROM analytics.sales_hourly_parts p
 GROUP BY p.store_id, p.bucket
 HAVING sum(p.sales_count) <> 0;
@@ -222,9 +262,9 @@ SELECT d.store_id, d.day,
 FROM (
     SELECT p.store_id, p.day,
            sum(p.sales_count)::bigint AS sales_count,
-           sum(p.subtotal_bs) AS subtotal_bs, sum(p.subtotal_usd) AS subtotal_usd,
-           sum(p.discount_bs) AS discount_bs, sum(p.discount_usd) AS discount_usd,
-           sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd
+           analytics.money(sum(p.subtotal_bs)) AS subtotal_bs, analytics.money(sum(p.subtotal_usd)) AS subtotal_usd,
+           analytics.money(sum(p.discount_bs)) AS discount_bs, analytics.money(sum(p.discount_usd)) AS discount_usd,
+           analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs, analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd
     FROM analytics.sales_daily_parts p
     GROUP BY p.store_id, p.day
     HAVING sum(p.sales_count) <> 0
@@ -233,7 +273,7 @@ FROM (
 CREATE VIEW analytics.sales_by_payment_daily AS
 SELECT p.store_id, p.day, p.method,
        sum(p.sales_count)::bigint AS sales_count,
-       sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd
+       analytics.money(sum(p.total_bs)) AS total_bs, analytics.money(sum(p.total_usd)) AS total_usd
 FROM analytics.sales_by_payment_daily_parts p
 GROUP BY p.store_id, p.day, p.method
 HAVING sum(p.sales_count) <> 0;
@@ -245,10 +285,10 @@ SELECT p.store_id,
        extract(hour FROM p.local_hour)::int AS hour,
        extract(dow FROM p.local_hour)::int AS day_of_week,
        sum(p.sales_count)::bigint AS sales_count,
-       sum(p.total_bs) AS total_amount_bs,
-       sum(p.total_usd) AS total_amount_usd,
-       sum(p.total_bs) / sum(p.sales_count)::bigint AS avg_ticket_bs,
-       sum(p.total_usd) / sum(p.sales_count)::bigint AS avg_ticket_usd
+       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_amount_bs,
+       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_amount_usd,
+       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) / sum(p.sales_count)::bigint AS avg_ticket_bs,
+       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) / sum(p.sales_count)::bigint AS avg_ticket_usd
 FROM analytics.sales_hourly_parts p
 GROUP BY p.store_id, p.local_hour::date, extract(hour FROM p.local_hour), extract(dow FROM p.local_hour)
 HAVING sum(p.sales_count) <> 0;
@@ -264,15 +304,22 @@ LANGUAGE sql IMMUTABLE AS $$
                date_trunc('hour', c.sold_at AT TIME ZONE z.tz) AS local_hour,
                (c.sold_at AT TIME ZONE z.tz)::date AS day,
                analytics.payment_method(c.payment) AS method,
-               c.sign * analytics.amount(c.totals -> 'subtotal_bs')  AS subtotal_bs,
-               c.sign * analytics.amount(c.totals -> 'subtotal_usd') AS subtotal_usd,
-               c.sign * analytics.amount(c.totals -> 'discount_bs')  AS discount_bs,
-               c.sign * analytics.amount(c.totals -> 'discount_usd') AS discount_usd,
-               c.sign * analytics.amount(c.totals -> 'total_bs')     AS total_bs,
-               c.sign * analytics.amount(c.totals -> 'total_usd')    AS total_usd
+               c.sign * a.subtotal_bs AS subtotal_bs, c.sign * a.subtotal_usd AS subtotal_usd,
+               c.sign * a.discount_bs AS discount_bs, c.sign * a.discount_usd AS discount_usd,
+               c.sign * a.total_bs AS total_bs, c.sign * a.total_usd AS total_usd,
+               c.sign * analytics.scale_mark(a.total_bs) AS total_bs_scales,
+               c.sign * analytics.scale_mark(a.total_usd) AS total_usd_scales
         FROM (%s) AS c
         LEFT JOIN analytics.store_settings AS st ON st.store_id = c.store_id
         CROSS JOIN LATERAL (SELECT coalesce(st.timezone, analytics.default_timezone()) AS tz) AS z
+        CROSS JOIN LATERAL (SELECT
+               analytics.amount(c.totals -> 'subtotal_bs')  AS subtotal_bs,
+               analytics.amount(c.totals -> 'subtotal_usd') AS subtotal_usd,
+               analytics.amount(c.totals -> 'discount_bs')  AS discount_bs,
+               analytics.amount(c.totals -> 'discount_usd') AS discount_usd,
+               analytics.amount(c.totals -> 'total_bs')     AS total_bs,
+               analytics.amount(c.totals -> 'total_usd')    AS total_usd
+               OFFSET 0) AS a
         WHERE c.store_id IS NOT NULL AND c.sold_at IS NOT NULL$q$, source)
 $$;
 

@@ -1,0 +1,341 @@
+//! The rollups against their oracle (SPEC §2) on a real server: randomised concurrent
+//! workloads with commits and rollbacks, repair while sales keep coming, hostile JSON, and
+//! dropping the extension.
+
+mod common;
+
+use common::{connect, differences, lacaja_database, Rng, STORES};
+use postgres::Client;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+const METHODS: [&str; 8] = ["CASH_BS", "CASH_USD", "PAGO_MOVIL", "TRANSFER", "OTHER", "SPLIT", "FIAO", ""];
+
+/// Sale ids any session may pick to void, return, move or delete.
+type SharedIds = Arc<Mutex<Vec<String>>>;
+
+fn money(rng: &mut Rng, max_cents: u64) -> String {
+    let cents = 1 + rng.below(max_cents);
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+fn totals(rng: &mut Rng) -> String {
+    if rng.chance(4) {
+        // What a buggy register may send.
+        return rng
+            .pick(&[
+                r#"{}"#,
+                r#"{"total_bs": "abc", "total_usd": null}"#,
+                r#"{"subtotal_bs": "12.50", "total_bs": " 12.50 ", "total_usd": "0.34"}"#,
+                r#"{"total_bs": {"v": 1}, "total_usd": [1]}"#,
+                r#"{"total_bs": "NaN", "total_usd": "Infinity"}"#,
+                r#""not an object""#,
+                r#"{"total_bs": 1e300, "total_usd": 2e-300}"#,
+            ])
+            .to_string();
+    }
+    let subtotal = money(rng, 50_000);
+    let discount = if rng.chance(20) { money(rng, 500) } else { "0".into() };
+    format!(
+        r#"{{"subtotal_bs": {subtotal}, "subtotal_usd": {s_usd}, "discount_bs": {discount}, "discount_usd": 0,
+             "total_bs": {total}, "total_usd": {t_usd}}}"#,
+        s_usd = format!("{:.2}", subtotal.parse::<f64>().unwrap() / 36.5),
+        total = format!("{:.2}", subtotal.parse::<f64>().unwrap() - discount.parse::<f64>().unwrap()),
+        t_usd = format!("{:.2}", (subtotal.parse::<f64>().unwrap() - discount.parse::<f64>().unwrap()) / 36.5),
+    )
+}
+
+fn payment(rng: &mut Rng) -> String {
+    match *rng.pick(&METHODS) {
+        "SPLIT" => r#"{"method": "SPLIT", "split_payments": [{"method": "CASH_USD", "amount_usd": 5, "amount_bs": 182.5},
+                       {"method": "PAGO_MOVIL", "amount_usd": 2, "amount_bs": 73}]}"#
+            .into(),
+        "" if rng.chance(50) => r#"{"note": "no method"}"#.into(),
+        method => format!(r#"{{"method": "{method}"}}"#),
+    }
+}
+
+fn customer(rng: &mut Rng, store_index: usize) -> String {
+    if rng.chance(40) {
+        "NULL".into()
+    } else {
+        format!("'{}{:012}'::uuid", common::customer_prefix(store_index), 1 + rng.below(10))
+    }
+}
+
+/// One sale row as SQL values; sometimes an offline register's sale from weeks ago.
+fn sale_values(rng: &mut Rng) -> String {
+    let store_index = rng.below(3) as usize;
+    let minutes_ago = if rng.chance(15) { rng.below(60 * 24 * 60) } else { rng.below(60 * 36) };
+    format!(
+        "(gen_random_uuid(), '{}', now() - interval '{minutes_ago} minutes', 36.5, 'BS', $t${}$t$, $p${}$p$, {})",
+        STORES[store_index].0,
+        totals(rng),
+        payment(rng),
+        customer(rng, store_index)
+    )
+}
+
+fn insert_sales(db: &mut postgres::Transaction, rng: &mut Rng, n: usize) -> Vec<String> {
+    let values: Vec<String> = (0..n).map(|_| sale_values(rng)).collect();
+    let ids: Vec<String> = db
+        .query(
+            &format!(
+                "INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment, customer_id)
+                 VALUES {} RETURNING id::text",
+                values.join(", ")
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if rng.chance(30) {
+        db.execute(
+            "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+             SELECT gen_random_uuid(), s.id, p.id, 1 + (random() * 3)::int, p.price_bs, p.price_usd
+             FROM sales s JOIN LATERAL (SELECT * FROM products WHERE store_id = s.store_id LIMIT 1) p ON true
+             WHERE s.id = ANY($1::text[]::uuid[])",
+            &[&ids],
+        )
+        .unwrap();
+    }
+    ids
+}
+
+/// Changes one existing sale (never more than one per transaction, so the workload itself
+/// cannot deadlock on source rows: any deadlock would be the extension's).
+fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
+    let other_store = STORES[rng.below(3) as usize].0;
+    let sql = match rng.below(9) {
+        0 | 1 => "UPDATE sales SET voided_at = now(), void_reason = 'test' WHERE id = $1::text::uuid".to_string(),
+        2 => "UPDATE sales SET voided_at = NULL WHERE id = $1::text::uuid".to_string(),
+        3 | 4 => {
+            // A return: LA-CAJA records it and rewrites the sale's totals in place.
+            db.execute(
+                "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+                 SELECT gen_random_uuid(), store_id, id, 1, 0.03 FROM sales WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .unwrap();
+            "UPDATE sales SET totals = CASE WHEN jsonb_typeof(totals) = 'object' THEN totals ||
+                 jsonb_build_object('total_bs', round(random()::numeric * 100, 2),
+                                    'total_usd', round(random()::numeric * 3, 2)) ELSE totals END
+             WHERE id = $1::text::uuid"
+                .to_string()
+        }
+        5 => "DELETE FROM sales WHERE id = $1::text::uuid".to_string(),
+        6 => format!(
+            "UPDATE sales SET sold_at = sold_at - interval '{} hours' WHERE id = $1::text::uuid",
+            rng.below(24 * 20)
+        ),
+        7 => format!(
+            "UPDATE sales SET customer_id = {} WHERE id = $1::text::uuid AND store_id = '{}'",
+            customer(rng, 0),
+            STORES[0].0
+        ),
+        _ => format!("UPDATE sales SET store_id = '{other_store}', customer_id = NULL WHERE id = $1::text::uuid"),
+    };
+    db.execute(sql.as_str(), &[&id]).unwrap();
+}
+
+/// One POS session: `transactions` random transactions, some rolled back.
+fn pos_session(database: &str, seed: u64, transactions: usize, shared: SharedIds) {
+    let mut db = connect(database);
+    let mut rng = Rng::new(seed);
+    let mut own: Vec<String> = Vec::new();
+    for _ in 0..transactions {
+        let mut tx = db.transaction().unwrap();
+        let roll_back = rng.chance(7);
+        let mut created = Vec::new();
+        match rng.below(100) {
+            0..=44 => created = insert_sales(&mut tx, &mut rng, 1),
+            45..=54 => {
+                let n = 2 + rng.below(30) as usize;
+                created = insert_sales(&mut tx, &mut rng, n);
+            }
+            55..=89 => {
+                let picked = {
+                    let ids = shared.lock().unwrap();
+                    (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize].clone())
+                };
+                if let Some(id) = picked {
+                    change_one_sale(&mut tx, &mut rng, &id);
+                }
+                if rng.chance(30) {
+                    created = insert_sales(&mut tx, &mut rng, 1);
+                }
+            }
+            _ => {
+                // A batch over this session's own recent sales (a sync correcting several).
+                let recent: Vec<String> = own.iter().rev().take(1 + rng.below(10) as usize).cloned().collect();
+                let sql = if rng.chance(50) {
+                    "UPDATE sales SET voided_at = now() WHERE id = ANY($1::text[]::uuid[])"
+                } else {
+                    "DELETE FROM sales WHERE id = ANY($1::text[]::uuid[])"
+                };
+                tx.execute(sql, &[&recent]).unwrap();
+            }
+        }
+        if roll_back {
+            tx.rollback().unwrap();
+        } else {
+            tx.commit().unwrap();
+            own.extend(created.iter().cloned());
+            shared.lock().unwrap().extend(created);
+        }
+    }
+}
+
+fn run_sessions(database: &str, seed: u64, sessions: u64, transactions: usize, shared: &SharedIds) -> Vec<thread::JoinHandle<()>> {
+    (0..sessions)
+        .map(|i| {
+            let database = database.to_string();
+            let shared = shared.clone();
+            thread::spawn(move || pos_session(&database, seed.wrapping_add(i * 7919), transactions, shared))
+        })
+        .collect()
+}
+
+fn assert_exact(db: &mut Client, seed: u64, when: &str) {
+    let found = differences(db);
+    assert!(found.is_empty(), "{when} (LACAJA_TEST_SEED={seed}):\n{}", found.join("\n"));
+}
+
+fn seed_products(db: &mut Client) {
+    db.batch_execute(
+        "INSERT INTO products (id, store_id, name, category, price_bs, price_usd, cost_bs, cost_usd)
+         SELECT gen_random_uuid(), s.id, 'product ' || i, 'cat ' || (i % 3), 36.5 * i, i, 20 * i, 0.55 * i
+         FROM stores s, generate_series(1, 5) i",
+    )
+    .unwrap();
+}
+
+#[test]
+fn randomised_concurrent_workload_matches_oracle() {
+    let seed = common::seed();
+    eprintln!("LACAJA_TEST_SEED={seed}");
+    let database = "lacaja_test_workload";
+    let mut db = lacaja_database(database);
+    seed_products(&mut db);
+    let shared: SharedIds = Arc::new(Mutex::new(Vec::new()));
+
+    // 4 sessions x 5,000 transactions on 3 stores in 3 zones.
+    for handle in run_sessions(database, seed, 4, 5_000, &shared) {
+        handle.join().expect("a POS session failed");
+    }
+    let sales: i64 = db.query_one("SELECT count(*) FROM sales", &[]).unwrap().get(0);
+    assert!(sales > 5_000, "the workload should have left many sales, found {sales}");
+    assert_exact(&mut db, seed, "after the concurrent workload");
+
+    // Writes the triggers never saw (as during a restore with triggers off) ...
+    let mut blind = connect(database);
+    blind.batch_execute("SET session_replication_role = replica").unwrap();
+    let mut rng = Rng::new(seed ^ 0xB11D);
+    for _ in 0..200 {
+        let mut tx = blind.transaction().unwrap();
+        let n = 1 + rng.below(3) as usize;
+        let created = insert_sales(&mut tx, &mut rng, n);
+        let picked = {
+            let ids = shared.lock().unwrap();
+            ids[rng.below(ids.len() as u64) as usize].clone()
+        };
+        tx.execute("UPDATE sales SET voided_at = CASE WHEN voided_at IS NULL THEN now() END WHERE id = $1::text::uuid", &[&picked])
+            .unwrap();
+        tx.commit().unwrap();
+        shared.lock().unwrap().extend(created);
+    }
+    let broken: i64 = db.query_one("SELECT count(*) FROM analytics.verify()", &[]).unwrap().get(0);
+    assert!(broken > 0, "verify() must notice writes the triggers never saw");
+
+    // ... are repaired by refresh_all() and refresh_store() while POS sessions keep writing.
+    let writers = run_sessions(database, seed ^ 0x5EED, 3, 1_500, &shared);
+    for round in 0..3 {
+        thread::sleep(std::time::Duration::from_millis(300));
+        if round == 1 {
+            db.execute("SELECT analytics.refresh_store($1::text::uuid)", &[&STORES[1].0]).unwrap();
+        } else {
+            db.execute("SELECT analytics.refresh_all()", &[]).unwrap();
+        }
+    }
+    for handle in writers {
+        handle.join().expect("a POS session failed during refresh");
+    }
+    assert_exact(&mut db, seed, "after refresh_all() ran while sessions kept writing");
+}
+
+#[test]
+fn hostile_json_always_commits() {
+    let seed = common::seed();
+    let database = "lacaja_test_hostile";
+    let mut db = lacaja_database(database);
+    let hostile = [
+        r#"{}"#, r#"null"#, r#""abc""#, r#"[1, 2]"#, r#"{"total_bs": "abc"}"#, r#"{"total_bs": null}"#,
+        r#"{"total_bs": {"x": 1}}"#, r#"{"total_bs": "NaN", "total_usd": "-Infinity"}"#,
+        r#"{"total_bs": 1e999, "total_usd": 9.99e999}"#, r#"{"total_bs": 5e1000}"#,
+        r#"{"total_bs": " 12.5 ", "total_usd": "-3e2"}"#, r#"{"total_bs": true}"#,
+        r#"{"total_bs": "1e99999999"}"#, r#"{"total_bs": 12.345678901234567890123}"#,
+        r#"{"subtotal_bs": 1, "total_bs": 99999999999999999999999999999999.99}"#,
+    ];
+    let payments = [
+        r#"{}"#, r#""CASH""#, r#"{"method": 5}"#, r#"{"method": null}"#, r#"{"method": ""}"#,
+        r#"{"method": {"a": 1}}"#, r#"[]"#, r#"{"method": "FIAO"}"#, r#"null"#,
+    ];
+    let mut rng = Rng::new(seed);
+    let long_method = format!(r#"{{"method": "{}"}}"#, "X".repeat(5000));
+    for i in 0..1_000 {
+        let store = STORES[i % 3].0;
+        let payment = if i % 97 == 0 { long_method.as_str() } else { *rng.pick(&payments) };
+        let totals_text = *rng.pick(&hostile);
+        // Every one commits on its own, as a POS sale does.
+        db.execute(
+            "INSERT INTO sales (id, store_id, sold_at, totals, payment)
+             VALUES (gen_random_uuid(), $1::text::uuid, now() - ($2::int * interval '1 minute'), $3::text::jsonb, $4::text::jsonb)",
+            &[&store, &(i as i32), &totals_text, &payment],
+        )
+        .unwrap_or_else(|e| panic!("a malformed sale must commit: {e}"));
+    }
+    let committed: i64 = db.query_one("SELECT count(*) FROM sales", &[]).unwrap().get(0);
+    assert_eq!(committed, 1_000);
+    let reported: i64 = db.query_one("SELECT count(DISTINCT source_id) FROM analytics.ingest_errors", &[]).unwrap().get(0);
+    assert!(reported > 500, "malformed sales must be reported, got {reported}");
+    assert_exact(&mut db, seed, "after 1,000 malformed sales");
+}
+
+#[test]
+fn drop_extension_leaves_source_tables_untouched() {
+    let database = "lacaja_test_drop";
+    let mut db = lacaja_database(database);
+    let mut rng = Rng::new(7);
+    let mut tx = db.transaction().unwrap();
+    insert_sales(&mut tx, &mut rng, 200);
+    tx.commit().unwrap();
+    let fingerprint = "SELECT md5(string_agg(s::text, ',' ORDER BY s.id)) FROM sales s";
+    let before: String = db.query_one(fingerprint, &[]).unwrap().get(0);
+
+    db.batch_execute("DROP EXTENSION lacaja_analytics").expect("a plain DROP EXTENSION must work");
+
+    let after: String = db.query_one(fingerprint, &[]).unwrap().get(0);
+    assert_eq!(before, after);
+    let triggers: i64 = db
+        .query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sales'::regclass AND NOT tgisinternal", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0, "capture triggers must go with the extension");
+    // Postgres keeps a schema that CREATE EXTENSION created for the control file; it must be empty.
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = n.oid)
+                  + (SELECT count(*) FROM pg_proc WHERE pronamespace = n.oid)
+             FROM pg_namespace n WHERE nspname = 'analytics'
+             UNION ALL SELECT 0 LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "nothing of the extension may stay behind");
+    let mut tx = db.transaction().unwrap();
+    insert_sales(&mut tx, &mut rng, 5);
+    tx.commit().expect("sales keep working without the extension");
+}
