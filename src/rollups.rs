@@ -136,7 +136,7 @@ fn bind_trigger_to_extension(table: pg_sys::Oid, trigger: &str) {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::is_sane_decimal;
 
     #[test]
