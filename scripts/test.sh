@@ -15,10 +15,11 @@ mkdir -p "$(dirname "$pgrx_data")"
 
 echo "==> in-transaction tests (cargo pgrx test)"
 # The filter keeps cargo from running tests/ here: those need the preloaded server below.
+scripts/pg.sh stop  # cargo pgrx test installs its own build into the same directories
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$pgrx_data" tests::
 
 echo "==> integration tests against a PostgreSQL 15 server with lacaja_analytics preloaded"
 PROFILE=${PROFILE:-release} scripts/install.sh
 eval "$(scripts/pg.sh env)"
 export LACAJA_TEST_SERVER="host=$PGHOST port=$PGPORT user=$PGUSER"
-cargo test --release --test '*'
+cargo test --test '*'
