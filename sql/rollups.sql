@@ -80,9 +80,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 ELSE coalesce(nullif(payment ->> 'method', ''), 'UNKNOWN') END
 $$;
 
+-- What is wrong with a sale's JSON, one row per key. plpgsql on purpose: it is not inlined,
+-- so the capture statement only pays for it on the rare malformed sale.
 CREATE FUNCTION analytics.sale_problems(totals jsonb, payment jsonb)
 RETURNS TABLE (column_name text, problem text, value text)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT p.column_name, p.problem, left(p.value, 200)
     FROM (VALUES
         ('totals.subtotal_bs',  analytics.amount_problem(totals -> 'subtotal_bs'),  (totals -> 'subtotal_bs')::text),
@@ -96,19 +100,21 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
               WHEN length(payment ->> 'method') > 64 THEN 'longer than 64 characters' END,
          (payment -> 'method')::text)
     ) AS p (column_name, problem, value)
-    WHERE p.problem IS NOT NULL
+    WHERE p.problem IS NOT NULL;
+END
 $$;
 
--- The cheap test that spares well-formed sales (nearly all) the per-key problem report.
+-- The cheap test that spares well-formed sales (nearly all) the per-key problem report: one
+-- jsonpath predicate, so the capture statement stays small.
 CREATE FUNCTION analytics.sale_is_well_formed(totals jsonb, payment jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(jsonb_typeof(payment -> 'method') = 'string' AND length(payment ->> 'method') <= 64
-               AND analytics.amount_problem(totals -> 'total_bs') IS NULL
-               AND analytics.amount_problem(totals -> 'total_usd') IS NULL
-               AND analytics.amount_problem(totals -> 'subtotal_bs') IS NULL
-               AND analytics.amount_problem(totals -> 'subtotal_usd') IS NULL
-               AND analytics.amount_problem(totals -> 'discount_bs') IS NULL
-               AND analytics.amount_problem(totals -> 'discount_usd') IS NULL, false)
+        AND totals @@ 'strict $.subtotal_bs.type() == "number" && $.subtotal_bs < 1e1000 && $.subtotal_bs > -1e1000
+                    && $.subtotal_usd.type() == "number" && $.subtotal_usd < 1e1000 && $.subtotal_usd > -1e1000
+                    && $.discount_bs.type() == "number" && $.discount_bs < 1e1000 && $.discount_bs > -1e1000
+                    && $.discount_usd.type() == "number" && $.discount_usd < 1e1000 && $.discount_usd > -1e1000
+                    && $.total_bs.type() == "number" && $.total_bs < 1e1000 && $.total_bs > -1e1000
+                    && $.total_usd.type() == "number" && $.total_usd < 1e1000 && $.total_usd > -1e1000', false)
 $$;
 
 CREATE FUNCTION analytics.store_timezone(store_id uuid) RETURNS text
@@ -343,21 +349,25 @@ LANGUAGE sql IMMUTABLE AS $$
         (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k))
 $$;
 
--- INSERT ... ON CONFLICT that adds `rows` (unique per key) to `shard_expr`'s parts, in key
--- order, skipping keys whose delta is all zero.
-CREATE FUNCTION analytics._add_to_parts_sql(r analytics.rollup_catalog, rows_sql text, shard_expr text)
+-- INSERT ... ON CONFLICT that adds `rows` (unique per key) to `shard_expr`'s parts; with
+-- `skip_zero`, keys whose delta is all zero are left alone. No lock ordering is needed: a
+-- session's shard has one writer, and shard 0 is written under the repair's advisory lock.
+CREATE FUNCTION analytics._add_to_parts_sql(r analytics.rollup_catalog, rows_sql text, shard_expr text,
+                                            skip_zero boolean)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$INSERT INTO %1$s AS p (%2$s, shard, %3$s)
         SELECT %2$s, %4$s, %3$s FROM (%5$s) AS d
-        WHERE ROW(%3$s) <> ROW(%6$s)
-        ORDER BY %2$s
+        WHERE %6$s
         ON CONFLICT (%2$s, shard) DO UPDATE SET %7$s$q$,
         r.parts,
         (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k),
         (SELECT string_agg(format('%I', v), ', ') FROM unnest(r.vals) AS v),
         shard_expr,
         rows_sql,
-        (SELECT string_agg('0', ', ') FROM unnest(r.vals)),
+        CASE WHEN skip_zero
+             THEN format('ROW(%s) <> ROW(%s)', (SELECT string_agg(format('%I', v), ', ') FROM unnest(r.vals) AS v),
+                                               (SELECT string_agg('0', ', ') FROM unnest(r.vals)))
+             ELSE 'true' END,
         (SELECT string_agg(format('%1$I = p.%1$I + excluded.%1$I', v), ', ') FROM unnest(r.vals) AS v))
 $$;
 
@@ -416,10 +426,11 @@ DECLARE
     i int;
     statement text;
 BEGIN
-    SELECT array_agg(analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'),
-                                                 'analytics.backend_shard()') ORDER BY c.position)
-      INTO upserts FROM analytics.rollup_catalog c;
     FOR i IN 1..3 LOOP
+        -- Inserted or deleted valid sales always move sales_count; only an update can net to zero.
+        SELECT array_agg(analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'),
+                                                     'analytics.backend_shard()', i = 3) ORDER BY c.position)
+          INTO upserts FROM analytics.rollup_catalog c;
         statement := format('WITH changed AS (%s), measured AS (%s)', changes[i],
                             analytics._measure_sql('SELECT * FROM changed'));
         IF i <> 2 THEN
@@ -622,7 +633,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(1279345482, 1);
     FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
         ctes := ctes || format('fix_%s AS (%s RETURNING 1)', c.position,
-            analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured', analytics._store_filter(store_id)), '0'));
+            analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured', analytics._store_filter(store_id)), '0', false));
         counts := counts || format('%L, (SELECT count(*) FROM fix_%s)', c.name, c.position);
     END LOOP;
     counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured)$q$::text;

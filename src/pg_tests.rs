@@ -158,7 +158,8 @@ mod tests {
                              '{{"total_bs": {{"x": 1}}}}', '{{"total_bs": "NaN"}}', '{{"total_bs": "Infinity"}}',
                              '{{"total_bs": 1e999, "total_usd": 1e999}}', '{{"total_bs": 5e1000}}',
                              '{{"total_bs": " 12.5 ", "total_usd": "-3e2"}}', '{{"total_bs": true}}',
-                             '{{"total_bs": "1e99999999"}}', '{{"total_bs": 12.345678901234567890}}'])[1 + i % 15]::jsonb,
+                             '{{"total_bs": "1e99999999"}}', '{{"total_bs": 12.345678901234567890}}',
+                         '[{{"total_bs": 5, "total_usd": 1}}]'])[1 + i % 16]::jsonb,
                       (ARRAY['{{}}', '"CASH"', '{{"method": 5}}', '{{"method": null}}', '{{"method": ""}}',
                              '{{"method": {{"a": 1}}}}', '[]', '{{"method": "FIAO"}}'])[1 + i % 8]::jsonb
                FROM generate_series(1, 300) i"#
@@ -170,6 +171,18 @@ mod tests {
             scalar("SELECT count(*) FROM analytics.ingest_errors WHERE column_name = 'totals.total_bs' AND problem <> ''")
                 .unwrap();
         assert!(reported > 0, "malformed totals must be reported");
+        let unreported: i64 = scalar(
+            "SELECT count(*) FROM sales s
+             WHERE (jsonb_typeof(s.totals) <> 'object'
+                    OR EXISTS (SELECT 1 FROM unnest(ARRAY['subtotal_bs','subtotal_usd','discount_bs','discount_usd',
+                                                          'total_bs','total_usd']) k
+                               WHERE CASE WHEN jsonb_typeof(s.totals -> k) = 'number'
+                                          THEN abs((s.totals ->> k)::numeric) >= 1e1000 ELSE true END)
+                    OR jsonb_typeof(s.payment -> 'method') IS DISTINCT FROM 'string')
+               AND NOT EXISTS (SELECT 1 FROM analytics.ingest_errors e WHERE e.source_id = s.id::text)",
+        )
+        .unwrap();
+        assert_eq!(unreported, 0, "every malformed sale must be reported");
         // Reported once per row and column, however often the row changes.
         run("UPDATE sales SET voided_at = now()");
         run("UPDATE sales SET voided_at = NULL");

@@ -277,6 +277,7 @@ fn hostile_json_always_commits() {
         r#"{"total_bs": " 12.5 ", "total_usd": "-3e2"}"#, r#"{"total_bs": true}"#,
         r#"{"total_bs": "1e99999999"}"#, r#"{"total_bs": 12.345678901234567890123}"#,
         r#"{"subtotal_bs": 1, "total_bs": 99999999999999999999999999999999.99}"#,
+        r#"[{"total_bs": 5, "total_usd": 1}]"#,
     ];
     let payments = [
         r#"{}"#, r#""CASH""#, r#"{"method": 5}"#, r#"{"method": null}"#, r#"{"method": ""}"#,
