@@ -125,39 +125,36 @@ $$;
 
 -- Storage: additive parts --------------------------------------------------------------
 
-CREATE TABLE analytics.sales_hourly_parts (
-    store_id     uuid        NOT NULL,
-    bucket       timestamptz NOT NULL,
-    local_hour   timestamp   NOT NULL,
-    shard        int         NOT NULL,
-    sales_count  bigint      NOT NULL,
-    subtotal_bs  numeric     NOT NULL,
-    subtotal_usd numeric     NOT NULL,
-    discount_bs  numeric     NOT NULL,
-    discount_usd numeric     NOT NULL,
-    total_bs     numeric     NOT NULL,
-    total_usd    numeric     NOT NULL,
+-- The measures every sales rollup keeps per key (a template: it never holds rows).
+CREATE TABLE analytics.sale_measures (
+    sales_count      bigint  NOT NULL,
+    subtotal_bs      numeric NOT NULL,
+    subtotal_usd     numeric NOT NULL,
+    discount_bs      numeric NOT NULL,
+    discount_usd     numeric NOT NULL,
+    total_bs         numeric NOT NULL,
+    total_usd        numeric NOT NULL,
     total_bs_scales  numeric NOT NULL,
-    total_usd_scales numeric NOT NULL,
+    total_usd_scales numeric NOT NULL
+);
+
+CREATE TABLE analytics.sales_hourly_parts (
+    store_id   uuid        NOT NULL,
+    bucket     timestamptz NOT NULL,
+    local_hour timestamp   NOT NULL,
+    shard      int         NOT NULL,
+    LIKE analytics.sale_measures,
     PRIMARY KEY (store_id, bucket, local_hour, shard)
 ) WITH (fillfactor = 80);
 CREATE INDEX sales_hourly_parts_local ON analytics.sales_hourly_parts (store_id, local_hour);
 
 -- Daily totals are kept per payment method: sales_daily sums the methods of a day.
 CREATE TABLE analytics.sales_daily_parts (
-    store_id     uuid    NOT NULL,
-    day          date    NOT NULL,
-    method       text    NOT NULL,
-    shard        int     NOT NULL,
-    sales_count  bigint  NOT NULL,
-    subtotal_bs  numeric NOT NULL,
-    subtotal_usd numeric NOT NULL,
-    discount_bs  numeric NOT NULL,
-    discount_usd numeric NOT NULL,
-    total_bs     numeric NOT NULL,
-    total_usd    numeric NOT NULL,
-    total_bs_scales  numeric NOT NULL,
-    total_usd_scales numeric NOT NULL,
+    store_id uuid NOT NULL,
+    day      date NOT NULL,
+    method   text NOT NULL,
+    shard    int  NOT NULL,
+    LIKE analytics.sale_measures,
     PRIMARY KEY (store_id, day, method, shard)
 ) WITH (fillfactor = 80);
 
@@ -676,6 +673,8 @@ BEGIN
         RAISE EXCEPTION 'unknown time zone: %', coalesce(tz, 'NULL')
             USING HINT = 'Use a name from pg_timezone_names, e.g. America/Caracas.';
     END IF;
+    -- The repair lock first (a running refresh_all() finishes), only then hold sales back.
+    PERFORM pg_advisory_xact_lock(1279345482, 1);
     IF source_schema IS NOT NULL THEN
         -- Sales being written now were bucketed with the old zone; wait for them, and hold
         -- new ones back for the moment it takes to re-bucket this one store.

@@ -269,6 +269,25 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_pos_role_without_any_analytics_privilege_sells_normally() {
+        lacaja_pos();
+        run("CREATE ROLE pos_app_test NOLOGIN");
+        run("GRANT USAGE ON SCHEMA pos TO pos_app_test;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pos TO pos_app_test");
+        run("SET LOCAL ROLE pos_app_test");
+        run(&sale(1, STORE_A, "2026-03-01 10:15:00-04", "100.00", "CASH_BS", Some(1)));
+        run(&sale(2, STORE_A, "2026-03-01 10:20:00-04", "7.5", "CASH_BS", None));
+        run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(1)));
+        run(&format!("DELETE FROM sales WHERE id = {}", sale_id(2)));
+        let denied = PgTryBuilder::new(|| Spi::run("SELECT count(*) FROM analytics.sales_hourly_parts").is_err())
+            .catch_others(|_| true)
+            .execute();
+        assert!(denied, "the POS role must not read analytics' internals");
+        run("RESET ROLE");
+        assert_matches_oracle();
+    }
+
+    #[pg_test]
     fn attach_refuses_a_schema_without_sales() {
         let refused = PgTryBuilder::new(|| Spi::run("SELECT analytics.attach('pg_catalog')").is_err())
             .catch_others(|_| true)

@@ -340,3 +340,42 @@ fn drop_extension_leaves_source_tables_untouched() {
     insert_sales(&mut tx, &mut rng, 5);
     tx.commit().expect("sales keep working without the extension");
 }
+
+#[test]
+fn copy_is_captured_as_one_statement() {
+    use std::io::Write;
+    let seed = common::seed();
+    let database = "lacaja_test_copy";
+    let mut db = lacaja_database(database);
+    let mut rng = Rng::new(seed);
+    let mut writer = db
+        .copy_in("COPY sales (id, store_id, sold_at, totals, payment, customer_id, voided_at) FROM STDIN")
+        .unwrap();
+    for i in 0..5_000u64 {
+        let store = STORES[(i % 3) as usize].0;
+        let cents = 100 + rng.below(100_000);
+        let voided = if rng.chance(5) { "2026-01-01 00:00:00+00" } else { "\\N" };
+        let customer = if rng.chance(50) {
+            format!("{}{:012}", common::customer_prefix((i % 3) as usize), 1 + rng.below(10))
+        } else {
+            "\\N".into()
+        };
+        writeln!(
+            writer,
+            "{uuid}\t{store}\t2026-{month:02}-{day:02} {hour:02}:{minute:02}:00+00\t{{\"total_bs\": {bs}.{c:02}, \"total_usd\": {usd}, \"subtotal_bs\": {bs}.{c:02}}}\t{{\"method\": \"CASH_BS\"}}\t{customer}\t{voided}",
+            uuid = format!("f0000000-0000-4000-8000-{i:012}"),
+            month = 1 + rng.below(12),
+            day = 1 + rng.below(28),
+            hour = rng.below(24),
+            minute = rng.below(60),
+            bs = cents / 100,
+            c = cents % 100,
+            usd = cents / 3650,
+        )
+        .unwrap();
+    }
+    writer.finish().unwrap();
+    let count: i64 = db.query_one("SELECT count(*) FROM sales", &[]).unwrap().get(0);
+    assert_eq!(count, 5_000);
+    assert_exact(&mut db, seed, "after a COPY of 5,000 sales");
+}
