@@ -687,6 +687,12 @@ BEGIN
 END
 $$;
 
+-- pg_dump keeps what the DBA configured and what was reported; rollups are rebuilt after a
+-- restore with analytics.attach() and analytics.refresh_all().
+SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
+
 -- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
 -- by PUBLIC, and the upkeep functions are for the DBA.
 REVOKE ALL ON ALL TABLES IN SCHEMA analytics FROM PUBLIC;

@@ -112,7 +112,9 @@ fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
         0 | 1 => "UPDATE sales SET voided_at = now(), void_reason = 'test' WHERE id = $1::text::uuid".to_string(),
         2 => "UPDATE sales SET voided_at = NULL WHERE id = $1::text::uuid".to_string(),
         3 | 4 => {
-            // A return: LA-CAJA records it and rewrites the sale's totals in place.
+            // A return: LA-CAJA records it and rewrites the sale's totals in place. The sale is
+            // locked first, as the POS does, so a concurrent delete cannot break the foreign key.
+            db.execute("SELECT 1 FROM sales WHERE id = $1::text::uuid FOR UPDATE", &[&id]).unwrap();
             db.execute(
                 "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
                  SELECT gen_random_uuid(), store_id, id, 1, 0.03 FROM sales WHERE id = $1::text::uuid",
