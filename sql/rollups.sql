@@ -30,6 +30,7 @@ CREATE TABLE analytics.source_config (
     sales_has_status    bool NOT NULL,
     sales_has_voided_at bool NOT NULL,
     valid_sale          text NOT NULL,
+    stock_source        text CHECK (stock_source IN ('movements', 'current_stock')),
     attached_at         timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE analytics.source_config IS 'What analytics.attach() found and captures.';
@@ -168,6 +169,17 @@ CREATE TABLE analytics.customer_daily_parts (
     PRIMARY KEY (store_id, day, customer_id, shard)
 ) WITH (fillfactor = 80);
 
+-- Stock per product: the sum of its inventory movements (or products.current_stock in the
+-- simplified variant, counted as one movement per product).
+CREATE TABLE analytics.product_stock_parts (
+    store_id   uuid    NOT NULL,
+    product_id uuid    NOT NULL,
+    shard      int     NOT NULL,
+    stock      numeric NOT NULL,
+    movements  bigint  NOT NULL,
+    PRIMARY KEY (store_id, product_id, shard)
+) WITH (fillfactor = 80);
+
 -- One description per rollup; everything that writes or checks parts is generated from it.
 -- Expressions read the columns of a "measured sale" (see analytics._measure_sql).
 CREATE TABLE analytics.rollup_catalog (
@@ -178,7 +190,8 @@ CREATE TABLE analytics.rollup_catalog (
     vals      text[] NOT NULL,
     val_exprs text[] NOT NULL,
     filter    text NOT NULL DEFAULT 'true',
-    position  int NOT NULL UNIQUE
+    position  int NOT NULL UNIQUE,
+    source    text NOT NULL DEFAULT 'sales' CHECK (source IN ('sales', 'stock'))
 );
 COMMENT ON TABLE analytics.rollup_catalog IS
     'How each rollup is computed from measured sales; drives the triggers, verify() and refresh.';
@@ -198,6 +211,9 @@ INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, va
   '{store_id,day,customer_id}', '{store_id,day,customer_id}',
   '{sales_count}', '{sum(sign)}',
   'customer_id IS NOT NULL');
+INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, source) VALUES
+ (4, 'product_stock', 'analytics.product_stock_parts',
+  '{store_id,product_id}', '{store_id,product_id}', '{stock,movements}', '{sum(qty),sum(sign)}', 'stock');
 
 -- What readers see: the definitions of SPEC §2 ------------------------------------------
 
@@ -281,6 +297,12 @@ FROM analytics.sales_daily_parts p
 GROUP BY p.store_id, p.day, p.method
 HAVING sum(p.sales_count) <> 0;
 
+CREATE VIEW analytics.product_stock AS
+SELECT p.store_id, p.product_id, sum(p.stock) AS stock
+FROM analytics.product_stock_parts p
+GROUP BY p.store_id, p.product_id
+HAVING sum(p.movements) <> 0;
+
 -- LA-CAJA's heatmap shape; a local hour that a DST fall-back repeats is one cell.
 CREATE VIEW analytics.sales_heatmap AS
 SELECT p.store_id,
@@ -300,7 +322,7 @@ HAVING sum(p.sales_count) <> 0;
 
 -- A measured sale: what every rollup is computed from. `source` yields sign, store_id,
 -- sold_at, customer_id, totals and payment for valid sales only.
-CREATE FUNCTION analytics._measure_sql(source text) RETURNS text
+CREATE FUNCTION analytics._measure_sales_sql(source text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$
         SELECT c.sign, c.store_id, c.customer_id, z.tz,
@@ -324,6 +346,21 @@ LANGUAGE sql IMMUTABLE AS $$
                analytics.amount(c.totals -> 'total_usd')    AS total_usd
                OFFSET 0) AS a
         WHERE c.store_id IS NOT NULL AND c.sold_at IS NOT NULL$q$, source)
+$$;
+
+-- A measured stock change: sign, store, product and the signed quantity.
+CREATE FUNCTION analytics._measure_stock_sql(source text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format($q$
+        SELECT c.sign, c.store_id, c.product_id, c.sign * coalesce(c.qty::numeric, 0) AS qty
+        FROM (%s) AS c
+        WHERE c.store_id IS NOT NULL AND c.product_id IS NOT NULL$q$, source)
+$$;
+
+CREATE FUNCTION analytics._measured_sql(source text, rows_sql text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE source WHEN 'sales' THEN analytics._measure_sales_sql(rows_sql)
+                       WHEN 'stock' THEN analytics._measure_stock_sql(rows_sql) END
 $$;
 
 -- The rollup's rows aggregated from measured sales in `measured` (a CTE name).
@@ -384,9 +421,10 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
         (SELECT string_agg(format('coalesce(a.%I, 0)', v), ', ') FROM unnest(r.vals) AS v))
 $$;
 
--- Valid sales of the attached source, as `sign, store_id, sold_at, customer_id, totals,
--- payment`, optionally for one store.
-CREATE FUNCTION analytics._source_sales_sql(store_filter text) RETURNS text
+-- The rows of the attached source tables that a source's rollups are computed from, as the
+-- capture triggers see them (`sign`, then the source's columns), optionally for one store.
+-- NULL when that source is not attached.
+CREATE FUNCTION analytics._source_rows_sql(source text, store_filter text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     cfg analytics.source_config;
@@ -396,22 +434,42 @@ BEGIN
         RAISE EXCEPTION 'lacaja_analytics is not attached to any sales table'
             USING HINT = 'Run SELECT analytics.attach(''public'') (or the schema holding LA-CAJA''s tables).';
     END IF;
-    RETURN format('SELECT 1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment
-                   FROM %I.sales AS r WHERE (%s) AND (%s)',
-                  cfg.source_schema, cfg.valid_sale, store_filter);
+    RETURN CASE
+        WHEN source = 'sales' THEN
+            format('SELECT 1 AS sign, %s FROM %I.sales AS r WHERE (%s) AND (%s)',
+                   analytics._capture_columns('sales', NULL), cfg.source_schema, cfg.valid_sale, store_filter)
+        WHEN source = 'stock' AND cfg.stock_source = 'movements' THEN
+            format('SELECT 1 AS sign, %s FROM %I.inventory_movements AS r WHERE %s',
+                   analytics._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
+        WHEN source = 'stock' AND cfg.stock_source = 'current_stock' THEN
+            format('SELECT 1 AS sign, %s FROM %I.products AS r WHERE %s',
+                   analytics._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
+    END;
 END
 $$;
 
--- The capture trigger's body for the detected variant (`valid_sale` reads alias r).
-CREATE FUNCTION analytics._capture_sales_body(valid_sale text) RETURNS text
+-- The columns a source's capture reads from its table (alias r).
+CREATE FUNCTION analytics._capture_columns(source text, stock_source text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN source = 'sales' THEN 'r.store_id, r.sold_at, r.customer_id, r.totals, r.payment'
+        WHEN stock_source = 'movements' THEN 'r.store_id, r.product_id, r.qty_delta AS qty'
+        WHEN stock_source = 'current_stock' THEN 'r.store_id, r.id AS product_id, r.current_stock AS qty'
+    END
+$$;
+
+-- A capture trigger's body: `columns` are read from the transition rows (alias r) that
+-- satisfy `valid`; the source's rollups in the catalog receive the statement's net delta.
+CREATE FUNCTION analytics._capture_body(source text, columns text, valid text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     changes constant text[] := ARRAY[
-        format('SELECT 1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM new_rows r WHERE %s', valid_sale),
-        format('SELECT -1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM old_rows r WHERE %s', valid_sale),
-        format('SELECT -1 AS sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM old_rows r WHERE %1$s
+        format('SELECT 1 AS sign, %s FROM new_rows r WHERE %s', columns, valid),
+        format('SELECT -1 AS sign, %s FROM old_rows r WHERE %s', columns, valid),
+        format('SELECT -1 AS sign, %1$s FROM old_rows r WHERE %2$s
                 UNION ALL
-                SELECT 1, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment FROM new_rows r WHERE %1$s', valid_sale)];
+                SELECT 1, %1$s FROM new_rows r WHERE %2$s', columns, valid)];
+    -- Sales only: what could not be read is reported, once, without failing the sale.
     problems constant text := $q$problems AS (
             INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
             SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
@@ -424,13 +482,13 @@ DECLARE
     statement text;
 BEGIN
     FOR i IN 1..3 LOOP
-        -- Inserted or deleted valid sales always move sales_count; only an update can net to zero.
+        -- Inserted or deleted rows always move a count; only an update can net to zero.
         SELECT array_agg(analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'),
                                                      'analytics.backend_shard()', i = 3) ORDER BY c.position)
-          INTO upserts FROM analytics.rollup_catalog c;
+          INTO upserts FROM analytics.rollup_catalog c WHERE c.source = _capture_body.source;
         statement := format('WITH changed AS (%s), measured AS (%s)', changes[i],
-                            analytics._measure_sql('SELECT * FROM changed'));
-        IF i <> 2 THEN
+                            analytics._measured_sql(source, 'SELECT * FROM changed'));
+        IF i <> 2 AND source = 'sales' THEN
             statement := statement || ', ' || problems;
         END IF;
         FOR j IN 1..cardinality(upserts) - 1 LOOP
@@ -440,7 +498,7 @@ BEGIN
     END LOOP;
     RETURN format($f$
 BEGIN
-    -- generated by analytics.attach(); valid sale: %s
+    -- generated by analytics.attach(): %s rows where %s
     IF TG_OP = 'INSERT' THEN
         %s
     ELSIF TG_OP = 'DELETE' THEN
@@ -449,12 +507,12 @@ BEGIN
         %s
     END IF;
     RETURN NULL;
-END$f$, valid_sale, branches[1], branches[2], branches[3]);
+END$f$, source, valid, branches[1], branches[2], branches[3]);
 END
 $$;
 
--- The trigger functions exist from install on; attach() replaces the capture body with
--- one generated for the source it finds. Until then capture does nothing.
+-- The trigger functions exist from install on; attach() replaces their bodies with ones
+-- generated for the source it finds. Until then capture does nothing.
 CREATE FUNCTION analytics._capture_sales() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -462,19 +520,68 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION analytics._capture_sales_truncate() RETURNS trigger
+CREATE FUNCTION analytics._capture_stock() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE of a source table empties the rollups of that source (TG_ARGV[0]).
+CREATE FUNCTION analytics._capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r analytics.rollup_catalog;
 BEGIN
-    FOR r IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+    FOR r IN SELECT * FROM analytics.rollup_catalog WHERE source = TG_ARGV[0] ORDER BY position LOOP
         EXECUTE format('TRUNCATE %s', r.parts);
     END LOOP;
     RETURN NULL;
 END
 $$;
 
+-- The four capture triggers of one table, bound to the extension so DROP EXTENSION removes them.
+CREATE FUNCTION analytics._create_capture_triggers(rel regclass, source text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn constant text := format('analytics.%I', '_capture_' || source);
+    prefix constant text := 'lacaja_analytics_' || source;
+    t text;
+BEGIN
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_insert', rel, fn);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_update', rel, fn);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_delete', rel, fn);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION analytics._capture_truncate(%L)', prefix || '_truncate', rel, source);
+    FOREACH t IN ARRAY ARRAY['_insert', '_update', '_delete', '_truncate'] LOOP
+        PERFORM analytics._bind_trigger_to_extension(rel::oid, prefix || t);
+    END LOOP;
+    RETURN ARRAY[prefix || '_insert', prefix || '_update', prefix || '_delete', prefix || '_truncate'];
+END
+$$;
+
+-- Replaces a capture function's body (it stays a member of the extension).
+CREATE FUNCTION analytics._set_capture_body(source text, body text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics.%I() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        '_capture_' || source, body);
+END
+$$;
+
 -- Attach and detach ---------------------------------------------------------------------
+
+CREATE FUNCTION analytics._has_columns(rel regclass, columns text[]) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT rel IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM unnest(columns) AS c
+        WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                          WHERE a.attrelid = rel AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped))
+$$;
 
 CREATE FUNCTION analytics.detach() RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -492,12 +599,8 @@ BEGIN
         dropped := dropped || format('%s.%s', t.rel, t.tgname);
     END LOOP;
     DELETE FROM analytics.source_config;
-    CREATE OR REPLACE FUNCTION analytics._capture_sales() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-    BEGIN
-        RETURN NULL;
-    END
-    $body$;
+    PERFORM analytics._set_capture_body('sales', 'BEGIN RETURN NULL; END');
+    PERFORM analytics._set_capture_body('stock', 'BEGIN RETURN NULL; END');
     RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
 END
 $$;
@@ -512,7 +615,8 @@ DECLARE
     valid_sale text;
     optional_tables text[];
     found_tables text[];
-    t text;
+    stock_source text;
+    triggers text[];
 BEGIN
     IF sales IS NULL THEN
         RAISE EXCEPTION 'no table "sales" in schema "%"', source_schema
@@ -537,29 +641,33 @@ BEGIN
         WHEN has_voided_at THEN 'r.voided_at IS NULL'
         ELSE 'true' END;
 
+    -- Stock: products.current_stock when the table has it (simplified variant), else the
+    -- sum of inventory_movements.
+    stock_source := CASE
+        WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.products', source_schema))
+                                                  AND attname = 'current_stock' AND NOT attisdropped)
+             AND analytics._has_columns(to_regclass(format('%I.products', source_schema)), '{id,store_id}')
+            THEN 'current_stock'
+        WHEN analytics._has_columns(to_regclass(format('%I.inventory_movements', source_schema)),
+                                    '{store_id,product_id,qty_delta}')
+            THEN 'movements' END;
+
     PERFORM analytics.detach();
-    INSERT INTO analytics.source_config (source_schema, variant, sales_has_status, sales_has_voided_at, valid_sale)
-    VALUES (source_schema, CASE WHEN has_status THEN 'simplified' ELSE 'real' END, has_status, has_voided_at, valid_sale);
+    INSERT INTO analytics.source_config (source_schema, variant, sales_has_status, sales_has_voided_at, valid_sale, stock_source)
+    VALUES (source_schema, CASE WHEN has_status THEN 'simplified' ELSE 'real' END, has_status, has_voided_at,
+            valid_sale, stock_source);
 
-    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._capture_sales() RETURNS trigger
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
-        analytics._capture_sales_body(valid_sale));
-
-    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_insert AFTER INSERT ON %s
-                    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-                    EXECUTE FUNCTION analytics._capture_sales()', sales);
-    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_update AFTER UPDATE ON %s
-                    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
-                    EXECUTE FUNCTION analytics._capture_sales()', sales);
-    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_delete AFTER DELETE ON %s
-                    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
-                    EXECUTE FUNCTION analytics._capture_sales()', sales);
-    EXECUTE format('CREATE TRIGGER lacaja_analytics_capture_truncate AFTER TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION analytics._capture_sales_truncate()', sales);
-    FOREACH t IN ARRAY ARRAY['lacaja_analytics_capture_insert', 'lacaja_analytics_capture_update',
-                             'lacaja_analytics_capture_delete', 'lacaja_analytics_capture_truncate'] LOOP
-        PERFORM analytics._bind_trigger_to_extension(sales::oid, t);
-    END LOOP;
+    PERFORM analytics._set_capture_body('sales',
+        analytics._capture_body('sales', analytics._capture_columns('sales', NULL), valid_sale));
+    triggers := analytics._create_capture_triggers(sales, 'sales');
+    IF stock_source IS NOT NULL THEN
+        PERFORM analytics._set_capture_body('stock',
+            analytics._capture_body('stock', analytics._capture_columns('stock', stock_source), 'true'));
+        triggers := triggers || analytics._create_capture_triggers(
+            to_regclass(format('%I.%I', source_schema,
+                               CASE stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
+            'stock');
+    END IF;
 
     optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
                              'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
@@ -572,6 +680,8 @@ BEGIN
         'sales', sales::text,
         'variant', CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
         'valid_sale', valid_sale,
+        'stock', coalesce(stock_source, 'not captured: no inventory_movements or products.current_stock'),
+        'triggers', to_jsonb(triggers),
         'tables_found', coalesce(to_jsonb(found_tables), '[]'),
         'tables_missing', coalesce((SELECT jsonb_agg(o ORDER BY o) FROM unnest(optional_tables) o
                                     WHERE o <> ALL (coalesce(found_tables, '{}'))), '[]'),
@@ -586,36 +696,54 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN store_id IS NULL THEN 'true' ELSE format('store_id = %L::uuid', store_id) END
 $$;
 
+-- `measured_<source> AS MATERIALIZED (...)` for every attached source, optionally for one
+-- store, and the catalog entries those sources feed.
+CREATE FUNCTION analytics._measured_ctes(store_id uuid, OUT ctes text[], OUT rollups analytics.rollup_catalog[])
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    filter constant text := CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END;
+    src text;
+    rows_sql text;
+BEGIN
+    ctes := '{}';
+    rollups := '{}';
+    FOR src IN SELECT DISTINCT c.source FROM analytics.rollup_catalog c ORDER BY 1 LOOP
+        rows_sql := analytics._source_rows_sql(src, filter);
+        CONTINUE WHEN rows_sql IS NULL;
+        ctes := ctes || format('%I AS MATERIALIZED (%s)', 'measured_' || src, analytics._measured_sql(src, rows_sql));
+        rollups := rollups || ARRAY(SELECT c FROM analytics.rollup_catalog c WHERE c.source = src ORDER BY c.position);
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION analytics.verify(store_id uuid DEFAULT NULL)
 RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    source text := analytics._source_sales_sql(
-        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END);
+    measured record := analytics._measured_ctes(store_id);
     parts text[] := '{}';
     c analytics.rollup_catalog;
 BEGIN
-    FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+    FOREACH c IN ARRAY measured.rollups LOOP
         parts := parts || format($q$SELECT %L, jsonb_build_object(%s), jsonb_build_object(%s), jsonb_build_object(%s)
                                    FROM (%s) AS d$q$,
             c.name,
             (SELECT string_agg(format('%L, d.%I', k, k), ', ') FROM unnest(c.keys) k),
             (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'expected_' || v), ', ') FROM unnest(c.vals) v),
             (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'actual_' || v), ', ') FROM unnest(c.vals) v),
-            analytics._difference_sql(c, 'measured', analytics._store_filter(store_id)));
+            analytics._difference_sql(c, 'measured_' || c.source, analytics._store_filter(store_id)));
     END LOOP;
     -- One statement, so every rollup is compared in the same snapshot.
-    RETURN QUERY EXECUTE format('WITH measured AS MATERIALIZED (%s) %s',
-        analytics._measure_sql(source), array_to_string(parts, ' UNION ALL '));
+    RETURN QUERY EXECUTE format('WITH %s %s',
+        array_to_string(measured.ctes, ', '), array_to_string(parts, ' UNION ALL '));
 END
 $$;
 
 CREATE FUNCTION analytics._repair(store_id uuid) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    source text := analytics._source_sales_sql(
-        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END);
-    ctes text[] := '{}';
+    measured record;
+    ctes text[];
     counts text[] := '{}';
     c analytics.rollup_catalog;
     corrected jsonb;
@@ -628,15 +756,17 @@ BEGIN
     -- Repairs add corrections to shard 0; two at once would both add the same correction.
     -- Taken before the repair statement so that its snapshot sees the previous repair.
     PERFORM pg_advisory_xact_lock(1279345482, 1);
-    FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+    measured := analytics._measured_ctes(store_id);
+    ctes := measured.ctes;
+    FOREACH c IN ARRAY measured.rollups LOOP
         ctes := ctes || format('fix_%s AS (%s RETURNING 1)', c.position,
-            analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured', analytics._store_filter(store_id)), '0', false));
+            analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured_' || c.source,
+                                                                     analytics._store_filter(store_id)), '0', false));
         counts := counts || format('%L, (SELECT count(*) FROM fix_%s)', c.name, c.position);
     END LOOP;
-    counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured)$q$::text;
-    -- One statement: the source and every rollup are read in the same snapshot.
-    EXECUTE format('WITH measured AS MATERIALIZED (%s), %s SELECT jsonb_build_object(%s)',
-                   analytics._measure_sql(source), array_to_string(ctes, ', '), array_to_string(counts, ', '))
+    counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured_sales)$q$::text;
+    -- One statement: the sources and every rollup are read in the same snapshot.
+    EXECUTE format('WITH %s SELECT jsonb_build_object(%s)', array_to_string(ctes, ', '), array_to_string(counts, ', '))
       INTO corrected;
     RETURN jsonb_build_object(
         'store_id', store_id,
@@ -687,6 +817,37 @@ BEGIN
 END
 $$;
 
+-- Inventory metrics per store (SPEC §2), over active products and their stock rollup.
+-- Thresholds and costs live in LA-CAJA's products table, so the metrics are evaluated when
+-- read (one pass over a store's products, no sales); a view over products would block
+-- LA-CAJA's own migrations of that table, hence dynamic SQL.
+CREATE FUNCTION analytics.inventory_metrics_of(for_store uuid DEFAULT NULL)
+RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
+               stock_value_bs numeric, stock_value_usd numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics.source_config c)));
+BEGIN
+    IF NOT analytics._has_columns(products, '{id,store_id,is_active,low_stock_threshold,cost_bs,cost_usd}') THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format($q$
+        SELECT p.store_id, count(*),
+               count(*) FILTER (WHERE p.low_stock_threshold > 0 AND s.stock > 0 AND s.stock <= p.low_stock_threshold),
+               count(*) FILTER (WHERE coalesce(s.stock, 0) <= 0),
+               coalesce(sum(s.stock * p.cost_bs) FILTER (WHERE s.stock > 0), 0),
+               coalesce(sum(s.stock * p.cost_usd) FILTER (WHERE s.stock > 0), 0)
+        FROM %s AS p
+        LEFT JOIN analytics.product_stock AS s ON s.store_id = p.store_id AND s.product_id = p.id
+        WHERE p.is_active AND ($1 IS NULL OR p.store_id = $1)
+        GROUP BY p.store_id$q$, products)
+    USING for_store;
+END
+$$;
+
+CREATE VIEW analytics.inventory_metrics AS
+SELECT * FROM analytics.inventory_metrics_of(NULL);
+
 -- pg_dump keeps what the DBA configured and what was reported; rollups are rebuilt after a
 -- restore with analytics.attach() and analytics.refresh_all().
 SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
@@ -699,7 +860,8 @@ REVOKE ALL ON ALL TABLES IN SCHEMA analytics FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA analytics FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics.refresh_all(),
     analytics.refresh_store(uuid), analytics.set_store_timezone(uuid, text), analytics._repair(uuid),
-    analytics._capture_sales(), analytics._capture_sales_truncate(),
+    analytics._capture_sales(), analytics._capture_stock(), analytics._capture_truncate(),
+    analytics._create_capture_triggers(regclass, text), analytics._set_capture_body(text, text),
     analytics._bind_trigger_to_extension(oid, text) FROM PUBLIC;
 
 -- Attach at once when LA-CAJA's tables are already there.

@@ -288,6 +288,59 @@ mod tests {
     }
 
     #[pg_test]
+    fn stock_and_inventory_metrics_follow_movements_and_products() {
+        lacaja_pos();
+        run(&format!(
+            "INSERT INTO products (id, store_id, name, cost_bs, cost_usd, low_stock_threshold, is_active)
+             SELECT ('f0000000-0000-4000-8000-00000000000' || i)::uuid, '{STORE_A}', 'p' || i, 10 * i, i, 5, i <> 4
+             FROM generate_series(1, 6) i"
+        ));
+        let product = |i: u32| format!("'f0000000-0000-4000-8000-00000000000{i}'");
+        run(&format!(
+            "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+             VALUES (gen_random_uuid(), '{STORE_A}', {p1}, 'received', 20), (gen_random_uuid(), '{STORE_A}', {p1}, 'sold', -17.5),
+                    (gen_random_uuid(), '{STORE_A}', {p2}, 'received', 3), (gen_random_uuid(), '{STORE_A}', {p3}, 'received', 2),
+                    (gen_random_uuid(), '{STORE_A}', {p3}, 'sold', -2), (gen_random_uuid(), '{STORE_A}', {p4}, 'received', 9)",
+            p1 = product(1), p2 = product(2), p3 = product(3), p4 = product(4)
+        ));
+        assert_matches_oracle();
+        let low: i64 = scalar(&format!("SELECT low_stock_count FROM analytics.inventory_metrics WHERE store_id = '{STORE_A}'")).unwrap();
+        assert_eq!(low, 2, "2.5 and 3 units are at or under the threshold of 5");
+        run(&format!("UPDATE inventory_movements SET qty_delta = qty_delta - 10 WHERE product_id = {}", product(2)));
+        run(&format!("DELETE FROM inventory_movements WHERE product_id = {}", product(3)));
+        run(&format!("UPDATE products SET is_active = true, low_stock_threshold = 20, cost_bs = 1 WHERE id = {}", product(4)));
+        assert_matches_oracle();
+        run("TRUNCATE inventory_movements");
+        assert_matches_oracle();
+    }
+
+    #[pg_test]
+    fn simplified_variant_takes_stock_from_current_stock() {
+        run("CREATE SCHEMA simple");
+        run("CREATE TABLE simple.sales (id uuid PRIMARY KEY, store_id uuid NOT NULL, sold_at timestamptz NOT NULL,
+                totals jsonb NOT NULL, payment jsonb NOT NULL, customer_id uuid, status text NOT NULL)");
+        run("CREATE TABLE simple.products (id uuid PRIMARY KEY, store_id uuid NOT NULL, name text,
+                current_stock int NOT NULL DEFAULT 0, low_stock_threshold int NOT NULL DEFAULT 0,
+                cost_bs numeric NOT NULL DEFAULT 0, cost_usd numeric NOT NULL DEFAULT 0, is_active bool NOT NULL DEFAULT true)");
+        let report: pgrx::JsonB = scalar("SELECT analytics.attach('simple')").unwrap();
+        assert_eq!(report.0["stock"], "current_stock", "{}", report.0);
+        run(&format!(
+            "INSERT INTO simple.products (id, store_id, current_stock, low_stock_threshold)
+             SELECT gen_random_uuid(), '{STORE_A}', i, 2 FROM generate_series(0, 4) i"
+        ));
+        run("UPDATE simple.products SET current_stock = current_stock - 1 WHERE current_stock > 2");
+        let stock: String = scalar("SELECT string_agg(stock::text, ',' ORDER BY stock) FROM analytics.product_stock").unwrap();
+        assert_eq!(stock, "0,1,2,2,3");
+        let metrics: String = scalar(
+            "SELECT format('%s/%s/%s', total_products, low_stock_count, out_of_stock_count) FROM analytics.inventory_metrics",
+        )
+        .unwrap();
+        assert_eq!(metrics, "5/3/1");
+        let verify: i64 = scalar("SELECT count(*) FROM analytics.verify()").unwrap();
+        assert_eq!(verify, 0);
+    }
+
+    #[pg_test]
     fn attach_refuses_a_schema_without_sales() {
         let refused = PgTryBuilder::new(|| Spi::run("SELECT analytics.attach('pg_catalog')").is_err())
             .catch_others(|_| true)

@@ -142,17 +142,65 @@ fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
     db.execute(sql.as_str(), &[&id]).unwrap();
 }
 
+/// Stock work of a store: a delivery, a sale's movement, a correction, a deleted or edited
+/// movement, or a product that changes what the inventory metrics count.
+fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(String, String)]) {
+    let (product, store) = rng.pick(products).clone();
+    match rng.below(6) {
+        0..=2 => {
+            let qty = format!("{}{}.{}", if rng.chance(60) { "-" } else { "" }, rng.below(40), rng.below(1000));
+            db.execute(
+                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+                 VALUES (gen_random_uuid(), $1::text::uuid, $2::text::uuid, 'adjust', $3::text::numeric)",
+                &[&store, &product, &qty],
+            )
+            .unwrap();
+        }
+        3 => {
+            db.execute(
+                "DELETE FROM inventory_movements WHERE id = (SELECT id FROM inventory_movements
+                 WHERE product_id = $1::text::uuid ORDER BY id LIMIT 1)",
+                &[&product],
+            )
+            .unwrap();
+        }
+        4 => {
+            db.execute(
+                "UPDATE inventory_movements SET qty_delta = qty_delta + 1.5 WHERE id = (SELECT id FROM inventory_movements
+                 WHERE product_id = $1::text::uuid ORDER BY id DESC LIMIT 1)",
+                &[&product],
+            )
+            .unwrap();
+        }
+        _ => {
+            db.execute(
+                "UPDATE products SET is_active = random() < 0.8, low_stock_threshold = (random() * 10)::int,
+                        cost_bs = round((random() * 100)::numeric, 2) WHERE id = $1::text::uuid",
+                &[&product],
+            )
+            .unwrap();
+        }
+    }
+}
+
 /// One POS session: `transactions` random transactions, some rolled back.
 fn pos_session(database: &str, seed: u64, transactions: usize, shared: SharedIds) {
     let mut db = connect(database);
     let mut rng = Rng::new(seed);
     let mut own: Vec<String> = Vec::new();
+    let products: Vec<(String, String)> = db
+        .query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     for _ in 0..transactions {
         let mut tx = db.transaction().unwrap();
         let roll_back = rng.chance(7);
         let mut created = Vec::new();
         match rng.below(100) {
-            0..=44 => created = insert_sales(&mut tx, &mut rng, 1),
+            0..=39 => created = insert_sales(&mut tx, &mut rng, 1),
+            40..=44 => change_stock(&mut tx, &mut rng, &products),
             45..=54 => {
                 let n = 2 + rng.below(30) as usize;
                 created = insert_sales(&mut tx, &mut rng, n);
@@ -235,8 +283,15 @@ fn randomised_concurrent_workload_matches_oracle() {
     let mut blind = connect(database);
     blind.batch_execute("SET session_replication_role = replica").unwrap();
     let mut rng = Rng::new(seed ^ 0xB11D);
+    let products: Vec<(String, String)> = db
+        .query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     for _ in 0..200 {
         let mut tx = blind.transaction().unwrap();
+        change_stock(&mut tx, &mut rng, &products);
         let n = 1 + rng.below(3) as usize;
         let created = insert_sales(&mut tx, &mut rng, n);
         let picked = {

@@ -60,6 +60,21 @@ SELECT store_id, (sold_at AT TIME ZONE tz)::date AS date,
        sum(a_total_bs) / count(*) AS avg_ticket_bs, sum(a_total_usd) / count(*) AS avg_ticket_usd
 FROM oracle_valid_sales GROUP BY 1, 2, 3, 4;
 
+CREATE TEMP VIEW oracle_product_stock AS
+SELECT store_id, product_id, sum(qty_delta)::numeric AS stock
+FROM inventory_movements GROUP BY 1, 2;
+
+CREATE TEMP VIEW oracle_inventory_metrics AS
+SELECT p.store_id, count(*) AS total_products,
+       count(*) FILTER (WHERE p.low_stock_threshold > 0 AND s.stock > 0 AND s.stock <= p.low_stock_threshold) AS low_stock_count,
+       count(*) FILTER (WHERE coalesce(s.stock, 0) <= 0) AS out_of_stock_count,
+       coalesce(sum(s.stock * p.cost_bs) FILTER (WHERE s.stock > 0), 0) AS stock_value_bs,
+       coalesce(sum(s.stock * p.cost_usd) FILTER (WHERE s.stock > 0), 0) AS stock_value_usd
+FROM products p
+LEFT JOIN oracle_product_stock s ON s.store_id = p.store_id AND s.product_id = p.id
+WHERE p.is_active
+GROUP BY p.store_id;
+
 -- One row per relation: how many rows differ between the rollup and the oracle.
 CREATE TEMP VIEW oracle_differences AS
 SELECT 'sales_hourly' AS relation, count(*) AS differences FROM (
@@ -76,4 +91,12 @@ SELECT 'sales_by_payment_daily', count(*) FROM (
 UNION ALL
 SELECT 'sales_heatmap', count(*) FROM (
     (SELECT * FROM analytics.sales_heatmap EXCEPT ALL SELECT * FROM oracle_sales_heatmap)
-    UNION ALL (SELECT * FROM oracle_sales_heatmap EXCEPT ALL SELECT * FROM analytics.sales_heatmap)) d;
+    UNION ALL (SELECT * FROM oracle_sales_heatmap EXCEPT ALL SELECT * FROM analytics.sales_heatmap)) d
+UNION ALL
+SELECT 'product_stock', count(*) FROM (
+    (SELECT * FROM analytics.product_stock EXCEPT ALL SELECT * FROM oracle_product_stock)
+    UNION ALL (SELECT * FROM oracle_product_stock EXCEPT ALL SELECT * FROM analytics.product_stock)) d
+UNION ALL
+SELECT 'inventory_metrics', count(*) FROM (
+    (SELECT * FROM analytics.inventory_metrics EXCEPT ALL SELECT * FROM oracle_inventory_metrics)
+    UNION ALL (SELECT * FROM oracle_inventory_metrics EXCEPT ALL SELECT * FROM analytics.inventory_metrics)) d;
