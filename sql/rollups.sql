@@ -31,6 +31,7 @@ CREATE TABLE analytics.source_config (
     sales_has_voided_at bool NOT NULL,
     valid_sale          text NOT NULL,
     stock_source        text CHECK (stock_source IN ('movements', 'current_stock')),
+    captures_items      boolean NOT NULL DEFAULT false,
     attached_at         timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE analytics.source_config IS 'What analytics.attach() found and captures.';
@@ -191,7 +192,7 @@ CREATE TABLE analytics.rollup_catalog (
     val_exprs text[] NOT NULL,
     filter    text NOT NULL DEFAULT 'true',
     position  int NOT NULL UNIQUE,
-    source    text NOT NULL DEFAULT 'sales' CHECK (source IN ('sales', 'stock'))
+    source    text NOT NULL DEFAULT 'sales' CHECK (source IN ('sales', 'stock', 'items'))
 );
 COMMENT ON TABLE analytics.rollup_catalog IS
     'How each rollup is computed from measured sales; drives the triggers, verify() and refresh.';
@@ -360,7 +361,8 @@ $$;
 CREATE FUNCTION analytics._measured_sql(source text, rows_sql text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE source WHEN 'sales' THEN analytics._measure_sales_sql(rows_sql)
-                       WHEN 'stock' THEN analytics._measure_stock_sql(rows_sql) END
+                       WHEN 'stock' THEN analytics._measure_stock_sql(rows_sql)
+                       WHEN 'items' THEN rows_sql END
 $$;
 
 -- The rollup's rows aggregated from measured sales in `measured` (a CTE name).
@@ -444,6 +446,9 @@ BEGIN
         WHEN source = 'stock' AND cfg.stock_source = 'current_stock' THEN
             format('SELECT 1 AS sign, %s FROM %I.products AS r WHERE %s',
                    analytics._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
+        -- Product rollups are sums of the item facts (see sql/products.sql).
+        WHEN source = 'items' AND cfg.captures_items THEN
+            format('SELECT 1 AS sign, r.* FROM analytics.item_facts AS r WHERE %s', store_filter)
     END;
 END
 $$;
@@ -533,33 +538,48 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r analytics.rollup_catalog;
 BEGIN
+    IF TG_ARGV[0] = 'item_returns' THEN
+        -- Returned quantities are part of the item facts: recompute the sales that had any.
+        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics.item_facts f
+                                                WHERE (f.returned_qty, f.returned_bs, f.returned_usd) <> (0, 0, 0)));
+        RETURN NULL;
+    END IF;
     FOR r IN SELECT * FROM analytics.rollup_catalog WHERE source = TG_ARGV[0] ORDER BY position LOOP
         EXECUTE format('TRUNCATE %s', r.parts);
     END LOOP;
+    IF TG_ARGV[0] = 'items' THEN
+        TRUNCATE analytics.item_facts;
+    END IF;
     RETURN NULL;
 END
 $$;
 
 -- The four capture triggers of one table, bound to the extension so DROP EXTENSION removes them.
-CREATE FUNCTION analytics._create_capture_triggers(rel regclass, source text) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics._create_capture_triggers(rel regclass, source text,
+                                                   events text[] DEFAULT '{insert,update,delete,truncate}')
+RETURNS text[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn constant text := format('analytics.%I', '_capture_' || source);
     prefix constant text := 'lacaja_analytics_' || source;
-    t text;
+    event text;
+    created text[] := '{}';
 BEGIN
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_insert', rel, fn);
-    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_update', rel, fn);
-    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_delete', rel, fn);
-    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION analytics._capture_truncate(%L)', prefix || '_truncate', rel, source);
-    FOREACH t IN ARRAY ARRAY['_insert', '_update', '_delete', '_truncate'] LOOP
-        PERFORM analytics._bind_trigger_to_extension(rel::oid, prefix || t);
+    FOREACH event IN ARRAY events LOOP
+        EXECUTE CASE event
+            WHEN 'insert' THEN format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_insert', rel, fn)
+            WHEN 'update' THEN format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_update', rel, fn)
+            WHEN 'delete' THEN format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_delete', rel, fn)
+            WHEN 'truncate' THEN format('CREATE TRIGGER %I AFTER TRUNCATE ON %s
+                                         FOR EACH STATEMENT EXECUTE FUNCTION analytics._capture_truncate(%L)',
+                                        prefix || '_truncate', rel, source)
+        END;
+        PERFORM analytics._bind_trigger_to_extension(rel::oid, prefix || '_' || event);
+        created := created || (prefix || '_' || event);
     END LOOP;
-    RETURN ARRAY[prefix || '_insert', prefix || '_update', prefix || '_delete', prefix || '_truncate'];
+    RETURN created;
 END
 $$;
 
@@ -601,6 +621,7 @@ BEGIN
     DELETE FROM analytics.source_config;
     PERFORM analytics._set_capture_body('sales', 'BEGIN RETURN NULL; END');
     PERFORM analytics._set_capture_body('stock', 'BEGIN RETURN NULL; END');
+    PERFORM analytics._detach_items();
     RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
 END
 $$;
@@ -668,6 +689,7 @@ BEGIN
                                CASE stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
             'stock');
     END IF;
+    triggers := triggers || analytics._attach_items(source_schema, valid_sale);
 
     optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
                              'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
@@ -681,6 +703,8 @@ BEGIN
         'variant', CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
         'valid_sale', valid_sale,
         'stock', coalesce(stock_source, 'not captured: no inventory_movements or products.current_stock'),
+        'products', CASE WHEN (SELECT captures_items FROM analytics.source_config) THEN 'sale_items'
+                         ELSE 'not captured: no sale_items with id, sale_id, product_id, qty, unit_price_bs, unit_price_usd' END,
         'triggers', to_jsonb(triggers),
         'tables_found', coalesce(to_jsonb(found_tables), '[]'),
         'tables_missing', coalesce((SELECT jsonb_agg(o ORDER BY o) FROM unnest(optional_tables) o
@@ -736,6 +760,7 @@ BEGIN
     -- One statement, so every rollup is compared in the same snapshot.
     RETURN QUERY EXECUTE format('WITH %s %s',
         array_to_string(measured.ctes, ', '), array_to_string(parts, ' UNION ALL '));
+    RETURN QUERY SELECT * FROM analytics._verify_item_facts(store_id);
 END
 $$;
 
@@ -747,6 +772,7 @@ DECLARE
     counts text[] := '{}';
     c analytics.rollup_catalog;
     corrected jsonb;
+    items_fixed bigint;
     started timestamptz := clock_timestamp();
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -756,6 +782,8 @@ BEGIN
     -- Repairs add corrections to shard 0; two at once would both add the same correction.
     -- Taken before the repair statement so that its snapshot sees the previous repair.
     PERFORM pg_advisory_xact_lock(1279345482, 1);
+    -- Item facts first (they lock the sales they fix); the rollups are then sums of facts.
+    items_fixed := analytics._repair_item_facts(store_id);
     measured := analytics._measured_ctes(store_id);
     ctes := measured.ctes;
     FOREACH c IN ARRAY measured.rollups LOOP
@@ -772,6 +800,7 @@ BEGIN
         'store_id', store_id,
         'keys_corrected', corrected - 'valid_sales',
         'valid_sales', corrected -> 'valid_sales',
+        'sales_with_item_facts_rebuilt', items_fixed,
         'duration_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000, 1));
 END
 $$;
@@ -848,27 +877,3 @@ $$;
 CREATE VIEW analytics.inventory_metrics AS
 SELECT * FROM analytics.inventory_metrics_of(NULL);
 
--- pg_dump keeps what the DBA configured and what was reported; rollups are rebuilt after a
--- restore with analytics.attach() and analytics.refresh_all().
-SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
-
--- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
--- by PUBLIC, and the upkeep functions are for the DBA.
-REVOKE ALL ON ALL TABLES IN SCHEMA analytics FROM PUBLIC;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA analytics FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics.refresh_all(),
-    analytics.refresh_store(uuid), analytics.set_store_timezone(uuid, text), analytics._repair(uuid),
-    analytics._capture_sales(), analytics._capture_stock(), analytics._capture_truncate(),
-    analytics._create_capture_triggers(regclass, text), analytics._set_capture_body(text, text),
-    analytics._bind_trigger_to_extension(oid, text) FROM PUBLIC;
-
--- Attach at once when LA-CAJA's tables are already there.
-DO $$
-BEGIN
-    IF to_regclass(format('%I.sales', analytics.configured_source_schema())) IS NOT NULL THEN
-        PERFORM analytics.attach(analytics.configured_source_schema());
-    END IF;
-END
-$$;

@@ -9,7 +9,20 @@ mod rollups;
 
 ::pgrx::pg_module_magic!(name, version);
 
-pgrx::extension_sql_file!("../sql/rollups.sql", name = "rollups", finalize);
+pgrx::extension_sql_file!(
+    "../sql/rollups.sql",
+    name = "rollups",
+    requires = [
+        rollups::parse_amount,
+        rollups::backend_shard,
+        rollups::default_timezone,
+        rollups::configured_source_schema,
+        rollups::is_valid_timezone,
+        rollups::bind_trigger_to_extension
+    ]
+);
+pgrx::extension_sql_file!("../sql/products.sql", name = "products", requires = ["rollups"]);
+pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

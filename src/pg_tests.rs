@@ -341,6 +341,57 @@ mod tests {
     }
 
     #[pg_test]
+    fn product_rollup_follows_items_returns_voids_and_keeps_captured_cost() {
+        lacaja_pos();
+        run(&format!(
+            "INSERT INTO products (id, store_id, name, cost_bs, cost_usd, cost_per_weight_bs, cost_per_weight_usd, is_weight_product)
+             VALUES ('f0000000-0000-4000-8000-000000000001', '{STORE_A}', 'harina', 30, 0.8, NULL, NULL, false),
+                    ('f0000000-0000-4000-8000-000000000002', '{STORE_A}', 'queso (kg)', 100, 3, 150, 4.5, true)"
+        ));
+        run(&sale(1, STORE_A, "2026-03-01 10:15:00-04", "100.00", "CASH_BS", Some(1)));
+        run(&sale(2, STORE_A, "2026-03-01 11:15:00-04", "50.00", "CASH_BS", None));
+        let item = |n: u32| format!("'a1000000-0000-4000-8000-00000000000{n}'");
+        run(&format!(
+            "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd, discount_bs, discount_usd, is_weight_product)
+             VALUES ({i1}, {s1}, 'f0000000-0000-4000-8000-000000000001', 2, 36.5, 1, 0, 0, false),
+                    ({i2}, {s1}, 'f0000000-0000-4000-8000-000000000001', 1, 36.5, 1, 5, 0.1, false),
+                    ({i3}, {s1}, 'f0000000-0000-4000-8000-000000000002', 0.750, 200, 5.5, 0, 0, true),
+                    ({i4}, {s2}, 'f0000000-0000-4000-8000-000000000002', 1.250, 200, 5.5, 0, 0, true)",
+            i1 = item(1), i2 = item(2), i3 = item(3), i4 = item(4), s1 = sale_id(1), s2 = sale_id(2)
+        ));
+        assert_matches_oracle();
+        let sold: String = scalar(&format!(
+            "SELECT times_sold || '/' || qty FROM analytics.product_sales_daily
+             WHERE product_id = 'f0000000-0000-4000-8000-000000000001' AND store_id = '{STORE_A}'"
+        ))
+        .unwrap();
+        assert_eq!(sold, "1/3.000", "two lines of one sale are sold once");
+        // Cost is what it was when the item was recorded.
+        run("UPDATE products SET cost_bs = 999, cost_per_weight_bs = 999");
+        let cost: bool = scalar("SELECT sum(qty * unit_cost_bs) = 390 FROM analytics.item_facts WHERE counted").unwrap();
+        assert!(cost, "cost is 3 x 30 + 2 kg x 150, captured before the price change");
+        run(&format!(
+            "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+             VALUES ('a2000000-0000-4000-8000-000000000001', '{STORE_A}', {s1}, 36.5, 1);
+             INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+             VALUES (gen_random_uuid(), 'a2000000-0000-4000-8000-000000000001', {i1},
+                     'f0000000-0000-4000-8000-000000000001', 1, 36.5, 1)",
+            s1 = sale_id(1), i1 = item(1)
+        ));
+        assert_matches_oracle();
+        run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(2)));
+        run(&format!("UPDATE sales SET sold_at = sold_at - interval '3 days' WHERE id = {}", sale_id(1)));
+        run(&format!("UPDATE sale_items SET qty = qty + 1 WHERE id = {}", item(2)));
+        run(&format!("DELETE FROM sale_items WHERE id = {}", item(3)));
+        assert_matches_oracle();
+        run(&format!("UPDATE sales SET voided_at = NULL, store_id = '{STORE_B}' WHERE id = {}", sale_id(2)));
+        run(&format!("DELETE FROM sales WHERE id = {}", sale_id(1)));
+        assert_matches_oracle();
+        let facts: i64 = scalar("SELECT count(*) FROM analytics.item_facts").unwrap();
+        assert_eq!(facts, 1, "facts of deleted items go with them");
+    }
+
+    #[pg_test]
     fn attach_refuses_a_schema_without_sales() {
         let refused = PgTryBuilder::new(|| Spi::run("SELECT analytics.attach('pg_catalog')").is_err())
             .catch_others(|_| true)

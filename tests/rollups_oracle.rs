@@ -108,7 +108,18 @@ fn insert_sales(db: &mut postgres::Transaction, rng: &mut Rng, n: usize) -> Vec<
 /// cannot deadlock on source rows: any deadlock would be the extension's).
 fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
     let other_store = STORES[rng.below(3) as usize].0;
-    let sql = match rng.below(9) {
+    let sql = match rng.below(12) {
+        9 => "UPDATE sale_items SET qty = qty + 1, discount_bs = 0.5
+              WHERE id = (SELECT id FROM sale_items WHERE sale_id = $1::text::uuid ORDER BY id LIMIT 1)"
+            .to_string(),
+        10 => "DELETE FROM sale_items
+               WHERE id = (SELECT id FROM sale_items WHERE sale_id = $1::text::uuid ORDER BY id DESC LIMIT 1)"
+            .to_string(),
+        11 => "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+               SELECT gen_random_uuid(), s.id, p.id, 2.5, p.price_bs, p.price_usd
+               FROM sales s JOIN LATERAL (SELECT * FROM products WHERE store_id = s.store_id ORDER BY random() LIMIT 1) p ON true
+               WHERE s.id = $1::text::uuid"
+            .to_string(),
         0 | 1 => "UPDATE sales SET voided_at = now(), void_reason = 'test' WHERE id = $1::text::uuid".to_string(),
         2 => "UPDATE sales SET voided_at = NULL WHERE id = $1::text::uuid".to_string(),
         3 | 4 => {
@@ -116,8 +127,12 @@ fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
             // locked first, as the POS does, so a concurrent delete cannot break the foreign key.
             db.execute("SELECT 1 FROM sales WHERE id = $1::text::uuid FOR UPDATE", &[&id]).unwrap();
             db.execute(
-                "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
-                 SELECT gen_random_uuid(), store_id, id, 1, 0.03 FROM sales WHERE id = $1::text::uuid",
+                "WITH r AS (INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+                            SELECT gen_random_uuid(), store_id, id, 1, 0.03 FROM sales WHERE id = $1::text::uuid
+                            RETURNING id, sale_id)
+                 INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+                 SELECT gen_random_uuid(), r.id, i.id, i.product_id, least(i.qty, 1), round(i.unit_price_bs, 2), 0.03
+                 FROM r JOIN LATERAL (SELECT * FROM sale_items WHERE sale_id = r.sale_id ORDER BY id LIMIT 1) i ON true",
                 &[&id],
             )
             .unwrap();

@@ -60,6 +60,20 @@ SELECT store_id, (sold_at AT TIME ZONE tz)::date AS date,
        sum(a_total_bs) / count(*) AS avg_ticket_bs, sum(a_total_usd) / count(*) AS avg_ticket_usd
 FROM oracle_valid_sales GROUP BY 1, 2, 3, 4;
 
+CREATE TEMP VIEW oracle_product_sales_daily AS
+SELECT s.store_id, (s.sold_at AT TIME ZONE s.tz)::date AS day, i.product_id,
+       sum(i.qty) AS qty,
+       sum(i.unit_price_bs * i.qty - i.discount_bs) AS revenue_bs,
+       sum(i.unit_price_usd * i.qty - i.discount_usd) AS revenue_usd,
+       count(DISTINCT s.id) AS times_sold,
+       coalesce(sum(r.qty), 0) AS returned_qty, coalesce(sum(r.total_bs), 0) AS returned_bs,
+       coalesce(sum(r.total_usd), 0) AS returned_usd
+FROM oracle_valid_sales s
+JOIN sale_items i ON i.sale_id = s.id
+LEFT JOIN (SELECT sale_item_id, sum(qty) AS qty, sum(total_bs) AS total_bs, sum(total_usd) AS total_usd
+           FROM sale_return_items GROUP BY sale_item_id) r ON r.sale_item_id = i.id
+GROUP BY 1, 2, 3;
+
 CREATE TEMP VIEW oracle_product_stock AS
 SELECT store_id, product_id, sum(qty_delta)::numeric AS stock
 FROM inventory_movements GROUP BY 1, 2;
@@ -92,6 +106,10 @@ UNION ALL
 SELECT 'sales_heatmap', count(*) FROM (
     (SELECT * FROM analytics.sales_heatmap EXCEPT ALL SELECT * FROM oracle_sales_heatmap)
     UNION ALL (SELECT * FROM oracle_sales_heatmap EXCEPT ALL SELECT * FROM analytics.sales_heatmap)) d
+UNION ALL
+SELECT 'product_sales_daily', count(*) FROM (
+    (SELECT * FROM analytics.product_sales_daily EXCEPT ALL SELECT * FROM oracle_product_sales_daily)
+    UNION ALL (SELECT * FROM oracle_product_sales_daily EXCEPT ALL SELECT * FROM analytics.product_sales_daily)) d
 UNION ALL
 SELECT 'product_stock', count(*) FROM (
     (SELECT * FROM analytics.product_stock EXCEPT ALL SELECT * FROM oracle_product_stock)

@@ -1,0 +1,29 @@
+-- Runs last at CREATE EXTENSION: dump configuration, privileges, and attaching.
+
+-- pg_dump keeps what the DBA configured and what was reported; rollups are rebuilt after a
+-- restore with analytics.attach() and analytics.refresh_all().
+SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
+
+-- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
+-- by PUBLIC, and the upkeep functions are for the DBA.
+REVOKE ALL ON ALL TABLES IN SCHEMA analytics FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA analytics FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics.refresh_all(),
+    analytics.refresh_store(uuid), analytics.set_store_timezone(uuid, text), analytics._repair(uuid),
+    analytics._capture_sales(), analytics._capture_stock(), analytics._capture_truncate(),
+    analytics._create_capture_triggers(regclass, text, text[]), analytics._set_capture_body(text, text),
+    analytics._bind_trigger_to_extension(oid, text),
+    analytics._capture_items(), analytics._capture_item_returns(), analytics._capture_item_sales(),
+    analytics._refresh_items(uuid[]), analytics._attach_items(name, text), analytics._detach_items(),
+    analytics._repair_item_facts(uuid) FROM PUBLIC;
+
+-- Attach at once when LA-CAJA's tables are already there.
+DO $$
+BEGIN
+    IF to_regclass(format('%I.sales', analytics.configured_source_schema())) IS NOT NULL THEN
+        PERFORM analytics.attach(analytics.configured_source_schema());
+    END IF;
+END
+$$;

@@ -1,0 +1,328 @@
+-- Product rollups (SPEC §2 product_sales_daily), net of returns, with item cost captured when
+-- the item is recorded.
+--
+-- An item's contribution depends on three tables (the item, its sale's validity, day and
+-- store, and its returns), changed by different statements in any order. So every item keeps
+-- the contribution it made, in analytics.item_facts. Whatever changes (an item, a return, a
+-- void, a moved sale), the facts of the sales concerned are recomputed from the source tables
+-- and the rollup receives new facts minus old ones. Writers of the same sale take turns on
+-- the sale row (FOR NO KEY UPDATE), so each recomputation starts from the facts the previous
+-- writer left. The captured unit cost travels with the facts: a later change of the product's
+-- cost never rewrites a past day.
+
+CREATE TABLE analytics.item_facts (
+    sale_item_id  uuid PRIMARY KEY,
+    sale_id       uuid    NOT NULL,
+    product_id    uuid,
+    store_id      uuid,
+    day           date,
+    counted       boolean NOT NULL,
+    qty           numeric NOT NULL,
+    revenue_bs    numeric NOT NULL,
+    revenue_usd   numeric NOT NULL,
+    unit_cost_bs  numeric NOT NULL,
+    unit_cost_usd numeric NOT NULL,
+    returned_qty  numeric NOT NULL,
+    returned_bs   numeric NOT NULL,
+    returned_usd  numeric NOT NULL
+);
+CREATE INDEX item_facts_sale ON analytics.item_facts (sale_id);
+CREATE INDEX item_facts_store ON analytics.item_facts (store_id);
+COMMENT ON TABLE analytics.item_facts IS
+    'What each sale item contributes to the product rollups, with the unit cost captured when the item was recorded.';
+
+CREATE TABLE analytics.product_daily_parts (
+    store_id          uuid    NOT NULL,
+    day               date    NOT NULL,
+    product_id        uuid    NOT NULL,
+    shard             int     NOT NULL,
+    lines             bigint  NOT NULL,
+    qty               numeric NOT NULL,
+    revenue_bs        numeric NOT NULL,
+    revenue_usd       numeric NOT NULL,
+    times_sold        bigint  NOT NULL,
+    returned_qty      numeric NOT NULL,
+    returned_bs       numeric NOT NULL,
+    returned_usd      numeric NOT NULL,
+    cost_bs           numeric NOT NULL,
+    cost_usd          numeric NOT NULL,
+    returned_cost_bs  numeric NOT NULL,
+    returned_cost_usd numeric NOT NULL,
+    PRIMARY KEY (store_id, day, product_id, shard)
+) WITH (fillfactor = 80);
+
+-- Over signed facts (old −1, new +1; the repair reads stored facts with sign 1). A sale
+-- counts once per product however many lines it has.
+INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, filter, source) VALUES
+ (5, 'product_sales_daily', 'analytics.product_daily_parts',
+  '{store_id,day,product_id}', '{store_id,day,product_id}',
+  '{lines,qty,revenue_bs,revenue_usd,times_sold,returned_qty,returned_bs,returned_usd,cost_bs,cost_usd,returned_cost_bs,returned_cost_usd}',
+  ARRAY['sum(sign)', 'sum(sign * qty)', 'sum(sign * revenue_bs)', 'sum(sign * revenue_usd)',
+        'count(DISTINCT sale_id) FILTER (WHERE sign > 0) - count(DISTINCT sale_id) FILTER (WHERE sign < 0)',
+        'sum(sign * returned_qty)', 'sum(sign * returned_bs)', 'sum(sign * returned_usd)',
+        'sum(sign * qty * unit_cost_bs)', 'sum(sign * qty * unit_cost_usd)',
+        'sum(sign * returned_qty * unit_cost_bs)', 'sum(sign * returned_qty * unit_cost_usd)'],
+  'counted', 'items');
+
+CREATE VIEW analytics.product_sales_daily AS
+SELECT p.store_id, p.day, p.product_id,
+       sum(p.qty) AS qty, sum(p.revenue_bs) AS revenue_bs, sum(p.revenue_usd) AS revenue_usd,
+       sum(p.times_sold)::bigint AS times_sold,
+       sum(p.returned_qty) AS returned_qty, sum(p.returned_bs) AS returned_bs, sum(p.returned_usd) AS returned_usd
+FROM analytics.product_daily_parts p
+GROUP BY p.store_id, p.day, p.product_id
+HAVING sum(p.lines) <> 0;
+
+-- Item facts of the sales matching `filter` (aliases: i item, r sale), recomputed from the
+-- source tables; captured unit costs are taken from `captured` (a relation shaped like
+-- item_facts) and captured from products now for items that have none.
+CREATE FUNCTION analytics._item_facts_sql(captured text, filter text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cfg analytics.source_config;
+    items regclass;
+    products regclass;
+    returns regclass;
+    weight text;
+    unit_cost text;
+BEGIN
+    SELECT * INTO STRICT cfg FROM analytics.source_config;
+    items := to_regclass(format('%I.sale_items', cfg.source_schema));
+    products := to_regclass(format('%I.products', cfg.source_schema));
+    returns := to_regclass(format('%I.sale_return_items', cfg.source_schema));
+    IF NOT analytics._has_columns(products, '{id,cost_bs,cost_usd}') THEN
+        products := NULL;
+    END IF;
+    IF NOT analytics._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
+        returns := NULL;
+    END IF;
+    weight := CASE WHEN analytics._has_columns(items, '{is_weight_product}') THEN 'i.is_weight_product'
+                   WHEN analytics._has_columns(products, '{is_weight_product}') THEN 'p.is_weight_product'
+                   ELSE 'false' END;
+    -- SPEC §2: qty × (weight item ? coalesce(cost_per_weight_x, cost_x) : cost_x), per unit here.
+    unit_cost := CASE
+        WHEN products IS NULL THEN 'NULL::numeric'
+        WHEN analytics._has_columns(products, '{cost_per_weight_bs,cost_per_weight_usd}')
+            THEN format('CASE WHEN %s THEN coalesce(p.cost_per_weight_%%1$s, p.cost_%%1$s) ELSE p.cost_%%1$s END', weight)
+        ELSE 'p.cost_%1$s' END;
+    RETURN format($q$
+        SELECT i.id AS sale_item_id, i.sale_id, i.product_id, r.store_id,
+               (r.sold_at AT TIME ZONE coalesce(st.timezone, analytics.default_timezone()))::date AS day,
+               coalesce((%1$s) AND r.store_id IS NOT NULL AND r.sold_at IS NOT NULL AND i.product_id IS NOT NULL, false)
+                   AS counted,
+               coalesce(i.qty::numeric, 0) AS qty,
+               coalesce(i.unit_price_bs * i.qty - %2$s, 0) AS revenue_bs,
+               coalesce(i.unit_price_usd * i.qty - %3$s, 0) AS revenue_usd,
+               coalesce(c.unit_cost_bs, %4$s, 0) AS unit_cost_bs,
+               coalesce(c.unit_cost_usd, %5$s, 0) AS unit_cost_usd,
+               coalesce(ret.qty, 0) AS returned_qty, coalesce(ret.total_bs, 0) AS returned_bs,
+               coalesce(ret.total_usd, 0) AS returned_usd
+        FROM %6$s AS i
+        JOIN %7$I.sales AS r ON r.id = i.sale_id
+        LEFT JOIN analytics.store_settings AS st ON st.store_id = r.store_id
+        LEFT JOIN %8$s AS c ON c.sale_item_id = i.id AND c.product_id IS NOT DISTINCT FROM i.product_id
+        %9$s
+        %10$s
+        WHERE %11$s$q$,
+        cfg.valid_sale,
+        CASE WHEN analytics._has_columns(items, '{discount_bs}') THEN 'coalesce(i.discount_bs, 0)' ELSE '0' END,
+        CASE WHEN analytics._has_columns(items, '{discount_usd}') THEN 'coalesce(i.discount_usd, 0)' ELSE '0' END,
+        format(unit_cost, 'bs'), format(unit_cost, 'usd'),
+        items, cfg.source_schema, captured,
+        CASE WHEN products IS NOT NULL THEN format('LEFT JOIN %s AS p ON p.id = i.product_id', products) ELSE '' END,
+        CASE WHEN returns IS NOT NULL THEN format(
+            'LEFT JOIN LATERAL (SELECT sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
+                                FROM %s AS x WHERE x.sale_item_id = i.id) AS ret ON true', returns)
+             ELSE 'LEFT JOIN (SELECT NULL::numeric AS qty, NULL::numeric AS total_bs, NULL::numeric AS total_usd) AS ret ON true' END,
+        filter);
+END
+$$;
+
+-- Recomputes the item facts of `sale_ids` and moves the product rollups by the difference.
+-- attach() generates the body for the source it finds.
+CREATE FUNCTION analytics._refresh_items(sale_ids uuid[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN;
+END
+$$;
+
+CREATE FUNCTION analytics._refresh_items_body() RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cfg analytics.source_config;
+    product analytics.rollup_catalog;
+    columns constant text := 'sale_item_id, sale_id, product_id, store_id, day, counted, qty, revenue_bs, revenue_usd,
+                              unit_cost_bs, unit_cost_usd, returned_qty, returned_bs, returned_usd';
+BEGIN
+    SELECT * INTO STRICT cfg FROM analytics.source_config;
+    SELECT * INTO STRICT product FROM analytics.rollup_catalog WHERE source = 'items';
+    RETURN format($f$
+BEGIN
+    IF coalesce(cardinality(sale_ids), 0) = 0 THEN
+        RETURN;
+    END IF;
+    -- Writers of the same sale take turns; the next statement then starts from their facts.
+    PERFORM 1 FROM %1$I.sales WHERE id = ANY(sale_ids) ORDER BY id FOR NO KEY UPDATE;
+    WITH old AS (SELECT %2$s FROM analytics.item_facts f WHERE f.sale_id = ANY(sale_ids)),
+         new AS (%3$s),
+         kept AS (INSERT INTO analytics.item_facts AS f (%2$s) SELECT %2$s FROM new
+                  ON CONFLICT (sale_item_id) DO UPDATE SET %4$s),
+         gone AS (DELETE FROM analytics.item_facts f
+                  WHERE f.sale_id = ANY(sale_ids)
+                    AND NOT EXISTS (SELECT 1 FROM new WHERE new.sale_item_id = f.sale_item_id)),
+         measured AS (SELECT -1 AS sign, %2$s FROM old UNION ALL SELECT 1, %2$s FROM new)
+    %5$s;
+END$f$,
+        cfg.source_schema, columns,
+        analytics._item_facts_sql('old', 'i.sale_id = ANY(sale_ids)'),
+        (SELECT string_agg(format('%1$I = excluded.%1$I', c), ', ')
+           FROM unnest(string_to_array(replace(replace(columns, E'\n', ''), ' ', ''), ',')) AS c
+          WHERE c <> 'sale_item_id'),
+        analytics._add_to_parts_sql(product, analytics._aggregate_sql(product, 'measured'),
+                                    'analytics.backend_shard()', true));
+END
+$$;
+
+-- Capture bodies: which sales an items, returns or sales statement concerns.
+CREATE FUNCTION analytics._capture_items() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION analytics._capture_item_returns() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION analytics._capture_item_sales() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION analytics._detach_items() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM analytics._set_capture_body(s, 'BEGIN RETURN NULL; END')
+    FROM unnest(ARRAY['items', 'item_returns', 'item_sales']) AS s;
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._refresh_items(sale_ids uuid[]) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$, 'BEGIN RETURN; END');
+END
+$$;
+
+-- Called by attach(): captures products when sale_items has what the rollup reads.
+CREATE FUNCTION analytics._attach_items(source_schema name, valid_sale text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    items regclass := to_regclass(format('%I.sale_items', source_schema));
+    returns regclass := to_regclass(format('%I.sale_return_items', source_schema));
+    triggers text[];
+    changed_sale text;
+BEGIN
+    IF NOT analytics._has_columns(items, '{id,sale_id,product_id,qty,unit_price_bs,unit_price_usd}') THEN
+        RETURN '{}';
+    END IF;
+    UPDATE analytics.source_config SET captures_items = true;
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._refresh_items(sale_ids uuid[]) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$, analytics._refresh_items_body());
+
+    PERFORM analytics._set_capture_body('items', $b$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT sale_id FROM new_rows));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT sale_id FROM old_rows));
+    ELSE
+        PERFORM analytics._refresh_items(ARRAY(SELECT sale_id FROM old_rows UNION SELECT sale_id FROM new_rows));
+    END IF;
+    RETURN NULL;
+END$b$);
+    triggers := analytics._create_capture_triggers(items, 'items');
+
+    IF analytics._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
+        PERFORM analytics._set_capture_body('item_returns', $b$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics.item_facts f
+                                                WHERE f.sale_item_id IN (SELECT sale_item_id FROM new_rows)));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics.item_facts f
+                                                WHERE f.sale_item_id IN (SELECT sale_item_id FROM old_rows)));
+    ELSE
+        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics.item_facts f
+                                                WHERE f.sale_item_id IN (SELECT sale_item_id FROM old_rows
+                                                                         UNION SELECT sale_item_id FROM new_rows)));
+    END IF;
+    RETURN NULL;
+END$b$);
+        triggers := triggers || analytics._create_capture_triggers(returns, 'item_returns');
+    END IF;
+
+    -- A void, un-void, moved sold_at or store moves the sale's items; a deleted sale drops them.
+    changed_sale := format('(n.store_id, n.sold_at, (%s)) IS DISTINCT FROM (o.store_id, o.sold_at, (%s))',
+                           replace(valid_sale, 'r.', 'n.'), replace(valid_sale, 'r.', 'o.'));
+    PERFORM analytics._set_capture_body('item_sales', format($b$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM analytics._refresh_items(ARRAY(SELECT o.id FROM old_rows o
+                                                WHERE EXISTS (SELECT 1 FROM analytics.item_facts f WHERE f.sale_id = o.id)));
+    ELSE
+        PERFORM analytics._refresh_items(ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE %s));
+    END IF;
+    RETURN NULL;
+END$b$, changed_sale));
+    triggers := triggers || analytics._create_capture_triggers(
+        to_regclass(format('%I.sales', source_schema)), 'item_sales', '{update,delete}');
+    RETURN triggers;
+END
+$$;
+
+-- Item facts that differ from their recomputation over the source tables.
+CREATE FUNCTION analytics._item_facts_difference_sql(store_id uuid) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format($q$
+        WITH expected AS (%s), actual AS (SELECT * FROM analytics.item_facts r WHERE %s)
+        SELECT coalesce(e.sale_item_id, a.sale_item_id) AS sale_item_id,
+               coalesce(e.sale_id, a.sale_id) AS sale_id, to_jsonb(e) AS expected, to_jsonb(a) AS actual
+        FROM (SELECT * FROM expected EXCEPT SELECT * FROM actual) AS e
+        FULL JOIN (SELECT * FROM actual EXCEPT SELECT * FROM expected) AS a USING (sale_item_id)$q$,
+        analytics._item_facts_sql('analytics.item_facts',
+            CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END),
+        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END)
+$$;
+
+CREATE FUNCTION analytics._verify_item_facts(store_id uuid)
+RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce((SELECT captures_items FROM analytics.source_config), false) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT %L, jsonb_build_object(%L, d.sale_item_id), d.expected, d.actual FROM (%s) AS d',
+        'item_facts', 'sale_item_id', analytics._item_facts_difference_sql(store_id));
+END
+$$;
+
+-- Rebuilds the facts of every sale whose facts differ (all of them on the first backfill).
+-- Those sales are locked until the repair commits; new sales are not.
+CREATE FUNCTION analytics._repair_item_facts(store_id uuid) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sale_ids uuid[];
+BEGIN
+    IF NOT coalesce((SELECT captures_items FROM analytics.source_config), false) THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format('SELECT array_agg(DISTINCT d.sale_id) FROM (%s) AS d', analytics._item_facts_difference_sql(store_id))
+       INTO sale_ids;
+    PERFORM analytics._refresh_items(sale_ids);
+    RETURN coalesce(cardinality(sale_ids), 0);
+END
+$$;
