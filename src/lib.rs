@@ -22,6 +22,7 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!("../sql/products.sql", name = "products", requires = ["rollups"]);
+pgrx::extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["products"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]

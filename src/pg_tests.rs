@@ -391,6 +391,116 @@ mod tests {
         assert_eq!(facts, 1, "facts of deleted items go with them");
     }
 
+    /// Sales on several local days around "today" in store A, with items of two products.
+    fn dashboard_history() {
+        lacaja_pos();
+        run(&format!(
+            "INSERT INTO products (id, store_id, name, category, cost_bs, cost_usd)
+             VALUES ('f0000000-0000-4000-8000-000000000001', '{STORE_A}', 'harina', 'viveres', 30, 0.8),
+                    ('f0000000-0000-4000-8000-000000000002', '{STORE_A}', 'malta', 'bebidas', 10, 0.3);
+             INSERT INTO sales (id, store_id, sold_at, totals, payment, customer_id)
+             SELECT ('d0000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, '{STORE_A}',
+                    now() - (i * interval '7 hours'),
+                    jsonb_build_object('total_bs', 10 + i, 'total_usd', round((10 + i) / 36.5, 2)),
+                    jsonb_build_object('method', 'CASH_BS'),
+                    CASE WHEN i % 3 = 0 THEN ('c0000000-0000-4000-8000-00000000000' || (1 + i % 5))::uuid END
+             FROM generate_series(1, 250) i;
+             INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+             SELECT gen_random_uuid(), s.id,
+                    CASE WHEN s.sale_number IS NULL AND random() < 2 AND right(s.id::text, 1) IN ('1','3','5','7','9')
+                         THEN 'f0000000-0000-4000-8000-000000000001'::uuid ELSE 'f0000000-0000-4000-8000-000000000002'::uuid END,
+                    1 + (right(s.id::text, 1))::int, 36.5, 1
+             FROM sales s;
+             UPDATE sales SET voided_at = now() WHERE right(id::text, 2) = '07';"
+        ));
+    }
+
+    #[pg_test]
+    fn kpis_match_a_reference_over_source_tables() {
+        dashboard_history();
+        let today: String = scalar(&format!("SELECT analytics.store_today('{STORE_A}')::text")).unwrap();
+        for (from, to) in [(format!("'{today}'::date - 29"), format!("'{today}'::date")),
+                           ("'{today}'::date - 6".replace("{today}", &today), format!("'{today}'::date - 2")),
+                           ("NULL".to_string(), "NULL".to_string())] {
+            let (a, b) = if from == "NULL" { (format!("'{today}'::date - 29"), format!("'{today}'::date")) } else { (from.clone(), to.clone()) };
+            let same: bool = scalar(&format!(
+                "WITH k AS (SELECT analytics.kpis('{STORE_A}', {from}, {to}) AS j),
+                 p AS (SELECT {a} AS a, {b} AS b),
+                 ref AS (SELECT count(*) AS n, coalesce(sum(a_total_bs), 0) AS bs, coalesce(sum(a_total_usd), 0) AS usd,
+                                sum(a_total_bs) / nullif(count(*), 0) AS avg_bs, count(DISTINCT customer_id) AS customers
+                         FROM oracle_valid_sales, p WHERE store_id = '{STORE_A}'
+                           AND (sold_at AT TIME ZONE tz)::date BETWEEN p.a AND p.b),
+                 prev AS (SELECT coalesce(sum(a_total_bs), 0) AS bs FROM oracle_valid_sales, p WHERE store_id = '{STORE_A}'
+                           AND (sold_at AT TIME ZONE tz)::date BETWEEN p.a - (p.b - p.a + 1) AND p.a - 1)
+                 SELECT (j -> 'period' ->> 'sales_count')::bigint = ref.n
+                    AND (j -> 'period' ->> 'total_bs')::numeric = ref.bs
+                    AND (j -> 'period' ->> 'total_usd')::numeric = ref.usd
+                    AND (j -> 'period' ->> 'avg_ticket_bs')::numeric IS NOT DISTINCT FROM ref.avg_bs
+                    AND (j -> 'period' ->> 'unique_customers')::bigint = ref.customers
+                    AND (j -> 'previous_period' ->> 'total_bs')::numeric = prev.bs
+                    AND (j ->> 'growth_percentage')::numeric IS NOT DISTINCT FROM
+                        CASE WHEN prev.bs <> 0 THEN round((ref.bs - prev.bs) / prev.bs * 100, 2) END
+                 FROM k, ref, prev"
+            ))
+            .unwrap();
+            assert!(same, "kpis differ from the reference for [{a}, {b}]");
+        }
+        let empty: pgrx::JsonB = scalar(&format!("SELECT analytics.kpis('{STORE_B}')")).unwrap();
+        assert_eq!(empty.0["period"]["sales_count"], 0, "{}", empty.0);
+        assert!(empty.0["growth_percentage"].is_null());
+        assert!(empty.0["top_product"].is_null());
+    }
+
+    #[pg_test]
+    fn dashboard_functions_read_rollups_only() {
+        dashboard_history();
+        let reads = || -> i64 {
+            scalar(
+                "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)::bigint FROM pg_stat_xact_user_tables
+                 WHERE schemaname = 'pos' AND relname IN ('sales', 'sale_items')",
+            )
+            .unwrap()
+        };
+        let before = reads();
+        run(&format!(
+            "SELECT analytics.kpis('{STORE_A}'); SELECT * FROM analytics.sales_by_day('{STORE_A}', current_date - 365, current_date);
+             SELECT * FROM analytics.top_products('{STORE_A}'); SELECT * FROM analytics.heatmap('{STORE_A}', current_date - 30, current_date)"
+        ));
+        assert_eq!(reads(), before, "dashboard functions must not read sales or sale_items");
+        let top: String = scalar(&format!(
+            "SELECT string_agg(name || ':' || net_qty, ',' ORDER BY rank) FROM analytics.top_products('{STORE_A}', 7, 5)"
+        ))
+        .unwrap();
+        let expected: String = scalar(&format!(
+            "SELECT string_agg(name || ':' || q, ',' ORDER BY q DESC, id) FROM (
+                 SELECT p.id, p.name, sum(i.qty) AS q FROM oracle_valid_sales s JOIN sale_items i ON i.sale_id = s.id
+                 JOIN products p ON p.id = i.product_id
+                 WHERE s.store_id = '{STORE_A}' AND (s.sold_at AT TIME ZONE s.tz)::date > analytics.store_today('{STORE_A}') - 7
+                 GROUP BY p.id, p.name) t"
+        ))
+        .unwrap();
+        assert_eq!(top, expected);
+        let by_day_matches: bool = scalar(&format!(
+            "SELECT count(*) = 0 FROM (
+                 (SELECT day, sales_count, total_bs FROM analytics.sales_by_day('{STORE_A}', current_date - 400, current_date + 1)
+                  EXCEPT SELECT (sold_at AT TIME ZONE tz)::date, count(*), sum(a_total_bs) FROM oracle_valid_sales
+                         WHERE store_id = '{STORE_A}' GROUP BY 1)
+                 UNION ALL
+                 (SELECT (sold_at AT TIME ZONE tz)::date, count(*), sum(a_total_bs) FROM oracle_valid_sales
+                  WHERE store_id = '{STORE_A}' GROUP BY 1
+                  EXCEPT SELECT day, sales_count, total_bs FROM analytics.sales_by_day('{STORE_A}', current_date - 400, current_date + 1))) d"
+        ))
+        .unwrap();
+        assert!(by_day_matches, "sales_by_day differs from the reference");
+        let cost_matches: bool = scalar(&format!(
+            "SELECT sum(cost_bs) = (SELECT sum(i.qty * p.cost_bs) FROM oracle_valid_sales s JOIN sale_items i ON i.sale_id = s.id
+                                    JOIN products p ON p.id = i.product_id WHERE s.store_id = '{STORE_A}')
+             FROM analytics.sales_by_day('{STORE_A}', current_date - 400, current_date + 1)"
+        ))
+        .unwrap();
+        assert!(cost_matches, "cost is quantity times the cost captured with the item");
+    }
+
     #[pg_test]
     fn attach_refuses_a_schema_without_sales() {
         let refused = PgTryBuilder::new(|| Spi::run("SELECT analytics.attach('pg_catalog')").is_err())

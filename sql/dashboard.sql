@@ -1,0 +1,137 @@
+-- The questions LA-CAJA's dashboard asks (SPEC §3), answered from the rollups only: none of
+-- these functions reads sales or sale_items. Product names and categories come from products.
+
+-- The store's local today.
+CREATE FUNCTION analytics.store_today(store_id uuid) RETURNS date
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT (now() AT TIME ZONE analytics.store_timezone(store_id))::date
+$$;
+
+-- Sales figures of one store over [from_day, to_day] (SPEC §3 kpis period shape).
+CREATE FUNCTION analytics._period_figures(store_id uuid, from_day date, to_day date) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'from', from_day, 'to', to_day,
+        'sales_count', coalesce(sum(d.sales_count), 0),
+        'total_bs', coalesce(sum(d.total_bs), 0),
+        'total_usd', coalesce(sum(d.total_usd), 0),
+        'avg_ticket_bs', sum(d.total_bs) / nullif(sum(d.sales_count), 0),
+        'avg_ticket_usd', sum(d.total_usd) / nullif(sum(d.sales_count), 0),
+        'unique_customers', (SELECT count(*) FROM (
+            SELECT 1 FROM analytics.customer_daily_parts c
+            WHERE c.store_id = $1 AND c.day BETWEEN $2 AND $3
+            GROUP BY c.customer_id HAVING sum(c.sales_count) > 0) AS present))
+    FROM analytics.sales_daily d
+    WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3
+$$;
+
+-- Net quantity sold per product over [from_day, to_day], with name and category.
+CREATE FUNCTION analytics._products_sold(store_id uuid, from_day date, to_day date)
+RETURNS TABLE (product_id uuid, name text, category text, qty numeric, returned_qty numeric, net_qty numeric,
+               revenue_bs numeric, revenue_usd numeric, times_sold bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics.source_config c)));
+    names text := CASE WHEN analytics._has_columns(products, '{id,name,category}')
+                       THEN format('LEFT JOIN %s AS p ON p.id = s.product_id', products)
+                       ELSE 'LEFT JOIN (SELECT NULL::uuid AS id, NULL::text AS name, NULL::text AS category) AS p ON false' END;
+BEGIN
+    RETURN QUERY EXECUTE format($q$
+        SELECT s.product_id, p.name::text, p.category::text, s.qty, s.returned_qty, s.qty - s.returned_qty,
+               s.revenue_bs, s.revenue_usd, s.times_sold
+        FROM (SELECT d.product_id, sum(d.qty) AS qty, sum(d.returned_qty) AS returned_qty,
+                     sum(d.revenue_bs) AS revenue_bs, sum(d.revenue_usd) AS revenue_usd, sum(d.times_sold)::bigint AS times_sold
+              FROM analytics.product_sales_daily d
+              WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3
+              GROUP BY d.product_id) AS s
+        %s$q$, names)
+    USING store_id, from_day, to_day;
+END
+$$;
+
+CREATE FUNCTION analytics.kpis(store_id uuid, period_start date DEFAULT NULL, period_end date DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    today constant date := analytics.store_today(store_id);
+    last_day date := coalesce(period_end, CASE WHEN period_start IS NULL THEN today END);
+    first_day date;
+    days int;
+    period jsonb;
+    previous jsonb;
+    top record;
+    top_category record;
+BEGIN
+    IF store_id IS NULL THEN
+        RAISE EXCEPTION 'kpis needs a store id';
+    END IF;
+    first_day := coalesce(period_start, last_day - 29);
+    last_day := coalesce(last_day, first_day + 29);
+    IF first_day > last_day THEN
+        RAISE EXCEPTION 'period_start % is after period_end %', first_day, last_day;
+    END IF;
+    days := last_day - first_day + 1;
+    period := analytics._period_figures(store_id, first_day, last_day);
+    previous := analytics._period_figures(store_id, first_day - days, first_day - 1);
+    SELECT * INTO top FROM analytics._products_sold(store_id, first_day, last_day) AS p
+    WHERE p.net_qty <> 0 ORDER BY p.net_qty DESC, p.product_id LIMIT 1;
+    SELECT p.category, sum(p.net_qty) AS net_qty INTO top_category
+    FROM analytics._products_sold(store_id, first_day, last_day) AS p
+    WHERE p.category IS NOT NULL
+    GROUP BY p.category HAVING sum(p.net_qty) <> 0 ORDER BY 2 DESC, 1 LIMIT 1;
+    RETURN jsonb_build_object(
+        'store_id', store_id,
+        'timezone', analytics.store_timezone(store_id),
+        'today', analytics._period_figures(store_id, today, today),
+        'period', period,
+        'previous_period', previous,
+        'growth_percentage', CASE WHEN (previous ->> 'total_bs')::numeric <> 0
+            THEN round(((period ->> 'total_bs')::numeric - (previous ->> 'total_bs')::numeric)
+                       / (previous ->> 'total_bs')::numeric * 100, 2) END,
+        'inventory', (SELECT to_jsonb(m) - 'store_id' FROM analytics.inventory_metrics_of(kpis.store_id) AS m),
+        'top_product', CASE WHEN top.product_id IS NOT NULL THEN jsonb_build_object(
+            'product_id', top.product_id, 'name', top.name, 'net_qty', top.net_qty) END,
+        'top_category', CASE WHEN top_category.category IS NOT NULL THEN jsonb_build_object(
+            'category', top_category.category, 'net_qty', top_category.net_qty) END);
+END
+$$;
+
+CREATE FUNCTION analytics.sales_by_day(store_id uuid, from_day date, to_day date)
+RETURNS TABLE (day date, sales_count bigint, total_bs numeric, total_usd numeric, cost_bs numeric, cost_usd numeric,
+               profit_bs numeric, profit_usd numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(s.day, c.day), coalesce(s.sales_count, 0), coalesce(s.total_bs, 0), coalesce(s.total_usd, 0),
+           coalesce(c.cost_bs, 0), coalesce(c.cost_usd, 0),
+           coalesce(s.total_bs, 0) - coalesce(c.cost_bs, 0), coalesce(s.total_usd, 0) - coalesce(c.cost_usd, 0)
+    FROM (SELECT d.day, d.sales_count, d.total_bs, d.total_usd FROM analytics.sales_daily d
+          WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3) AS s
+    FULL JOIN (SELECT p.day, sum(p.cost_bs - p.returned_cost_bs) AS cost_bs, sum(p.cost_usd - p.returned_cost_usd) AS cost_usd
+               FROM analytics.product_daily_parts p
+               WHERE p.store_id = $1 AND p.day BETWEEN $2 AND $3
+               GROUP BY p.day HAVING sum(p.lines) <> 0) AS c ON c.day = s.day
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION analytics.top_products(store_id uuid, days int DEFAULT 30, n int DEFAULT 10)
+RETURNS TABLE (rank bigint, product_id uuid, name text, category text, qty numeric, returned_qty numeric,
+               net_qty numeric, revenue_bs numeric, revenue_usd numeric, times_sold bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT row_number() OVER (ORDER BY p.net_qty DESC, p.product_id), p.product_id, p.name, p.category, p.qty,
+           p.returned_qty, p.net_qty, p.revenue_bs, p.revenue_usd, p.times_sold
+    FROM analytics._products_sold($1, analytics.store_today($1) - greatest($2, 1) + 1, analytics.store_today($1)) AS p
+    ORDER BY p.net_qty DESC, p.product_id
+    LIMIT greatest($3, 0)
+$$;
+
+-- Sales by weekday (0 = Sunday) and local hour over [from_day, to_day].
+CREATE FUNCTION analytics.heatmap(store_id uuid, from_day date, to_day date)
+RETURNS TABLE (day_of_week int, hour int, sales_count bigint, total_amount_bs numeric, total_amount_usd numeric,
+               avg_ticket_bs numeric, avg_ticket_usd numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT h.day_of_week, h.hour, sum(h.sales_count)::bigint, sum(h.total_amount_bs), sum(h.total_amount_usd),
+           sum(h.total_amount_bs) / sum(h.sales_count), sum(h.total_amount_usd) / sum(h.sales_count)
+    FROM analytics.sales_heatmap h
+    WHERE h.store_id = $1 AND h.date BETWEEN $2 AND $3
+    GROUP BY h.day_of_week, h.hour
+    ORDER BY 1, 2
+$$;
