@@ -148,17 +148,19 @@ UPDATE sales s SET totals = s.totals || jsonb_build_object(
         'total_usd', (s.totals ->> 'total_usd')::numeric - r.total_usd)
 FROM demo_returns r WHERE r.sale_id = s.id;
 
--- Stock: a delivery at the start and every two weeks, and what was sold each day.
-INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, unit_cost_bs, unit_cost_usd, happened_at)
-SELECT gen_random_uuid(), p.store_id, p.id, 'received', CASE WHEN p.is_weight THEN 60 ELSE 120 END,
-       round(p.price_usd * 0.68 * 36.5, 2), round(p.price_usd * 0.68, 2),
-       now() - make_interval(days => w * 14)
-FROM demo_products p CROSS JOIN generate_series(0, :days / 14) w;
+-- Stock: what was sold each day, and deliveries every two weeks that roughly cover it, so
+-- that some products run low and a few run out.
 INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, happened_at)
 SELECT gen_random_uuid(), s.store_id, i.product_id, 'sold', -sum(i.qty), date_trunc('day', s.sold_at) + interval '23 hours'
 FROM sales s JOIN sale_items i ON i.sale_id = s.id
 WHERE s.voided_at IS NULL
 GROUP BY s.store_id, i.product_id, date_trunc('day', s.sold_at);
+INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, unit_cost_bs, unit_cost_usd, happened_at)
+SELECT gen_random_uuid(), m.store_id, m.product_id, 'received',
+       round(-sum(m.qty_delta) * (0.9 + 0.25 * random())::numeric + 8, CASE WHEN bool_or(p.is_weight) THEN 3 ELSE 0 END),
+       0, 0, min(m.happened_at) - interval '20 hours'
+FROM inventory_movements m JOIN demo_products p ON p.id = m.product_id
+GROUP BY m.store_id, m.product_id, (m.happened_at::date - date '2000-01-03') / 14;
 
 ANALYZE;
 SELECT count(*) AS sales, count(*) FILTER (WHERE voided_at IS NOT NULL) AS voided,
