@@ -27,7 +27,6 @@ CREATE TABLE analytics.item_facts (
     returned_usd  numeric NOT NULL
 );
 CREATE INDEX item_facts_sale ON analytics.item_facts (sale_id);
-CREATE INDEX item_facts_store ON analytics.item_facts (store_id);
 COMMENT ON TABLE analytics.item_facts IS
     'What each sale item contributes to the product rollups, with the unit cost captured when the item was recorded.';
 
@@ -230,7 +229,9 @@ BEGIN
     END IF;
     UPDATE analytics.source_config SET captures_items = true;
     EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._refresh_items(sale_ids uuid[]) RETURNS void
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$, analytics._refresh_items_body());
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+        -- its statements take the array of sales as a parameter: plan them once, not per call
+        SET plan_cache_mode = force_generic_plan AS %L$f$, analytics._refresh_items_body());
 
     PERFORM analytics._set_capture_body('items', $b$
 BEGIN
