@@ -163,6 +163,16 @@ BEGIN
     END IF;
     -- Writers of the same sale take turns; the next statement then starts from their facts.
     PERFORM 1 FROM %1$I.sales WHERE id = ANY(sale_ids) ORDER BY id FOR NO KEY UPDATE;
+    PERFORM 1 FROM unnest(sale_ids) AS s (id) JOIN analytics.item_facts f ON f.sale_id = s.id LIMIT 1;
+    IF NOT FOUND THEN
+        -- The usual case, a sale's first items: nothing to take back.
+        WITH old AS (SELECT %2$s FROM analytics.item_facts f WHERE false),
+             new AS (%3$s),
+             kept AS (INSERT INTO analytics.item_facts (%2$s) SELECT %2$s FROM new),
+             measured AS (SELECT 1 AS sign, %2$s FROM new)
+        %6$s;
+        RETURN;
+    END IF;
     WITH old AS (SELECT %2$s FROM analytics.item_facts f WHERE f.sale_id = ANY(sale_ids)),
          new AS (%3$s),
          kept AS (INSERT INTO analytics.item_facts AS f (%2$s) SELECT %2$s FROM new
@@ -179,7 +189,9 @@ END$f$,
            FROM unnest(string_to_array(replace(replace(columns, E'\n', ''), ' ', ''), ',')) AS c
           WHERE c <> 'sale_item_id'),
         analytics._add_to_parts_sql(product, analytics._aggregate_sql(product, 'measured'),
-                                    'analytics.backend_shard()', true));
+                                    'analytics.backend_shard()', true),
+        analytics._add_to_parts_sql(product, analytics._aggregate_sql(product, 'measured'),
+                                    'analytics.backend_shard()', false));
 END
 $$;
 
