@@ -242,7 +242,7 @@ BEGIN
     UPDATE analytics.source_config SET captures_items = true;
     EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._refresh_items(sale_ids uuid[]) RETURNS void
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-        -- its statements take the array of sales as a parameter: plan them once, not per call
+        -- It touches the few sales of one statement: plan once per session, not per call.
         SET plan_cache_mode = force_generic_plan AS %L$f$, analytics._refresh_items_body());
 
     PERFORM analytics._set_capture_body('items', $b$
@@ -296,15 +296,21 @@ END$b$, changed_sale));
 END
 $$;
 
--- Item facts that differ from their recomputation over the source tables.
+-- Item facts that differ from their recomputation over the source tables (one hash join).
 CREATE FUNCTION analytics._item_facts_difference_sql(store_id uuid) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format($q$
-        WITH expected AS (%s), actual AS (SELECT * FROM analytics.item_facts r WHERE %s)
         SELECT coalesce(e.sale_item_id, a.sale_item_id) AS sale_item_id,
-               coalesce(e.sale_id, a.sale_id) AS sale_id, to_jsonb(e) AS expected, to_jsonb(a) AS actual
-        FROM (SELECT * FROM expected EXCEPT SELECT * FROM actual) AS e
-        FULL JOIN (SELECT * FROM actual EXCEPT SELECT * FROM expected) AS a USING (sale_item_id)$q$,
+               coalesce(e.sale_id, a.sale_id) AS sale_id,
+               CASE WHEN e.sale_item_id IS NOT NULL THEN to_jsonb(e) END AS expected,
+               CASE WHEN a.sale_item_id IS NOT NULL THEN to_jsonb(a) END AS actual
+        FROM (%1$s) AS e
+        FULL JOIN (SELECT * FROM analytics.item_facts r WHERE %2$s) AS a ON a.sale_item_id = e.sale_item_id
+        WHERE (e.sale_item_id, e.sale_id, e.product_id, e.store_id, e.day, e.counted, e.qty, e.revenue_bs, e.revenue_usd,
+               e.unit_cost_bs, e.unit_cost_usd, e.returned_qty, e.returned_bs, e.returned_usd)
+              IS DISTINCT FROM
+              (a.sale_item_id, a.sale_id, a.product_id, a.store_id, a.day, a.counted, a.qty, a.revenue_bs, a.revenue_usd,
+               a.unit_cost_bs, a.unit_cost_usd, a.returned_qty, a.returned_bs, a.returned_usd)$q$,
         analytics._item_facts_sql('analytics.item_facts',
             CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END),
         CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END)
