@@ -195,33 +195,16 @@ END$f$,
 END
 $$;
 
--- Capture bodies: which sales an items, returns or sales statement concerns.
-CREATE FUNCTION analytics._capture_items() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION analytics._capture_item_returns() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION analytics._capture_item_sales() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN NULL;
-END
-$$;
+-- Capture functions of items, return items and sales for the product rollup (bodies set by
+-- attach(): which sales a statement concerns).
+SELECT analytics._set_capture_body(source, 'BEGIN RETURN NULL; END')
+FROM unnest(ARRAY['items', 'item_returns', 'item_sales']) AS source;
 
 CREATE FUNCTION analytics._detach_items() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM analytics._set_capture_body(s, 'BEGIN RETURN NULL; END')
-    FROM unnest(ARRAY['items', 'item_returns', 'item_sales']) AS s;
+    PERFORM analytics._set_capture_body(source, 'BEGIN RETURN NULL; END')
+    FROM unnest(ARRAY['items', 'item_returns', 'item_sales']) AS source;
     EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics._refresh_items(sale_ids uuid[]) RETURNS void
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$, 'BEGIN RETURN; END');
 END

@@ -516,22 +516,6 @@ END$f$, source, valid, branches[1], branches[2], branches[3]);
 END
 $$;
 
--- The trigger functions exist from install on; attach() replaces their bodies with ones
--- generated for the source it finds. Until then capture does nothing.
-CREATE FUNCTION analytics._capture_sales() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION analytics._capture_stock() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN NULL;
-END
-$$;
-
 -- TRUNCATE of a source table empties the rollups of that source (TG_ARGV[0]).
 CREATE FUNCTION analytics._capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -592,6 +576,10 @@ BEGIN
         '_capture_' || source, body);
 END
 $$;
+
+-- The capture functions exist from install on (so that triggers and privileges can name
+-- them); attach() replaces their bodies with ones generated for the source it finds.
+SELECT analytics._set_capture_body(source, 'BEGIN RETURN NULL; END') FROM unnest(ARRAY['sales', 'stock']) AS source;
 
 -- Attach and detach ---------------------------------------------------------------------
 

@@ -108,6 +108,9 @@ fn insert_sales(db: &mut postgres::Transaction, rng: &mut Rng, n: usize) -> Vec<
 /// cannot deadlock on source rows: any deadlock would be the extension's).
 fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
     let other_store = STORES[rng.below(3) as usize].0;
+    // The sale is locked first, as the POS does before changing a sale, so that a concurrent
+    // delete cannot break the foreign key of a return or an item added to it.
+    db.execute("SELECT 1 FROM sales WHERE id = $1::text::uuid FOR UPDATE", &[&id]).unwrap();
     let sql = match rng.below(12) {
         9 => "UPDATE sale_items SET qty = qty + 1, discount_bs = 0.5
               WHERE id = (SELECT id FROM sale_items WHERE sale_id = $1::text::uuid ORDER BY id LIMIT 1)"
@@ -123,9 +126,7 @@ fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
         0 | 1 => "UPDATE sales SET voided_at = now(), void_reason = 'test' WHERE id = $1::text::uuid".to_string(),
         2 => "UPDATE sales SET voided_at = NULL WHERE id = $1::text::uuid".to_string(),
         3 | 4 => {
-            // A return: LA-CAJA records it and rewrites the sale's totals in place. The sale is
-            // locked first, as the POS does, so a concurrent delete cannot break the foreign key.
-            db.execute("SELECT 1 FROM sales WHERE id = $1::text::uuid FOR UPDATE", &[&id]).unwrap();
+            // A return: LA-CAJA records it and rewrites the sale's totals in place.
             db.execute(
                 "WITH r AS (INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
                             SELECT gen_random_uuid(), store_id, id, 1, 0.03 FROM sales WHERE id = $1::text::uuid
@@ -198,17 +199,21 @@ fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(Stri
     }
 }
 
+/// Every product with its store, as (id, store_id).
+fn store_products(db: &mut Client) -> Vec<(String, String)> {
+    db.query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// One POS session: `transactions` random transactions, some rolled back.
 fn pos_session(database: &str, seed: u64, transactions: usize, shared: SharedIds) {
     let mut db = connect(database);
     let mut rng = Rng::new(seed);
     let mut own: Vec<String> = Vec::new();
-    let products: Vec<(String, String)> = db
-        .query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let products = store_products(&mut db);
     for _ in 0..transactions {
         let mut tx = db.transaction().unwrap();
         let roll_back = rng.chance(7);
@@ -298,12 +303,7 @@ fn randomised_concurrent_workload_matches_oracle() {
     let mut blind = connect(database);
     blind.batch_execute("SET session_replication_role = replica").unwrap();
     let mut rng = Rng::new(seed ^ 0xB11D);
-    let products: Vec<(String, String)> = db
-        .query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let products = store_products(&mut db);
     for _ in 0..200 {
         let mut tx = blind.transaction().unwrap();
         change_stock(&mut tx, &mut rng, &products);
