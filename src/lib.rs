@@ -1,6 +1,7 @@
 //! lacaja_analytics: LA-CAJA's analytics layer inside PostgreSQL.
 //!
-//! Capabilities live in one module each; their SQL objects live in `sql/<module>.sql`.
+//! Each capability keeps its SQL objects in `sql/<capability>.sql` (rollups, products,
+//! dashboard; install.sql runs last) and its Rust, where it has any, in a module of that name.
 
 use pgrx::prelude::*;
 
