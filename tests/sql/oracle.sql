@@ -89,32 +89,20 @@ LEFT JOIN oracle_product_stock s ON s.store_id = p.store_id AND s.product_id = p
 WHERE p.is_active
 GROUP BY p.store_id;
 
+-- Rows that differ between a rollup and its oracle, both ways (duplicates count).
+CREATE FUNCTION pg_temp.differences(rollup text, oracle text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM ((SELECT * FROM %1$s EXCEPT ALL SELECT * FROM %2$s)
+                                          UNION ALL (SELECT * FROM %2$s EXCEPT ALL SELECT * FROM %1$s)) AS d',
+                   rollup, oracle) INTO n;
+    RETURN n;
+END
+$$;
+
 -- One row per relation: how many rows differ between the rollup and the oracle.
 CREATE TEMP VIEW oracle_differences AS
-SELECT 'sales_hourly' AS relation, count(*) AS differences FROM (
-    (SELECT * FROM analytics.sales_hourly EXCEPT ALL SELECT * FROM oracle_sales_hourly)
-    UNION ALL (SELECT * FROM oracle_sales_hourly EXCEPT ALL SELECT * FROM analytics.sales_hourly)) d
-UNION ALL
-SELECT 'sales_daily', count(*) FROM (
-    (SELECT * FROM analytics.sales_daily EXCEPT ALL SELECT * FROM oracle_sales_daily)
-    UNION ALL (SELECT * FROM oracle_sales_daily EXCEPT ALL SELECT * FROM analytics.sales_daily)) d
-UNION ALL
-SELECT 'sales_by_payment_daily', count(*) FROM (
-    (SELECT * FROM analytics.sales_by_payment_daily EXCEPT ALL SELECT * FROM oracle_sales_by_payment_daily)
-    UNION ALL (SELECT * FROM oracle_sales_by_payment_daily EXCEPT ALL SELECT * FROM analytics.sales_by_payment_daily)) d
-UNION ALL
-SELECT 'sales_heatmap', count(*) FROM (
-    (SELECT * FROM analytics.sales_heatmap EXCEPT ALL SELECT * FROM oracle_sales_heatmap)
-    UNION ALL (SELECT * FROM oracle_sales_heatmap EXCEPT ALL SELECT * FROM analytics.sales_heatmap)) d
-UNION ALL
-SELECT 'product_sales_daily', count(*) FROM (
-    (SELECT * FROM analytics.product_sales_daily EXCEPT ALL SELECT * FROM oracle_product_sales_daily)
-    UNION ALL (SELECT * FROM oracle_product_sales_daily EXCEPT ALL SELECT * FROM analytics.product_sales_daily)) d
-UNION ALL
-SELECT 'product_stock', count(*) FROM (
-    (SELECT * FROM analytics.product_stock EXCEPT ALL SELECT * FROM oracle_product_stock)
-    UNION ALL (SELECT * FROM oracle_product_stock EXCEPT ALL SELECT * FROM analytics.product_stock)) d
-UNION ALL
-SELECT 'inventory_metrics', count(*) FROM (
-    (SELECT * FROM analytics.inventory_metrics EXCEPT ALL SELECT * FROM oracle_inventory_metrics)
-    UNION ALL (SELECT * FROM oracle_inventory_metrics EXCEPT ALL SELECT * FROM analytics.inventory_metrics)) d;
+SELECT r.relation, pg_temp.differences('analytics.' || r.relation, 'oracle_' || r.relation) AS differences
+FROM unnest(ARRAY['sales_hourly', 'sales_daily', 'sales_by_payment_daily', 'sales_heatmap',
+                  'product_sales_daily', 'product_stock', 'inventory_metrics']) AS r (relation);
