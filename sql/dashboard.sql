@@ -28,7 +28,7 @@ $$;
 -- Net quantity sold per product over [from_day, to_day], with name and category.
 CREATE FUNCTION analytics._products_sold(store_id uuid, from_day date, to_day date)
 RETURNS TABLE (product_id uuid, name text, category text, qty numeric, returned_qty numeric, net_qty numeric,
-               revenue_bs numeric, revenue_usd numeric, times_sold bigint)
+               revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics.source_config c)));
@@ -38,9 +38,10 @@ DECLARE
 BEGIN
     RETURN QUERY EXECUTE format($q$
         SELECT s.product_id, p.name::text, p.category::text, s.qty, s.returned_qty, s.qty - s.returned_qty,
-               s.revenue_bs, s.revenue_usd, s.times_sold
+               s.revenue_bs, s.revenue_usd, s.times_sold, s.returned_bs, s.returned_usd
         FROM (SELECT d.product_id, sum(d.qty) AS qty, sum(d.returned_qty) AS returned_qty,
-                     sum(d.revenue_bs) AS revenue_bs, sum(d.revenue_usd) AS revenue_usd, sum(d.times_sold)::bigint AS times_sold
+                     sum(d.revenue_bs) AS revenue_bs, sum(d.revenue_usd) AS revenue_usd, sum(d.times_sold)::bigint AS times_sold,
+                     sum(d.returned_bs) AS returned_bs, sum(d.returned_usd) AS returned_usd
               FROM analytics.product_sales_daily d
               WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3
               GROUP BY d.product_id) AS s

@@ -5,6 +5,7 @@
 SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.compat_replaced', '');
 
 -- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
 -- by PUBLIC, and the upkeep functions are for the DBA.
@@ -17,7 +18,7 @@ REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics
     analytics._bind_trigger_to_extension(oid, text),
     analytics._capture_items(), analytics._capture_item_returns(), analytics._capture_item_sales(),
     analytics._refresh_items(uuid[]), analytics._attach_items(name, text), analytics._detach_items(),
-    analytics._repair_item_facts(uuid) FROM PUBLIC;
+    analytics._repair_item_facts(uuid), analytics.install_compat(boolean), analytics.uninstall_compat() FROM PUBLIC;
 
 -- Attach at once when LA-CAJA's tables are already there.
 DO $$

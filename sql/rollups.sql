@@ -119,8 +119,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                     && $.total_usd.type() == "number" && $.total_usd < 1e1000 && $.total_usd > -1e1000', false)
 $$;
 
+-- SECURITY DEFINER: views that show local days (ours, and LA-CAJA's views that install_compat
+-- puts over them) call it for readers who have no privilege on analytics.store_settings.
 CREATE FUNCTION analytics.store_timezone(store_id uuid) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce((SELECT s.timezone FROM analytics.store_settings s WHERE s.store_id = $1),
                     analytics.default_timezone())
 $$;
@@ -834,13 +836,14 @@ BEGIN
 END
 $$;
 
--- Inventory metrics per store (SPEC §2), over active products and their stock rollup.
--- Thresholds and costs live in LA-CAJA's products table, so the metrics are evaluated when
--- read (one pass over a store's products, no sales); a view over products would block
--- LA-CAJA's own migrations of that table, hence dynamic SQL.
-CREATE FUNCTION analytics.inventory_metrics_of(for_store uuid DEFAULT NULL)
+-- Inventory figures per store: SPEC §2's inventory metrics, plus the average stock level and
+-- the number of categories that LA-CAJA's mv_inventory_metrics also shows. Over active
+-- products and their stock rollup. Thresholds and costs live in LA-CAJA's products table, so
+-- the figures are evaluated when read (one pass over a store's products, no sales); a view
+-- over products would block LA-CAJA's own migrations of that table, hence dynamic SQL.
+CREATE FUNCTION analytics._inventory_figures(for_store uuid DEFAULT NULL)
 RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
-               stock_value_bs numeric, stock_value_usd numeric)
+               stock_value_bs numeric, stock_value_usd numeric, avg_stock_level numeric, categories_count bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics.source_config c)));
@@ -853,13 +856,24 @@ BEGIN
                count(*) FILTER (WHERE p.low_stock_threshold > 0 AND s.stock > 0 AND s.stock <= p.low_stock_threshold),
                count(*) FILTER (WHERE coalesce(s.stock, 0) <= 0),
                coalesce(sum(s.stock * p.cost_bs) FILTER (WHERE s.stock > 0), 0),
-               coalesce(sum(s.stock * p.cost_usd) FILTER (WHERE s.stock > 0), 0)
+               coalesce(sum(s.stock * p.cost_usd) FILTER (WHERE s.stock > 0), 0),
+               avg(coalesce(s.stock, 0)),
+               count(DISTINCT %s)
         FROM %s AS p
         LEFT JOIN analytics.product_stock AS s ON s.store_id = p.store_id AND s.product_id = p.id
         WHERE p.is_active AND ($1 IS NULL OR p.store_id = $1)
-        GROUP BY p.store_id$q$, products)
+        GROUP BY p.store_id$q$,
+        CASE WHEN analytics._has_columns(products, '{category}') THEN 'p.category' ELSE 'NULL::text' END, products)
     USING for_store;
 END
+$$;
+
+CREATE FUNCTION analytics.inventory_metrics_of(for_store uuid DEFAULT NULL)
+RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
+               stock_value_bs numeric, stock_value_usd numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count, f.stock_value_bs, f.stock_value_usd
+    FROM analytics._inventory_figures(for_store) AS f
 $$;
 
 CREATE VIEW analytics.inventory_metrics AS

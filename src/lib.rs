@@ -1,7 +1,7 @@
 //! lacaja_analytics: LA-CAJA's analytics layer inside PostgreSQL.
 //!
 //! Each capability keeps its SQL objects in `sql/<capability>.sql` (rollups, products,
-//! dashboard; install.sql runs last) and its Rust, where it has any, in a module of that name.
+//! dashboard, compat; install.sql runs last) and its Rust, where it has any, in a module of that name.
 
 use pgrx::prelude::*;
 
@@ -24,6 +24,7 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/products.sql", name = "products", requires = ["rollups"]);
 pgrx::extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["products"]);
+pgrx::extension_sql_file!("../sql/compat.sql", name = "compat", requires = ["dashboard"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]

@@ -521,4 +521,137 @@ mod tests {
         assert_eq!(writable, 0);
     }
 
+
+    /// dashboard_history() plus a return, stock movements, an inactive product and payment
+    /// methods of every compatibility group.
+    fn compat_history() {
+        dashboard_history();
+        run(&format!(
+            "INSERT INTO products (id, store_id, name, category, cost_bs, cost_usd, low_stock_threshold, is_active)
+             VALUES ('f0000000-0000-4000-8000-000000000003', '{STORE_A}', 'retirado', 'viveres', 5, 0.1, 0, false);
+             INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+             VALUES (gen_random_uuid(), '{STORE_A}', 'f0000000-0000-4000-8000-000000000001', 'received', 40),
+                    (gen_random_uuid(), '{STORE_A}', 'f0000000-0000-4000-8000-000000000002', 'received', 3),
+                    (gen_random_uuid(), '{STORE_A}', 'f0000000-0000-4000-8000-000000000003', 'received', 9);
+             UPDATE sales SET payment = jsonb_build_object('method', (ARRAY['CASH_USD', 'PAGO_MOVIL', 'TRANSFER', 'DEBIT_CARD', 'SPLIT', 'FIAO'])[1 + abs(hashtext(id::text)) % 6])
+             WHERE hashtext(id::text) % 4 = 0;
+             INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+             SELECT 'e0000000-0000-4000-8000-000000000001', '{STORE_A}', i.sale_id, 36.5, 1
+             FROM sale_items i JOIN sales s ON s.id = i.sale_id WHERE s.voided_at IS NULL
+             ORDER BY s.sold_at DESC LIMIT 1;
+             INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+             SELECT gen_random_uuid(), r.id, i.id, i.product_id, 1, 36.5, 1
+             FROM sale_returns r JOIN sale_items i ON i.sale_id = r.sale_id"
+        ));
+    }
+
+    #[pg_test]
+    fn compat_views_equal_their_definitions() {
+        compat_history();
+        for relation in ["mv_sales_daily", "mv_top_products_30d", "mv_inventory_metrics"] {
+            let rows: i64 = scalar(&format!("SELECT count(*) FROM analytics.{relation}")).unwrap();
+            assert!(rows > 0, "{relation} is empty, the comparison would prove nothing");
+            let differences: i64 =
+                scalar(&format!("SELECT differences FROM oracle_differences WHERE relation = '{relation}'")).unwrap();
+            assert_eq!(differences, 0, "{relation} differs from its definition");
+        }
+        let groups: String = scalar(&format!(
+            "SELECT sum(cash_count) || '/' || sum(card_count) || '/' || sum(transfer_count) || '/' || sum(sales_count)
+             FROM analytics.mv_sales_daily WHERE store_id = '{STORE_A}'"
+        ))
+        .unwrap();
+        let expected: String = scalar(
+            "SELECT count(*) FILTER (WHERE payment ->> 'method' IN ('CASH_BS', 'CASH_USD')) || '/'
+                 || count(*) FILTER (WHERE payment ->> 'method' = 'DEBIT_CARD') || '/'
+                 || count(*) FILTER (WHERE payment ->> 'method' IN ('TRANSFER', 'PAGO_MOVIL')) || '/' || count(*)
+             FROM sales WHERE voided_at IS NULL",
+        )
+        .unwrap();
+        assert_eq!(groups, expected);
+    }
+
+    /// The columns of a relation in `pos`: name and type, in order.
+    fn columns_of(relation: &str) -> String {
+        scalar(&format!(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+             FROM pg_attribute WHERE attrelid = 'pos.{relation}'::regclass AND attnum > 0 AND NOT attisdropped"
+        ))
+        .unwrap()
+    }
+
+    fn relkind_of(relation: &str) -> String {
+        scalar(&format!("SELECT relkind::text FROM pg_class WHERE oid = 'pos.{relation}'::regclass")).unwrap()
+    }
+
+    #[pg_test]
+    fn install_compat_replaces_lacaja_views_and_is_reversible() {
+        compat_history();
+        run(include_str!("../sql/fixtures/lacaja_materialized_views.sql"));
+        run("CREATE ROLE lacaja_api_reader; GRANT USAGE ON SCHEMA pos TO lacaja_api_reader;
+             GRANT SELECT ON pos.mv_sales_daily, pos.sales_heatmap TO lacaja_api_reader");
+        let names = ["sales_heatmap", "mv_sales_daily", "mv_top_products_30d", "mv_inventory_metrics"];
+        let before: Vec<String> = names.iter().map(|n| columns_of(n)).collect();
+        let function_before: String = scalar("SELECT pg_get_functiondef('pos.refresh_analytics_views()'::regprocedure)").unwrap();
+
+        let dry: pgrx::JsonB = scalar("SELECT analytics.install_compat()").unwrap();
+        assert_eq!(dry.0["replaced"], false, "{}", dry.0);
+        assert_eq!(relkind_of("mv_sales_daily"), "m", "a dry run changes nothing");
+
+        // Something reading the original blocks the swap, and nothing changes.
+        run("CREATE VIEW pos.reads_mv AS SELECT * FROM pos.mv_sales_daily");
+        let refused = PgTryBuilder::new(|| Spi::run("SELECT analytics.install_compat(replace_public => true)").is_err())
+            .catch_others(|_| true)
+            .execute();
+        assert!(refused, "a view reading mv_sales_daily must block install_compat");
+        run("DROP VIEW pos.reads_mv");
+        assert_eq!(relkind_of("mv_sales_daily"), "m");
+
+        let report: pgrx::JsonB = scalar("SELECT analytics.install_compat(replace_public => true)").unwrap();
+        assert_eq!(report.0["replaced"], true, "{}", report.0);
+        for (name, columns) in names.iter().zip(&before) {
+            assert_eq!(relkind_of(name), "v", "{name} is a view now");
+            assert_eq!(&columns_of(name), columns, "{name} keeps its columns and types");
+        }
+        let heatmap_matches: bool = scalar(
+            "SELECT count(*) > 0 AND count(*) = (SELECT count(*) FROM oracle_sales_heatmap)
+                 AND sum(sales_count) = (SELECT sum(sales_count) FROM oracle_sales_heatmap)
+                 AND count(DISTINCT id) = count(*)
+             FROM pos.sales_heatmap",
+        )
+        .unwrap();
+        assert!(heatmap_matches, "sales_heatmap is filled from the rollups");
+        let daily_matches: bool = scalar(
+            "SELECT count(*) = 0 FROM ((SELECT store_id, sale_date, sales_count, total_bs FROM pos.mv_sales_daily
+                                        EXCEPT SELECT store_id, sale_date, sales_count, total_bs FROM oracle_mv_sales_daily)
+                                       UNION ALL (SELECT store_id, sale_date, sales_count, total_bs FROM oracle_mv_sales_daily
+                                        EXCEPT SELECT store_id, sale_date, sales_count, total_bs FROM pos.mv_sales_daily)) d",
+        )
+        .unwrap();
+        assert!(daily_matches, "public mv_sales_daily reads the rollups");
+        // A role that could read the original reads the view; LA-CAJA's refresh still works.
+        run("SET LOCAL ROLE lacaja_api_reader");
+        let readable: i64 = scalar("SELECT count(*) FROM pos.mv_sales_daily").unwrap();
+        assert!(readable > 0);
+        run("RESET ROLE");
+        run("SELECT pos.refresh_analytics_views()");
+        let again: pgrx::JsonB = scalar("SELECT analytics.install_compat(replace_public => true)").unwrap();
+        assert!(again.0["plan"].as_array().unwrap().iter().all(|p| p["action"] == "already replaced"), "{}", again.0);
+
+        let restored: pgrx::JsonB = scalar("SELECT analytics.uninstall_compat()").unwrap();
+        assert_eq!(restored.0["restored"].as_array().unwrap().len(), 5, "{}", restored.0);
+        for (name, columns) in names.iter().zip(&before) {
+            assert_eq!(relkind_of(name), if *name == "sales_heatmap" { "r" } else { "m" }, "{name} is back");
+            assert_eq!(&columns_of(name), columns);
+        }
+        let function_after: String = scalar("SELECT pg_get_functiondef('pos.refresh_analytics_views()'::regprocedure)").unwrap();
+        assert_eq!(function_after, function_before);
+        let still_granted: bool = scalar("SELECT has_table_privilege('lacaja_api_reader', 'pos.mv_sales_daily', 'SELECT')").unwrap();
+        assert!(still_granted);
+        let leftovers: i64 = scalar(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'pos' AND c.relname LIKE '%\\_replaced'",
+        )
+        .unwrap();
+        assert_eq!(leftovers, 0);
+    }
 }

@@ -46,7 +46,7 @@ FROM oracle_valid_sales GROUP BY 1, 2;
 
 CREATE TEMP VIEW oracle_sales_by_payment_daily AS
 SELECT store_id, (sold_at AT TIME ZONE tz)::date AS day,
-       -- documented limit (docs/decisions.md): a "method" over 64 characters is UNKNOWN
+       -- documented limit (docs/design.md): a "method" over 64 characters is UNKNOWN
        CASE WHEN length(payment ->> 'method') > 64 THEN 'UNKNOWN'
             ELSE coalesce(nullif(payment ->> 'method', ''), 'UNKNOWN') END AS method,
        count(*) AS sales_count, sum(a_total_bs) AS total_bs, sum(a_total_usd) AS total_usd
@@ -89,6 +89,56 @@ LEFT JOIN oracle_product_stock s ON s.store_id = p.store_id AND s.product_id = p
 WHERE p.is_active
 GROUP BY p.store_id;
 
+-- The compatibility views (docs/design.md: payment groups, the 30 local days, net figures).
+CREATE TEMP VIEW oracle_mv_sales_daily AS
+WITH valid AS (
+    SELECT s.*, (s.sold_at AT TIME ZONE s.tz)::date AS sale_date,
+           CASE WHEN length(s.payment ->> 'method') > 64 THEN 'UNKNOWN'
+                ELSE coalesce(nullif(s.payment ->> 'method', ''), 'UNKNOWN') END AS method
+    FROM oracle_valid_sales s),
+grouped AS (
+    SELECT s.*, CASE WHEN method IN ('CASH_BS', 'CASH_USD') THEN 'cash' WHEN method IN ('TRANSFER', 'PAGO_MOVIL') THEN 'transfer'
+                     WHEN strpos(method, 'CARD') > 0 THEN 'card' END AS grp
+    FROM valid s),
+methods AS (
+    SELECT store_id, sale_date, jsonb_object_agg(method, jsonb_build_object('sales_count', n, 'total_bs', bs, 'total_usd', usd)) AS by_method
+    FROM (SELECT store_id, sale_date, method, count(*) AS n, sum(a_total_bs) AS bs, sum(a_total_usd) AS usd
+          FROM valid GROUP BY 1, 2, 3) m
+    GROUP BY 1, 2)
+SELECT g.store_id, g.sale_date, count(*) AS sales_count, sum(a_total_bs) AS total_bs, sum(a_total_usd) AS total_usd,
+       sum(a_total_bs) / count(*) AS avg_ticket_bs, sum(a_total_usd) / count(*) AS avg_ticket_usd,
+       count(DISTINCT customer_id) AS unique_customers,
+       count(*) FILTER (WHERE grp = 'cash') AS cash_count, count(*) FILTER (WHERE grp = 'card') AS card_count,
+       count(*) FILTER (WHERE grp = 'transfer') AS transfer_count,
+       sum(a_total_bs) FILTER (WHERE grp = 'cash') AS cash_amount_bs, sum(a_total_bs) FILTER (WHERE grp = 'card') AS card_amount_bs,
+       sum(a_total_usd) FILTER (WHERE grp = 'cash') AS cash_amount_usd, sum(a_total_usd) FILTER (WHERE grp = 'card') AS card_amount_usd,
+       min(m.by_method::text)::jsonb AS by_payment_method
+FROM grouped g JOIN methods m USING (store_id, sale_date)
+GROUP BY 1, 2;
+
+CREATE TEMP VIEW oracle_mv_top_products_30d AS
+SELECT d.product_id, p.name AS product_name, p.category, d.store_id,
+       sum(d.qty) - sum(d.returned_qty) AS total_qty_sold,
+       sum(d.revenue_bs) - sum(d.returned_bs) AS revenue_bs, sum(d.revenue_usd) - sum(d.returned_usd) AS revenue_usd,
+       sum(d.times_sold) AS times_sold,
+       (sum(d.revenue_bs) - sum(d.returned_bs)) / nullif(sum(d.qty) - sum(d.returned_qty), 0) AS avg_price_bs,
+       (sum(d.revenue_usd) - sum(d.returned_usd)) / nullif(sum(d.qty) - sum(d.returned_qty), 0) AS avg_price_usd
+FROM oracle_product_sales_daily d
+LEFT JOIN products p ON p.id = d.product_id
+LEFT JOIN analytics.store_settings st ON st.store_id = d.store_id
+WHERE d.day BETWEEN (now() AT TIME ZONE coalesce(st.timezone, current_setting('lacaja_analytics.default_timezone')))::date - 29
+                AND (now() AT TIME ZONE coalesce(st.timezone, current_setting('lacaja_analytics.default_timezone')))::date
+GROUP BY d.product_id, p.name, p.category, d.store_id;
+
+CREATE TEMP VIEW oracle_mv_inventory_metrics AS
+SELECT m.store_id, m.total_products, m.low_stock_count, m.out_of_stock_count,
+       m.stock_value_bs AS total_stock_value_bs, m.stock_value_usd AS total_stock_value_usd,
+       (SELECT avg(coalesce(s.stock, 0)) FROM products p
+        LEFT JOIN oracle_product_stock s ON s.store_id = p.store_id AND s.product_id = p.id
+        WHERE p.is_active AND p.store_id = m.store_id) AS avg_stock_level,
+       (SELECT count(DISTINCT p.category) FROM products p WHERE p.is_active AND p.store_id = m.store_id) AS categories_count
+FROM oracle_inventory_metrics m;
+
 -- Rows that differ between a rollup and its oracle, both ways (duplicates count).
 CREATE FUNCTION pg_temp.differences(rollup text, oracle text) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -105,4 +155,5 @@ $$;
 CREATE TEMP VIEW oracle_differences AS
 SELECT r.relation, pg_temp.differences('analytics.' || r.relation, 'oracle_' || r.relation) AS differences
 FROM unnest(ARRAY['sales_hourly', 'sales_daily', 'sales_by_payment_daily', 'sales_heatmap',
-                  'product_sales_daily', 'product_stock', 'inventory_metrics']) AS r (relation);
+                  'product_sales_daily', 'product_stock', 'inventory_metrics',
+                  'mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics']) AS r (relation);

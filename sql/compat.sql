@@ -1,0 +1,298 @@
+-- Drop-in compatibility: the original design's analytics.mv_* names, and an opt-in swap of
+-- LA-CAJA's own public.mv_* materialized views (stale between refreshes, counting voided
+-- sales, matching no real payment method) and of its never-filled sales_heatmap table for
+-- always-fresh views over the rollups, with the same names and columns, reversibly.
+
+-- LA-CAJA's mv_sales_daily splits payments into cash, card and transfer columns, under method
+-- names its POS never writes ('cash', 'card', 'transfer'). The real methods map like this (a
+-- card method, should a POS add one, is any method with CARD in its name); SPLIT, FIAO (store
+-- credit) and OTHER belong to none of the three (by_payment_method has every method).
+CREATE FUNCTION analytics.payment_group(method text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN method IN ('CASH_BS', 'CASH_USD') THEN 'cash'
+                WHEN method IN ('TRANSFER', 'PAGO_MOVIL') THEN 'transfer'
+                WHEN method LIKE '%CARD%' THEN 'card' END
+$$;
+
+-- Per store and local day: SPEC §2's sales_daily figures, LA-CAJA's cash/card/transfer
+-- columns, and by_payment_method = {method: {sales_count, total_bs, total_usd}}.
+CREATE VIEW analytics.mv_sales_daily AS
+SELECT d.store_id, d.day AS sale_date, d.sales_count, d.total_bs, d.total_usd,
+       d.avg_ticket_bs, d.avg_ticket_usd, d.unique_customers,
+       m.cash_count, m.card_count, m.transfer_count,
+       m.cash_amount_bs, m.card_amount_bs, m.cash_amount_usd, m.card_amount_usd,
+       m.by_payment_method
+FROM analytics.sales_daily AS d
+JOIN (SELECT p.store_id, p.day,
+             coalesce(sum(p.sales_count) FILTER (WHERE analytics.payment_group(p.method) = 'cash'), 0)::bigint AS cash_count,
+             coalesce(sum(p.sales_count) FILTER (WHERE analytics.payment_group(p.method) = 'card'), 0)::bigint AS card_count,
+             coalesce(sum(p.sales_count) FILTER (WHERE analytics.payment_group(p.method) = 'transfer'), 0)::bigint AS transfer_count,
+             sum(p.total_bs) FILTER (WHERE analytics.payment_group(p.method) = 'cash') AS cash_amount_bs,
+             sum(p.total_bs) FILTER (WHERE analytics.payment_group(p.method) = 'card') AS card_amount_bs,
+             sum(p.total_usd) FILTER (WHERE analytics.payment_group(p.method) = 'cash') AS cash_amount_usd,
+             sum(p.total_usd) FILTER (WHERE analytics.payment_group(p.method) = 'card') AS card_amount_usd,
+             jsonb_object_agg(p.method, jsonb_build_object(
+                 'sales_count', p.sales_count, 'total_bs', p.total_bs, 'total_usd', p.total_usd)) AS by_payment_method
+      FROM analytics.sales_by_payment_daily AS p
+      GROUP BY p.store_id, p.day) AS m ON m.store_id = d.store_id AND m.day = d.day;
+
+-- Stores that have product rollups, found by skipping through the parts' primary key (one
+-- probe per store), so that a filter on store_id reaches the per-store function below.
+CREATE FUNCTION analytics._stores_with_products() RETURNS SETOF uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE stores AS (
+        (SELECT p.store_id FROM analytics.product_daily_parts AS p ORDER BY p.store_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.store_id FROM analytics.product_daily_parts AS p WHERE p.store_id > s.store_id
+                ORDER BY p.store_id LIMIT 1)
+        FROM stores AS s WHERE s.store_id IS NOT NULL)
+    SELECT store_id FROM stores WHERE store_id IS NOT NULL
+$$;
+
+-- The last 30 store-local days including today, net of returns and line discounts (LA-CAJA's
+-- view counts voided sales, ignores discounts and returns, and averages line prices; here
+-- avg_price = revenue / quantity).
+CREATE VIEW analytics.mv_top_products_30d AS
+SELECT t.product_id, t.name AS product_name, t.category, s.store_id,
+       t.net_qty AS total_qty_sold,
+       t.revenue_bs - t.returned_bs AS revenue_bs, t.revenue_usd - t.returned_usd AS revenue_usd,
+       t.times_sold,
+       (t.revenue_bs - t.returned_bs) / nullif(t.net_qty, 0) AS avg_price_bs,
+       (t.revenue_usd - t.returned_usd) / nullif(t.net_qty, 0) AS avg_price_usd
+FROM analytics._stores_with_products() AS s(store_id)
+CROSS JOIN LATERAL analytics._products_sold(s.store_id, analytics.store_today(s.store_id) - 29,
+                                            analytics.store_today(s.store_id)) AS t;
+
+-- SPEC §2's inventory metrics under LA-CAJA's column names (stock ≤ 0 is out of stock; the
+-- stock value counts positive stock only).
+CREATE VIEW analytics.mv_inventory_metrics AS
+SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count,
+       f.stock_value_bs AS total_stock_value_bs, f.stock_value_usd AS total_stock_value_usd,
+       f.avg_stock_level, f.categories_count
+FROM analytics._inventory_figures(NULL) AS f;
+
+-- LA-CAJA's materialized views that this extension can stand in for, and its refresh function.
+CREATE FUNCTION analytics._compat_objects()
+RETURNS TABLE (object name, kind "char", replacement regclass, row_key text[])
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('sales_heatmap'::name, 'r'::"char", 'analytics.sales_heatmap'::regclass, '{store_id,date,hour}'::text[]),
+           ('mv_sales_daily', 'm', 'analytics.mv_sales_daily', '{store_id,sale_date}'),
+           ('mv_top_products_30d', 'm', 'analytics.mv_top_products_30d', '{store_id,product_id}'),
+           ('mv_inventory_metrics', 'm', 'analytics.mv_inventory_metrics', '{store_id}')
+$$;
+
+CREATE TABLE analytics.compat_replaced (
+    object      name PRIMARY KEY,
+    schema_name name        NOT NULL,
+    kind        "char"      NOT NULL,
+    kept_as     name,
+    definition  text,
+    replaced_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE analytics.compat_replaced IS
+    'What analytics.install_compat() replaced in LA-CAJA''s schema: relations renamed to kept_as, the refresh function''s original definition; analytics.uninstall_compat() puts them back.';
+
+-- LA-CAJA's materialized views that are still materialized (not replaced), refreshed without
+-- blocking readers where they allow it. The analytics.mv_* views never need a refresh.
+CREATE FUNCTION analytics.refresh_analytics_views() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source_schema name := coalesce((SELECT c.source_schema FROM analytics.source_config c),
+                                   analytics.configured_source_schema());
+    mv record;
+BEGIN
+    FOR mv IN
+        SELECT c.oid::regclass AS rel, c.relispopulated AS populated,
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL
+                         AND i.indexprs IS NULL) AS has_unique_index
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = source_schema AND c.relkind = 'm'
+          AND c.relname IN ('mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics', 'mv_customer_metrics')
+        ORDER BY c.relname
+    LOOP
+        BEGIN
+            EXECUTE format('REFRESH MATERIALIZED VIEW %s %s',
+                           CASE WHEN mv.populated AND mv.has_unique_index THEN 'CONCURRENTLY' ELSE '' END, mv.rel);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'could not refresh %: %', mv.rel, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
+
+-- The view that stands in for `original`: the original's columns in its order and types, taken
+-- by name from `replacement`; an `id uuid` column becomes a stable id of the row's key; any
+-- other column the rollups do not have is NULL.
+CREATE FUNCTION analytics._compat_view_sql(original regclass, replacement regclass, row_key text[],
+                                           schema_name name, view_name name) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('CREATE VIEW %I.%I AS SELECT %s FROM %s AS r', schema_name, view_name,
+        string_agg(CASE
+            WHEN r.attname IS NOT NULL THEN format('r.%I::%s AS %I', o.attname, format_type(o.atttypid, o.atttypmod), o.attname)
+            WHEN o.attname = 'id' AND o.atttypid = 'uuid'::regtype THEN format('md5(concat_ws(%L, %s))::uuid AS id', '/',
+                (SELECT string_agg(format('r.%I', k), ', ') FROM unnest(row_key) AS k))
+            ELSE format('NULL::%s AS %I', format_type(o.atttypid, o.atttypmod), o.attname) END, ', ' ORDER BY o.attnum),
+        replacement)
+    FROM pg_attribute AS o
+    LEFT JOIN pg_attribute AS r ON r.attrelid = replacement AND r.attname = o.attname AND r.attnum > 0 AND NOT r.attisdropped
+    WHERE o.attrelid = original AND o.attnum > 0 AND NOT o.attisdropped
+$$;
+
+-- Columns of `original` that `replacement` cannot fill (they read as NULL).
+CREATE FUNCTION analytics._compat_unfilled(original regclass, replacement regclass) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(o.attname::text ORDER BY o.attnum), '{}')
+    FROM pg_attribute AS o
+    WHERE o.attrelid = original AND o.attnum > 0 AND NOT o.attisdropped
+      AND NOT (o.attname = 'id' AND o.atttypid = 'uuid'::regtype)
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute AS r WHERE r.attrelid = replacement AND r.attname = o.attname
+                        AND r.attnum > 0 AND NOT r.attisdropped)
+$$;
+
+-- Views, rules and materialized views that read `rel` (they would keep reading the original).
+CREATE FUNCTION analytics._readers_of(rel regclass) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(DISTINCT r.ev_class::regclass::text), '{}')
+    FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.refobjid = rel AND r.ev_class <> rel
+$$;
+
+-- Replaces (replace_public => true) or shows what it would replace (false) in LA-CAJA's
+-- schema: sales_heatmap and the mv_* materialized views become views over the rollups, the
+-- originals are kept under another name, and refresh_analytics_views() refreshes only what is
+-- still materialized. Nothing changes when anything is in the way; the error says what.
+CREATE FUNCTION analytics.install_compat(replace_public boolean DEFAULT false) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
+DECLARE
+    source_schema name := (SELECT c.source_schema FROM analytics.source_config c);
+    target record;
+    original regclass;
+    owner name;
+    kept_as name;
+    refresh regprocedure;
+    plan jsonb := '[]';
+    blockers text[] := '{}';
+    grant_sql text;
+BEGIN
+    IF source_schema IS NULL THEN
+        RAISE EXCEPTION 'lacaja_analytics is not attached to LA-CAJA''s tables'
+            USING HINT = 'Run SELECT analytics.attach(''public'') first.';
+    END IF;
+    FOR target IN SELECT * FROM analytics._compat_objects() LOOP
+        original := to_regclass(format('%I.%I', source_schema, target.object));
+        kept_as := left(target.object || '_replaced', 63);
+        IF EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = target.object) THEN
+            plan := plan || jsonb_build_object('object', target.object, 'action', 'already replaced');
+        ELSIF original IS NULL THEN
+            plan := plan || jsonb_build_object('object', target.object, 'action', 'absent, nothing to do');
+        ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = original) <> target.kind THEN
+            plan := plan || jsonb_build_object('object', target.object, 'action', 'left alone: not the expected kind of relation');
+        ELSE
+            IF to_regclass(format('%I.%I', source_schema, kept_as)) IS NOT NULL THEN
+                blockers := blockers || format('%I.%I already exists, so %s cannot be kept under that name; rename or drop it',
+                                               source_schema, kept_as, original);
+            END IF;
+            IF cardinality(analytics._readers_of(original)) > 0 THEN
+                blockers := blockers || format('%s is read by %s, which would keep reading the stale original; drop or redefine them first',
+                                               original, array_to_string(analytics._readers_of(original), ', '));
+            END IF;
+            plan := plan || jsonb_build_object('object', target.object, 'action', 'replace with a view of ' || target.replacement,
+                                               'original_kept_as', kept_as,
+                                               'columns_left_null', analytics._compat_unfilled(original, target.replacement));
+        END IF;
+    END LOOP;
+    refresh := to_regprocedure(format('%I.refresh_analytics_views()', source_schema));
+    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
+        plan := plan || jsonb_build_object('object', 'refresh_analytics_views()',
+                                           'action', 'redefine to refresh only what is still materialized (original kept)');
+    END IF;
+    IF NOT replace_public THEN
+        RETURN jsonb_build_object('replaced', false, 'plan', plan, 'blockers', to_jsonb(blockers),
+                                  'hint', 'Run SELECT analytics.install_compat(replace_public => true) to apply.');
+    END IF;
+    IF cardinality(blockers) > 0 THEN
+        RAISE EXCEPTION 'install_compat changed nothing: %', array_to_string(blockers, '; ');
+    END IF;
+
+    FOR target IN
+        SELECT o.* FROM analytics._compat_objects() AS o
+        WHERE NOT EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = o.object)
+    LOOP
+        original := to_regclass(format('%I.%I', source_schema, target.object));
+        CONTINUE WHEN original IS NULL OR (SELECT c.relkind FROM pg_class c WHERE c.oid = original) <> target.kind;
+        kept_as := left(target.object || '_replaced', 63);
+        owner := (SELECT c.relowner::regrole::name FROM pg_class c WHERE c.oid = original);
+        EXECUTE format('ALTER %s %s RENAME TO %I',
+                       CASE target.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, original, kept_as);
+        original := format('%I.%I', source_schema, kept_as)::regclass;
+        EXECUTE analytics._compat_view_sql(original, target.replacement, target.row_key, source_schema, target.object);
+        EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', source_schema, target.object, owner);
+        EXECUTE format('GRANT SELECT ON %s TO %I', target.replacement, owner);
+        -- Whoever could read the original reads the view.
+        FOR grant_sql IN
+            SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, source_schema, target.object,
+                          CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::name) END,
+                          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+            FROM pg_class c, aclexplode(c.relacl) AS a
+            WHERE c.oid = original AND a.grantee <> c.relowner
+        LOOP
+            EXECUTE grant_sql;
+        END LOOP;
+        EXECUTE format('COMMENT ON VIEW %I.%I IS %L', source_schema, target.object,
+                       format('Always fresh: lacaja_analytics reads it from its rollups. The original is %s; SELECT analytics.uninstall_compat() puts it back.', original));
+        INSERT INTO analytics.compat_replaced (object, schema_name, kind, kept_as)
+        VALUES (target.object, source_schema, target.kind, kept_as);
+    END LOOP;
+
+    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
+        INSERT INTO analytics.compat_replaced (object, schema_name, kind, definition)
+        VALUES ('refresh_analytics_views', source_schema, 'f', pg_get_functiondef(refresh));
+        BEGIN
+            EXECUTE format($f$CREATE OR REPLACE FUNCTION %I.refresh_analytics_views() RETURNS void
+                LANGUAGE sql SET search_path = pg_catalog AS 'SELECT analytics.refresh_analytics_views()'$f$, source_schema);
+        EXCEPTION WHEN invalid_function_definition THEN
+            RAISE EXCEPTION 'install_compat changed nothing: % does not return void, so it cannot be redefined', refresh
+                USING HINT = 'Rename your refresh_analytics_views() and run install_compat again.';
+        END;
+    END IF;
+    RETURN jsonb_build_object('replaced', true, 'plan', plan);
+END
+$$;
+
+-- Puts back what install_compat() replaced; the materialized views are refreshed (without
+-- blocking their readers where they have a unique index), since they went stale meanwhile.
+CREATE FUNCTION analytics.uninstall_compat() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
+DECLARE
+    replaced analytics.compat_replaced;
+    current regclass;
+    restored jsonb := '[]';
+BEGIN
+    FOR replaced IN SELECT * FROM analytics.compat_replaced ORDER BY replaced_at, object LOOP
+        IF replaced.kind = 'f' THEN
+            EXECUTE replaced.definition;
+        ELSE
+            current := to_regclass(format('%I.%I', replaced.schema_name, replaced.object));
+            IF current IS NOT NULL AND (SELECT c.relkind FROM pg_class c WHERE c.oid = current) = 'v' THEN
+                IF cardinality(analytics._readers_of(current)) > 0 THEN
+                    RAISE EXCEPTION 'uninstall_compat changed nothing: % is read by %', current,
+                        array_to_string(analytics._readers_of(current), ', ')
+                        USING HINT = 'Drop or redefine them first.';
+                END IF;
+                EXECUTE format('DROP VIEW %s', current);
+            ELSIF current IS NOT NULL THEN
+                RAISE EXCEPTION 'uninstall_compat changed nothing: % is no longer the view install_compat() created', current
+                    USING HINT = format('Move it away; the original is %I.%I.', replaced.schema_name, replaced.kept_as);
+            END IF;
+            EXECUTE format('ALTER %s %I.%I RENAME TO %I',
+                           CASE replaced.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
+                           replaced.schema_name, replaced.kept_as, replaced.object);
+        END IF;
+        DELETE FROM analytics.compat_replaced r WHERE r.object = replaced.object;
+        restored := restored || to_jsonb(replaced.object::text);
+    END LOOP;
+    PERFORM analytics.refresh_analytics_views();
+    RETURN jsonb_build_object('restored', restored);
+END
+$$;
