@@ -18,7 +18,8 @@ REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics
     analytics._bind_trigger_to_extension(oid, text),
     analytics._capture_items(), analytics._capture_item_returns(), analytics._capture_item_sales(),
     analytics._refresh_items(uuid[]), analytics._attach_items(name, text), analytics._detach_items(),
-    analytics._repair_item_facts(uuid), analytics.install_compat(boolean), analytics.uninstall_compat() FROM PUBLIC;
+    analytics._repair_item_facts(uuid), analytics.install_compat(boolean), analytics.uninstall_compat(),
+    analytics.create_recommended_indexes(boolean), analytics._index_plan(), analytics._start_index_builder() FROM PUBLIC;
 
 -- Attach at once when LA-CAJA's tables are already there.
 DO $$

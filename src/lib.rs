@@ -1,11 +1,12 @@
 //! lacaja_analytics: LA-CAJA's analytics layer inside PostgreSQL.
 //!
 //! Each capability keeps its SQL objects in `sql/<capability>.sql` (rollups, products,
-//! dashboard, compat; install.sql runs last) and its Rust, where it has any, in a module of that name.
+//! dashboard, compat, indexes; install.sql runs last) and its Rust, where it has any, in a module of that name.
 
 use pgrx::prelude::*;
 
 mod guc;
+mod indexes;
 mod rollups;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -25,6 +26,11 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!("../sql/products.sql", name = "products", requires = ["rollups"]);
 pgrx::extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["products"]);
 pgrx::extension_sql_file!("../sql/compat.sql", name = "compat", requires = ["dashboard"]);
+pgrx::extension_sql_file!(
+    "../sql/indexes.sql",
+    name = "indexes",
+    requires = ["rollups", indexes::_start_index_builder]
+);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
