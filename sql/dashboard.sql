@@ -7,22 +7,30 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT (now() AT TIME ZONE analytics.store_timezone(store_id))::date
 $$;
 
--- Sales figures of one store over [from_day, to_day] (SPEC §3 kpis period shape).
-CREATE FUNCTION analytics._period_figures(store_id uuid, from_day date, to_day date) RETURNS jsonb
+-- Sales figures of one store over several day ranges (SPEC §3 kpis period shape), from one
+-- pass over the daily rollups and one over the customer rollups spanning them all.
+CREATE FUNCTION analytics._period_figures(store_id uuid, names text[], from_days date[], to_days date[]) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'from', from_day, 'to', to_day,
-        'sales_count', coalesce(sum(d.sales_count), 0),
-        'total_bs', coalesce(sum(d.total_bs), 0),
-        'total_usd', coalesce(sum(d.total_usd), 0),
-        'avg_ticket_bs', sum(d.total_bs) / nullif(sum(d.sales_count), 0),
-        'avg_ticket_usd', sum(d.total_usd) / nullif(sum(d.sales_count), 0),
-        'unique_customers', (SELECT count(*) FROM (
-            SELECT 1 FROM analytics.customer_daily_parts c
-            WHERE c.store_id = $1 AND c.day BETWEEN $2 AND $3
-            GROUP BY c.customer_id HAVING sum(c.sales_count) > 0) AS present))
-    FROM analytics.sales_daily d
-    WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3
+    WITH ranges AS (
+        SELECT r.name, r.from_day, r.to_day FROM unnest($2, $3, $4) AS r (name, from_day, to_day)),
+    days AS (
+        SELECT d.day, d.sales_count, d.total_bs, d.total_usd FROM analytics.sales_daily d
+        WHERE d.store_id = $1 AND d.day BETWEEN (SELECT min(from_day) FROM ranges) AND (SELECT max(to_day) FROM ranges)),
+    customers AS (
+        SELECT c.customer_id, c.day, sum(c.sales_count) AS sales_count FROM analytics.customer_daily_parts c
+        WHERE c.store_id = $1 AND c.day BETWEEN (SELECT min(from_day) FROM ranges) AND (SELECT max(to_day) FROM ranges)
+        GROUP BY c.customer_id, c.day HAVING sum(c.sales_count) > 0)
+    SELECT jsonb_object_agg(r.name, jsonb_build_object(
+        'from', r.from_day, 'to', r.to_day,
+        'sales_count', coalesce(f.sales_count, 0),
+        'total_bs', coalesce(f.total_bs, 0),
+        'total_usd', coalesce(f.total_usd, 0),
+        'avg_ticket_bs', f.total_bs / nullif(f.sales_count, 0),
+        'avg_ticket_usd', f.total_usd / nullif(f.sales_count, 0),
+        'unique_customers', (SELECT count(DISTINCT c.customer_id) FROM customers c WHERE c.day BETWEEN r.from_day AND r.to_day)))
+    FROM ranges r
+    CROSS JOIN LATERAL (SELECT sum(d.sales_count) AS sales_count, sum(d.total_bs) AS total_bs, sum(d.total_usd) AS total_usd
+                        FROM days d WHERE d.day BETWEEN r.from_day AND r.to_day) AS f
 $$;
 
 -- Net quantity sold per product over [from_day, to_day], with name and category.
@@ -58,10 +66,11 @@ DECLARE
     last_day date := coalesce(period_end, CASE WHEN period_start IS NULL THEN today END);
     first_day date;
     days int;
+    figures jsonb;
     period jsonb;
     previous jsonb;
-    top record;
-    top_category record;
+    top jsonb;
+    top_category jsonb;
 BEGIN
     IF store_id IS NULL THEN
         RAISE EXCEPTION 'kpis needs a store id';
@@ -72,28 +81,29 @@ BEGIN
         RAISE EXCEPTION 'period_start % is after period_end %', first_day, last_day;
     END IF;
     days := last_day - first_day + 1;
-    period := analytics._period_figures(store_id, first_day, last_day);
-    previous := analytics._period_figures(store_id, first_day - days, first_day - 1);
-    SELECT * INTO top FROM analytics._products_sold(store_id, first_day, last_day) AS p
-    WHERE p.net_qty <> 0 ORDER BY p.net_qty DESC, p.product_id LIMIT 1;
-    SELECT p.category, sum(p.net_qty) AS net_qty INTO top_category
-    FROM analytics._products_sold(store_id, first_day, last_day) AS p
-    WHERE p.category IS NOT NULL
-    GROUP BY p.category HAVING sum(p.net_qty) <> 0 ORDER BY 2 DESC, 1 LIMIT 1;
+    figures := analytics._period_figures(store_id, ARRAY['today', 'period', 'previous_period'],
+                                         ARRAY[today, first_day, first_day - days], ARRAY[today, last_day, first_day - 1]);
+    period := figures -> 'period';
+    previous := figures -> 'previous_period';
+    WITH sold AS MATERIALIZED (SELECT * FROM analytics._products_sold(store_id, first_day, last_day))
+    SELECT (SELECT jsonb_build_object('product_id', p.product_id, 'name', p.name, 'net_qty', p.net_qty)
+            FROM sold p WHERE p.net_qty <> 0 ORDER BY p.net_qty DESC, p.product_id LIMIT 1),
+           (SELECT jsonb_build_object('category', p.category, 'net_qty', sum(p.net_qty))
+            FROM sold p WHERE p.category IS NOT NULL
+            GROUP BY p.category HAVING sum(p.net_qty) <> 0 ORDER BY sum(p.net_qty) DESC, p.category LIMIT 1)
+      INTO top, top_category;
     RETURN jsonb_build_object(
         'store_id', store_id,
         'timezone', analytics.store_timezone(store_id),
-        'today', analytics._period_figures(store_id, today, today),
+        'today', figures -> 'today',
         'period', period,
         'previous_period', previous,
         'growth_percentage', CASE WHEN (previous ->> 'total_bs')::numeric <> 0
             THEN round(((period ->> 'total_bs')::numeric - (previous ->> 'total_bs')::numeric)
                        / (previous ->> 'total_bs')::numeric * 100, 2) END,
         'inventory', (SELECT to_jsonb(m) - 'store_id' FROM analytics.inventory_metrics_of(kpis.store_id) AS m),
-        'top_product', CASE WHEN top.product_id IS NOT NULL THEN jsonb_build_object(
-            'product_id', top.product_id, 'name', top.name, 'net_qty', top.net_qty) END,
-        'top_category', CASE WHEN top_category.category IS NOT NULL THEN jsonb_build_object(
-            'category', top_category.category, 'net_qty', top_category.net_qty) END);
+        'top_product', top,
+        'top_category', top_category);
 END
 $$;
 
