@@ -16,9 +16,11 @@ FROM generate_series(:from, :to) AS i
 CROSS JOIN LATERAL (SELECT abs(hashint8(i)) AS h1, abs(hashint8(i + 1000000000)) AS h2, abs(hashint8(i + 2000000000)) AS h3,
                            abs(hashint8(i + 3000000000)) AS h4, abs(hashint8(i + 4000000000)) AS h5) AS h
 JOIN bench_stores AS st ON st.n = h.h1 % :stores
--- Later sales are more recent (the business grows); busy hours 10-13 and 17-20; fewer sales on Sundays.
+-- Sales are numbered from today backwards, so that every prefix of the numbering is a complete
+-- recent history (numbers past :total are older than :days); busy hours 10-13 and 17-20;
+-- fewer sales on Sundays.
 CROSS JOIN LATERAL (SELECT (date_trunc('day', now() AT TIME ZONE st.tz)
-                            - ((:days - 1) * (1 - i::float8 / :total))::int * interval '1 day'
+                            - ((:days - 1) * ((i - 1)::float8 / :total))::int * interval '1 day'
                             + (ARRAY[8, 9, 10, 10, 11, 11, 12, 12, 13, 14, 15, 16, 17, 17, 18, 18, 19, 19, 20, 21])[1 + h.h2 % 20] * interval '1 hour'
                             + (h.h2 / 20 % 3600) * interval '1 second') AT TIME ZONE st.tz AS planned) AS p
 -- Today's sales end now (a later hour of today moves to yesterday).

@@ -35,6 +35,20 @@ q -f demo/live.sql
 echo "==> analytics.verify(): rollups against their definition over the source tables"
 q -At -c "SELECT count(*) || ' differences' FROM analytics.verify()"
 
+echo "==> drop-in: LA-CAJA's own materialized views become always-fresh views (analytics.install_compat)"
+q -f sql/fixtures/lacaja_materialized_views.sql
+q -At -c "SELECT 'LA-CAJA''s mv_sales_daily counts ' || sum(sales_count) || ' sales, voided ones included' FROM public.mv_sales_daily"
+q -At -c "SELECT p ->> 'object' || ': ' || (p ->> 'action') FROM jsonb_array_elements(analytics.install_compat(replace_public => true) -> 'plan') p"
+q -At -c "SELECT 'public.mv_sales_daily now counts ' || sum(sales_count) || ' valid sales, ' || sum(cash_count) || ' paid in cash' FROM public.mv_sales_daily"
+
+echo "==> recommended indexes, built CONCURRENTLY by a background worker (analytics.create_recommended_indexes)"
+q -At -c "SELECT count(*) || ' to build' FROM analytics.create_recommended_indexes(dry_run => false) WHERE action LIKE 'queued%'"
+for _ in $(seq 1 100); do
+  [ "$(q -At -c "SELECT count(*) FROM analytics.index_builds WHERE status IN ('queued', 'building')")" = 0 ] && break
+  sleep 0.2
+done
+q -At -c "SELECT status || ': ' || count(*) FROM analytics.index_builds GROUP BY status ORDER BY status"
+
 for store in $(q -At -c "SELECT id FROM stores ORDER BY id"); do
   echo
   q -v store="$store" -f demo/dashboard.sql

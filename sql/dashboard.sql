@@ -33,7 +33,9 @@ LANGUAGE sql STABLE AS $$
                         FROM days d WHERE d.day BETWEEN r.from_day AND r.to_day) AS f
 $$;
 
--- Net quantity sold per product over [from_day, to_day], with name and category.
+-- Net quantity sold per product over [from_day, to_day], with name and category. Summed from
+-- the parts in one level: a product and day whose lines net to zero has no live item facts,
+-- so all its sums are zero too.
 CREATE FUNCTION analytics._products_sold(store_id uuid, from_day date, to_day date)
 RETURNS TABLE (product_id uuid, name text, category text, qty numeric, returned_qty numeric, net_qty numeric,
                revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
@@ -50,9 +52,9 @@ BEGIN
         FROM (SELECT d.product_id, sum(d.qty) AS qty, sum(d.returned_qty) AS returned_qty,
                      sum(d.revenue_bs) AS revenue_bs, sum(d.revenue_usd) AS revenue_usd, sum(d.times_sold)::bigint AS times_sold,
                      sum(d.returned_bs) AS returned_bs, sum(d.returned_usd) AS returned_usd
-              FROM analytics.product_sales_daily d
+              FROM analytics.product_daily_parts d
               WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3
-              GROUP BY d.product_id) AS s
+              GROUP BY d.product_id HAVING sum(d.lines) <> 0) AS s
         %s$q$, names)
     USING store_id, from_day, to_day;
 END
@@ -117,7 +119,7 @@ LANGUAGE sql STABLE AS $$
     FROM (SELECT d.day, d.sales_count, d.total_bs, d.total_usd FROM analytics.sales_daily d
           WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3) AS s
     FULL JOIN (SELECT p.day, sum(p.cost_bs - p.returned_cost_bs) AS cost_bs, sum(p.cost_usd - p.returned_cost_usd) AS cost_usd
-               FROM analytics.product_daily_parts p
+               FROM analytics.cost_daily_parts p
                WHERE p.store_id = $1 AND p.day BETWEEN $2 AND $3
                GROUP BY p.day HAVING sum(p.lines) <> 0) AS c ON c.day = s.day
     ORDER BY 1

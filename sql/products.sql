@@ -63,6 +63,27 @@ INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, va
         'sum(sign * returned_qty * unit_cost_bs)', 'sum(sign * returned_qty * unit_cost_usd)'],
   'counted', 'items');
 
+-- Cost of goods per store and day (what sales_by_day() needs), so that a year of it is 365
+-- rows rather than a row per product and day.
+CREATE TABLE analytics.cost_daily_parts (
+    store_id          uuid    NOT NULL,
+    day               date    NOT NULL,
+    shard             int     NOT NULL,
+    lines             bigint  NOT NULL,
+    cost_bs           numeric NOT NULL,
+    cost_usd          numeric NOT NULL,
+    returned_cost_bs  numeric NOT NULL,
+    returned_cost_usd numeric NOT NULL,
+    PRIMARY KEY (store_id, day, shard)
+) WITH (fillfactor = 80);
+
+INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, filter, source) VALUES
+ (6, 'cost_daily', 'analytics.cost_daily_parts', '{store_id,day}', '{store_id,day}',
+  '{lines,cost_bs,cost_usd,returned_cost_bs,returned_cost_usd}',
+  ARRAY['sum(sign)', 'sum(sign * qty * unit_cost_bs)', 'sum(sign * qty * unit_cost_usd)',
+        'sum(sign * returned_qty * unit_cost_bs)', 'sum(sign * returned_qty * unit_cost_usd)'],
+  'counted', 'items');
+
 CREATE VIEW analytics.product_sales_daily AS
 SELECT p.store_id, p.day, p.product_id,
        sum(p.qty) AS qty, sum(p.revenue_bs) AS revenue_bs, sum(p.revenue_usd) AS revenue_usd,
@@ -150,12 +171,19 @@ CREATE FUNCTION analytics._refresh_items_body() RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     cfg analytics.source_config;
-    product analytics.rollup_catalog;
     columns constant text := 'sale_item_id, sale_id, product_id, store_id, day, counted, qty, revenue_bs, revenue_usd,
                               unit_cost_bs, unit_cost_usd, returned_qty, returned_bs, returned_usd';
+    -- Every rollup over item facts receives the measured delta in one statement: the first
+    -- ones as CTEs, the last one as the statement itself.
+    skipping_zero constant text[] := ARRAY(
+        SELECT analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'), 'analytics.backend_shard()', true)
+        FROM analytics.rollup_catalog c WHERE c.source = 'items' ORDER BY c.position);
+    adding constant text[] := ARRAY(
+        SELECT analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'), 'analytics.backend_shard()', false)
+        FROM analytics.rollup_catalog c WHERE c.source = 'items' ORDER BY c.position);
+    n constant int := cardinality(skipping_zero);
 BEGIN
     SELECT * INTO STRICT cfg FROM analytics.source_config;
-    SELECT * INTO STRICT product FROM analytics.rollup_catalog WHERE source = 'items';
     RETURN format($f$
 BEGIN
     IF coalesce(cardinality(sale_ids), 0) = 0 THEN
@@ -169,8 +197,8 @@ BEGIN
         WITH old AS (SELECT %2$s FROM analytics.item_facts f WHERE false),
              new AS (%3$s),
              kept AS (INSERT INTO analytics.item_facts (%2$s) SELECT %2$s FROM new),
-             measured AS (SELECT 1 AS sign, %2$s FROM new)
-        %6$s;
+             measured AS (SELECT 1 AS sign, %2$s FROM new)%6$s
+        %8$s;
         RETURN;
     END IF;
     WITH old AS (SELECT %2$s FROM analytics.item_facts f WHERE f.sale_id = ANY(sale_ids)),
@@ -180,18 +208,17 @@ BEGIN
          gone AS (DELETE FROM analytics.item_facts f
                   WHERE f.sale_id = ANY(sale_ids)
                     AND NOT EXISTS (SELECT 1 FROM new WHERE new.sale_item_id = f.sale_item_id)),
-         measured AS (SELECT -1 AS sign, %2$s FROM old UNION ALL SELECT 1, %2$s FROM new)
-    %5$s;
+         measured AS (SELECT -1 AS sign, %2$s FROM old UNION ALL SELECT 1, %2$s FROM new)%5$s
+    %7$s;
 END$f$,
         cfg.source_schema, columns,
         analytics._item_facts_sql('old', 'i.sale_id = ANY(sale_ids)'),
         (SELECT string_agg(format('%1$I = excluded.%1$I', c), ', ')
            FROM unnest(string_to_array(replace(replace(columns, E'\n', ''), ' ', ''), ',')) AS c
           WHERE c <> 'sale_item_id'),
-        analytics._add_to_parts_sql(product, analytics._aggregate_sql(product, 'measured'),
-                                    'analytics.backend_shard()', true),
-        analytics._add_to_parts_sql(product, analytics._aggregate_sql(product, 'measured'),
-                                    'analytics.backend_shard()', false));
+        (SELECT string_agg(format(E',\n         add_%s AS (%s)', i, skipping_zero[i]), '') FROM generate_series(1, n - 1) AS i),
+        (SELECT string_agg(format(E',\n             add_%s AS (%s)', i, adding[i]), '') FROM generate_series(1, n - 1) AS i),
+        skipping_zero[n], adding[n]);
 END
 $$;
 

@@ -55,8 +55,9 @@ pub fn customer_prefix(store_index: usize) -> String {
     format!("e000000{store_index}-0000-4000-8000-")
 }
 
-/// Differences between every rollup and its SPEC §2 definition, by relation, plus the rows
-/// `analytics.verify()` reports. Empty when everything is exact.
+/// Differences between every rollup and its SPEC §2 definition, by relation, kpis() against
+/// its SPEC §3 reference for every store, plus the rows `analytics.verify()` reports. Empty
+/// when everything is exact.
 pub fn differences(db: &mut Client) -> Vec<String> {
     db.batch_execute("BEGIN; SET LOCAL search_path = public;").unwrap();
     db.batch_execute(ORACLE).unwrap();
@@ -66,6 +67,20 @@ pub fn differences(db: &mut Client) -> Vec<String> {
         .iter()
         .map(|r| format!("{}: {} rows differ from the oracle", r.get::<_, &str>(0), r.get::<_, i64>(1)))
         .collect();
+    for row in db
+        .query("SELECT store_id::text, period_start::text, period_end::text, actual::text, expected::text
+                FROM oracle_kpis_differences LIMIT 5", &[])
+        .unwrap()
+    {
+        found.push(format!(
+            "kpis({}, {:?}, {:?}):\n  actual   {}\n  expected {}",
+            row.get::<_, &str>(0),
+            row.get::<_, Option<&str>>(1),
+            row.get::<_, Option<&str>>(2),
+            row.get::<_, &str>(3),
+            row.get::<_, &str>(4)
+        ));
+    }
     db.batch_execute("ROLLBACK").unwrap();
     for row in db
         .query("SELECT relation, key::text, expected::text, actual::text FROM analytics.verify() LIMIT 20", &[])

@@ -139,6 +139,61 @@ SELECT m.store_id, m.total_products, m.low_stock_count, m.out_of_stock_count,
        (SELECT count(DISTINCT p.category) FROM products p WHERE p.is_active AND p.store_id = m.store_id) AS categories_count
 FROM oracle_inventory_metrics m;
 
+-- SPEC §3's kpis() over the source tables. No dates: the 30 local days ending today; one date:
+-- 30 days from or to it.
+CREATE FUNCTION pg_temp.oracle_kpis(store uuid, period_start date, period_end date) RETURNS jsonb LANGUAGE sql AS $$
+WITH zone AS (
+    SELECT coalesce((SELECT timezone FROM analytics.store_settings WHERE store_id = store),
+                    current_setting('lacaja_analytics.default_timezone')) AS tz),
+today AS (SELECT (now() AT TIME ZONE tz)::date AS d FROM zone),
+bounds AS (
+    SELECT coalesce(period_start, last_day - 29) AS first_day, coalesce(last_day, period_start + 29) AS last_day
+    FROM (SELECT coalesce(period_end, CASE WHEN period_start IS NULL THEN (SELECT d FROM today) END) AS last_day) AS l),
+ranges AS (
+    SELECT 'today' AS name, (SELECT d FROM today) AS a, (SELECT d FROM today) AS b
+    UNION ALL SELECT 'period', first_day, last_day FROM bounds
+    UNION ALL SELECT 'previous_period', first_day - (last_day - first_day + 1), first_day - 1 FROM bounds),
+figures AS (
+    SELECT r.name, coalesce(sum(s.a_total_bs), 0) AS bs,
+           jsonb_build_object('from', r.a, 'to', r.b, 'sales_count', count(s.id),
+                              'total_bs', coalesce(sum(s.a_total_bs), 0), 'total_usd', coalesce(sum(s.a_total_usd), 0),
+                              'avg_ticket_bs', sum(s.a_total_bs) / nullif(count(s.id), 0),
+                              'avg_ticket_usd', sum(s.a_total_usd) / nullif(count(s.id), 0),
+                              'unique_customers', count(DISTINCT s.customer_id)) AS f
+    FROM ranges r
+    LEFT JOIN oracle_valid_sales s ON s.store_id = store AND (s.sold_at AT TIME ZONE s.tz)::date BETWEEN r.a AND r.b
+    GROUP BY r.name, r.a, r.b),
+sold AS (
+    SELECT d.product_id, p.name, p.category, sum(d.qty) - sum(d.returned_qty) AS net_qty
+    FROM oracle_product_sales_daily d LEFT JOIN products p ON p.id = d.product_id, bounds
+    WHERE d.store_id = store AND d.day BETWEEN first_day AND last_day
+    GROUP BY 1, 2, 3)
+SELECT jsonb_build_object(
+    'store_id', store, 'timezone', (SELECT tz FROM zone),
+    'today', (SELECT f FROM figures WHERE name = 'today'),
+    'period', (SELECT f FROM figures WHERE name = 'period'),
+    'previous_period', (SELECT f FROM figures WHERE name = 'previous_period'),
+    'growth_percentage', (SELECT CASE WHEN p.bs <> 0 THEN round((c.bs - p.bs) / p.bs * 100, 2) END
+                          FROM figures c, figures p WHERE c.name = 'period' AND p.name = 'previous_period'),
+    'inventory', (SELECT to_jsonb(m) - 'store_id' FROM oracle_inventory_metrics m WHERE m.store_id = store),
+    'top_product', (SELECT jsonb_build_object('product_id', product_id, 'name', name, 'net_qty', net_qty)
+                    FROM sold WHERE net_qty <> 0 ORDER BY net_qty DESC, product_id LIMIT 1),
+    'top_category', (SELECT jsonb_build_object('category', category, 'net_qty', sum(net_qty))
+                     FROM sold WHERE category IS NOT NULL GROUP BY category HAVING sum(net_qty) <> 0
+                     ORDER BY sum(net_qty) DESC, category LIMIT 1))
+$$;
+
+-- kpis() against the oracle for every store (and one without sales), by default and for
+-- explicit periods: rows only where they differ.
+CREATE TEMP VIEW oracle_kpis_differences AS
+SELECT s.id AS store_id, p.period_start, p.period_end,
+       analytics.kpis(s.id, p.period_start, p.period_end) AS actual,
+       pg_temp.oracle_kpis(s.id, p.period_start, p.period_end) AS expected
+FROM (SELECT id FROM stores UNION ALL SELECT '00000000-0000-4000-8000-000000000000'::uuid) AS s
+CROSS JOIN (VALUES (NULL::date, NULL::date), (current_date - 6, current_date - 2), (current_date - 400, current_date + 1),
+                   (current_date - 10, NULL), (NULL, current_date - 3)) AS p (period_start, period_end)
+WHERE analytics.kpis(s.id, p.period_start, p.period_end) IS DISTINCT FROM pg_temp.oracle_kpis(s.id, p.period_start, p.period_end);
+
 -- Rows that differ between a rollup and its oracle, both ways (duplicates count).
 CREATE FUNCTION pg_temp.differences(rollup text, oracle text) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
