@@ -23,10 +23,12 @@ CROSS JOIN LATERAL (SELECT (date_trunc('day', now() AT TIME ZONE st.tz)
                             - ((:days - 1) * ((i - 1)::float8 / :total))::int * interval '1 day'
                             + (ARRAY[8, 9, 10, 10, 11, 11, 12, 12, 13, 14, 15, 16, 17, 17, 18, 18, 19, 19, 20, 21])[1 + h.h2 % 20] * interval '1 hour'
                             + (h.h2 / 20 % 3600) * interval '1 second') AT TIME ZONE st.tz AS planned) AS p
--- Today's sales end now (a later hour of today moves to yesterday).
-CROSS JOIN LATERAL (SELECT CASE WHEN p.planned > now() THEN p.planned - interval '1 day' ELSE p.planned END AS sold_at) AS t
-CROSS JOIN LATERAL (SELECT round((1 + h.h3 / 9 % 4000) * 9.125, 2) AS bs) AS a
-WHERE extract(dow FROM t.sold_at AT TIME ZONE st.tz) <> 0 OR h.h5 % 3 = 0;
+-- Today's sales end now (a later hour of today moves to yesterday); two Sunday sales in three
+-- move to Saturday (quiet Sundays, busy Saturdays).
+CROSS JOIN LATERAL (SELECT CASE WHEN p.planned > now() THEN p.planned - interval '1 day' ELSE p.planned END AS at) AS today
+CROSS JOIN LATERAL (SELECT CASE WHEN extract(dow FROM today.at AT TIME ZONE st.tz) = 0 AND h.h5 % 3 <> 0
+                                THEN today.at - interval '1 day' ELSE today.at END AS sold_at) AS t
+CROSS JOIN LATERAL (SELECT round((1 + h.h3 / 9 % 4000) * 9.125, 2) AS bs) AS a;
 
 INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd, discount_bs, discount_usd, is_weight_product)
 SELECT md5('item' || s.i || '/' || k)::uuid, s.id, p.id,
