@@ -2,14 +2,22 @@
 -- sale's number): :stores stores in four zones, :days days back from today, sales numbered
 -- :from..:to out of :total (run it batch by batch; each batch is one transaction, captured by
 -- the extension like any POS write). Daily and weekly seasonality, 2 % voids, 30 % with a
--- customer, seven payment methods, 1-3 items per sale from 50 products per store.
+-- customer, seven payment methods (split payments with their parts), 1-3 items per sale from
+-- 50 products per store (weight products by the kilo), returns of 1 in 60 valid sales (which
+-- rewrite the sale's totals, as LA-CAJA does), and one sync event per sale (1 in 20 received
+-- hours late, from a register that was offline).
 -- Needs bench/dataset_setup.sql first.
 
 INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment, customer_id, voided_at)
 SELECT md5('sale' || i)::uuid, st.id, t.sold_at, 36.5, 'BS',
        jsonb_build_object('subtotal_bs', a.bs, 'subtotal_usd', round(a.bs / 36.5, 2), 'discount_bs', 0, 'discount_usd', 0,
                           'total_bs', a.bs, 'total_usd', round(a.bs / 36.5, 2)),
-       jsonb_build_object('method', (ARRAY['CASH_BS', 'CASH_BS', 'CASH_USD', 'PAGO_MOVIL', 'PAGO_MOVIL', 'TRANSFER', 'FIAO', 'SPLIT', 'OTHER'])[1 + h.h3 % 9]),
+       CASE WHEN h.h3 % 9 = 7
+            THEN jsonb_build_object('method', 'SPLIT', 'split_payments', jsonb_build_array(
+                     jsonb_build_object('method', 'CASH_USD', 'amount_usd', round(a.bs / 36.5 / 2, 2), 'amount_bs', round(a.bs / 2, 2)),
+                     jsonb_build_object('method', 'PAGO_MOVIL', 'amount_usd', round(a.bs / 36.5 - round(a.bs / 36.5 / 2, 2), 2),
+                                        'amount_bs', a.bs - round(a.bs / 2, 2))))
+            ELSE jsonb_build_object('method', (ARRAY['CASH_BS', 'CASH_BS', 'CASH_USD', 'PAGO_MOVIL', 'PAGO_MOVIL', 'TRANSFER', 'FIAO', 'SPLIT', 'OTHER'])[1 + h.h3 % 9]) END,
        CASE WHEN h.h4 % 10 < 3 THEN md5('customer' || st.n || '/' || h.h4 % 50)::uuid END,
        CASE WHEN h.h5 % 50 = 0 THEN t.sold_at + interval '5 minutes' END
 FROM generate_series(:from, :to) AS i
@@ -39,3 +47,31 @@ FROM (SELECT i, md5('sale' || i)::uuid AS id, abs(hashint8(i)) % :stores AS stor
 JOIN sales AS sale ON sale.id = s.id
 CROSS JOIN LATERAL generate_series(1, 1 + abs(hashint8(s.i + 5000000000)) % 3) AS k
 JOIN bench_products AS p ON p.store_n = s.store_n AND p.pn = abs(hashint8(s.i * 13 + k)) % 50;
+
+WITH returned AS (
+    SELECT i, md5('return' || i)::uuid AS return_id, s.id AS sale_id, s.store_id, s.sold_at,
+           it.id AS item_id, it.product_id, least(it.qty, 1) AS qty,
+           round(it.unit_price_bs * least(it.qty, 1), 2) AS bs, round(it.unit_price_usd * least(it.qty, 1), 2) AS usd
+    FROM generate_series(:from, :to) AS i
+    JOIN sales AS s ON s.id = md5('sale' || i)::uuid
+    JOIN sale_items AS it ON it.id = md5('item' || i || '/1')::uuid
+    WHERE abs(hashint8(i + 6000000000)) % 60 = 0 AND s.voided_at IS NULL),
+return_rows AS (
+    INSERT INTO sale_returns (id, store_id, sale_id, created_at, total_bs, total_usd)
+    SELECT return_id, store_id, sale_id, sold_at + interval '1 day', bs, usd FROM returned),
+return_items AS (
+    INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+    SELECT md5('return item' || i)::uuid, return_id, item_id, product_id, qty, bs, usd FROM returned)
+UPDATE sales AS s
+SET totals = s.totals || jsonb_build_object('total_bs', (s.totals ->> 'total_bs')::numeric - r.bs,
+                                            'total_usd', (s.totals ->> 'total_usd')::numeric - r.usd)
+FROM returned AS r WHERE s.id = r.sale_id;
+
+INSERT INTO events (event_id, store_id, device_id, seq, type, version, created_at, received_at, payload)
+SELECT md5('event' || i)::uuid, s.store_id, md5('device' || s.store_id || '/' || abs(hashint8(i)) % 3)::uuid, i,
+       'SaleCreated', 1, s.sold_at,
+       s.sold_at + CASE WHEN abs(hashint8(i + 7000000000)) % 20 = 0 THEN (1 + abs(hashint8(i)) % 48) * interval '1 hour'
+                        ELSE interval '2 seconds' END,
+       jsonb_build_object('sale_id', s.id, 'totals', s.totals, 'payment', s.payment)
+FROM generate_series(:from, :to) AS i
+JOIN sales AS s ON s.id = md5('sale' || i)::uuid;

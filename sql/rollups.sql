@@ -616,6 +616,20 @@ BEGIN
 END
 $$;
 
+-- The lookups the capture makes on every POS statement, and which of them no index serves
+-- (each would then scan the whole table on every sale).
+CREATE FUNCTION analytics._unindexed_lookups(source_schema name) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(format('%s(%s) has no index: every sale scans %s; run SELECT * FROM analytics.create_recommended_indexes(dry_run => false)',
+                                     rel, col, rel) ORDER BY rel::text), '{}')
+    FROM (VALUES ('sale_items', 'sale_id'), ('sale_return_items', 'sale_item_id')) AS l (tbl, col)
+    CROSS JOIN LATERAL (SELECT to_regclass(format('%I.%I', source_schema, l.tbl)) AS rel) AS r
+    WHERE r.rel IS NOT NULL
+      AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = r.rel AND a.attname = l.col AND NOT a.attisdropped)
+      AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                      WHERE i.indrelid = r.rel AND a.attname = l.col AND i.indisvalid AND i.indpred IS NULL)
+$$;
+
 CREATE FUNCTION analytics.attach(source_schema name DEFAULT 'public') RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -699,6 +713,7 @@ BEGIN
         'tables_found', coalesce(to_jsonb(found_tables), '[]'),
         'tables_missing', coalesce((SELECT jsonb_agg(o ORDER BY o) FROM unnest(optional_tables) o
                                     WHERE o <> ALL (coalesce(found_tables, '{}'))), '[]'),
+        'warnings', to_jsonb(analytics._unindexed_lookups(source_schema)),
         'next_step', 'SELECT analytics.refresh_all();  -- backfills the rollups from history');
 END
 $$;

@@ -510,6 +510,16 @@ mod tests {
     }
 
     #[pg_test]
+    fn attach_warns_about_lookups_no_index_serves() {
+        lacaja_pos();
+        let warnings: i64 = scalar("SELECT jsonb_array_length(analytics.attach('pos') -> 'warnings')").unwrap();
+        assert_eq!(warnings, 0, "LA-CAJA's schema indexes what the capture looks up");
+        run("DROP INDEX pos.sale_return_items_sale_item");
+        let warned: String = scalar("SELECT analytics.attach('pos') -> 'warnings' ->> 0").unwrap();
+        assert!(warned.contains("sale_return_items(sale_item_id)"), "{warned}");
+    }
+
+    #[pg_test]
     fn public_cannot_write_analytics() {
         let writable: i64 = scalar(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
