@@ -24,16 +24,16 @@ SELECT d.store_id, d.day AS sale_date, d.sales_count, d.total_bs, d.total_usd,
        m.by_payment_method
 FROM analytics.sales_daily AS d
 JOIN (SELECT p.store_id, p.day,
-             coalesce(sum(p.sales_count) FILTER (WHERE analytics.payment_group(p.method) = 'cash'), 0)::bigint AS cash_count,
-             coalesce(sum(p.sales_count) FILTER (WHERE analytics.payment_group(p.method) = 'card'), 0)::bigint AS card_count,
-             coalesce(sum(p.sales_count) FILTER (WHERE analytics.payment_group(p.method) = 'transfer'), 0)::bigint AS transfer_count,
-             sum(p.total_bs) FILTER (WHERE analytics.payment_group(p.method) = 'cash') AS cash_amount_bs,
-             sum(p.total_bs) FILTER (WHERE analytics.payment_group(p.method) = 'card') AS card_amount_bs,
-             sum(p.total_usd) FILTER (WHERE analytics.payment_group(p.method) = 'cash') AS cash_amount_usd,
-             sum(p.total_usd) FILTER (WHERE analytics.payment_group(p.method) = 'card') AS card_amount_usd,
+             coalesce(sum(p.sales_count) FILTER (WHERE p.grp = 'cash'), 0)::bigint AS cash_count,
+             coalesce(sum(p.sales_count) FILTER (WHERE p.grp = 'card'), 0)::bigint AS card_count,
+             coalesce(sum(p.sales_count) FILTER (WHERE p.grp = 'transfer'), 0)::bigint AS transfer_count,
+             sum(p.total_bs) FILTER (WHERE p.grp = 'cash') AS cash_amount_bs,
+             sum(p.total_bs) FILTER (WHERE p.grp = 'card') AS card_amount_bs,
+             sum(p.total_usd) FILTER (WHERE p.grp = 'cash') AS cash_amount_usd,
+             sum(p.total_usd) FILTER (WHERE p.grp = 'card') AS card_amount_usd,
              jsonb_object_agg(p.method, jsonb_build_object(
                  'sales_count', p.sales_count, 'total_bs', p.total_bs, 'total_usd', p.total_usd)) AS by_payment_method
-      FROM analytics.sales_by_payment_daily AS p
+      FROM (SELECT b.*, analytics.payment_group(b.method) AS grp FROM analytics.sales_by_payment_daily AS b) AS p
       GROUP BY p.store_id, p.day) AS m ON m.store_id = d.store_id AND m.day = d.day;
 
 -- Stores that have product rollups, found by skipping through the parts' primary key (one
@@ -173,6 +173,7 @@ DECLARE
     refresh regprocedure;
     plan jsonb := '[]';
     blockers text[] := '{}';
+    readers text[];
     grant_sql text;
 BEGIN
     IF source_schema IS NULL THEN
@@ -193,9 +194,10 @@ BEGIN
                 blockers := blockers || format('%I.%I already exists, so %s cannot be kept under that name; rename or drop it',
                                                source_schema, kept_as, original);
             END IF;
-            IF cardinality(analytics._readers_of(original)) > 0 THEN
+            readers := analytics._readers_of(original);
+            IF cardinality(readers) > 0 THEN
                 blockers := blockers || format('%s is read by %s, which would keep reading the stale original; drop or redefine them first',
-                                               original, array_to_string(analytics._readers_of(original), ', '));
+                                               original, array_to_string(readers, ', '));
             END IF;
             plan := plan || jsonb_build_object('object', target.object, 'action', 'replace with a view of ' || target.replacement,
                                                'original_kept_as', kept_as,
@@ -267,6 +269,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' A
 DECLARE
     replaced analytics.compat_replaced;
     current regclass;
+    readers text[];
     restored jsonb := '[]';
 BEGIN
     FOR replaced IN SELECT * FROM analytics.compat_replaced ORDER BY replaced_at, object LOOP
@@ -275,9 +278,10 @@ BEGIN
         ELSE
             current := to_regclass(format('%I.%I', replaced.schema_name, replaced.object));
             IF current IS NOT NULL AND (SELECT c.relkind FROM pg_class c WHERE c.oid = current) = 'v' THEN
-                IF cardinality(analytics._readers_of(current)) > 0 THEN
+                readers := analytics._readers_of(current);
+                IF cardinality(readers) > 0 THEN
                     RAISE EXCEPTION 'uninstall_compat changed nothing: % is read by %', current,
-                        array_to_string(analytics._readers_of(current), ', ')
+                        array_to_string(readers, ', ')
                         USING HINT = 'Drop or redefine them first.';
                 END IF;
                 EXECUTE format('DROP VIEW %s', current);

@@ -138,6 +138,11 @@ impl Bench {
         self.db.query_one(sql, &[]).unwrap_or_else(|e| panic!("{e}\n---\n{sql}")).get(0)
     }
 
+    /// Median and p95 of `runs` server-side timings of `query` (bench_time, one store per run).
+    fn time_query(&mut self, query: &str, runs: i32) -> (f64, f64) {
+        spread(self.db.query_one("SELECT bench_time($1, $2)", &[&query, &runs]).unwrap().get(0))
+    }
+
     fn timed(&mut self, sql: &str) -> f64 {
         let started = Instant::now();
         self.q(sql);
@@ -234,8 +239,8 @@ impl Bench {
                 let row = self.db.query_one("SELECT ours, raw FROM bench_questions WHERE position = $1", &[&position]).unwrap();
                 (row.get(0), row.get(1))
             };
-            let ours = spread(self.db.query_one("SELECT bench_time($1, $2)", &[&ours, &runs]).unwrap().get(0)).0;
-            let raw = spread(self.db.query_one("SELECT bench_time($1, $2)", &[&raw, &(runs / 4).max(3)]).unwrap().get(0)).0;
+            let ours = self.time_query(&ours, runs).0;
+            let raw = self.time_query(&raw, (runs / 4).max(3)).0;
             cells.push(format!("{ours:.2} ms | {raw:.1} ms"));
         }
         let mut write = Vec::new();
@@ -267,8 +272,8 @@ impl Bench {
         let started = Instant::now();
         for (i, (question, ours, raw)) in questions.iter().enumerate() {
             progress("questions", i as u64, questions.len() as u64, started);
-            let (om, op) = spread(self.db.query_one("SELECT bench_time($1, $2)", &[ours, &runs]).unwrap().get(0));
-            let (rm, rp) = spread(self.db.query_one("SELECT bench_time($1, $2)", &[raw, &(runs / 5).max(5)]).unwrap().get(0));
+            let (om, op) = self.time_query(ours, runs);
+            let (rm, rp) = self.time_query(raw, (runs / 5).max(5));
             rows.push((question.clone(), om, op, rm, rp));
         }
         progress("questions", questions.len() as u64, questions.len() as u64, started);
