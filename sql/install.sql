@@ -6,20 +6,29 @@ SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.compat_replaced', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.jobs_job_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.job_errors', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables_hypertable_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.replaced_foreign_keys', '');
 
 -- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
 -- by PUBLIC, and the upkeep functions are for the DBA.
 REVOKE ALL ON ALL TABLES IN SCHEMA analytics FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA analytics FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics.refresh_all(),
-    analytics.refresh_store(uuid), analytics.set_store_timezone(uuid, text), analytics._repair(uuid),
+    analytics.refresh_store(uuid), analytics.set_store_timezone(uuid, text), analytics._repair(uuid, date, date),
     analytics._capture_sales(), analytics._capture_stock(), analytics._capture_truncate(),
     analytics._create_capture_triggers(regclass, text, text[]), analytics._set_capture_body(text, text),
     analytics._bind_trigger_to_extension(oid, text),
     analytics._capture_items(), analytics._capture_item_returns(), analytics._capture_item_sales(),
     analytics._refresh_items(uuid[]), analytics._attach_items(name, text), analytics._detach_items(),
-    analytics._repair_item_facts(uuid), analytics.install_compat(boolean), analytics.uninstall_compat(),
-    analytics.create_recommended_indexes(boolean), analytics._index_plan(), analytics._start_index_builder() FROM PUBLIC;
+    analytics._repair_item_facts(uuid, date, date), analytics.install_compat(boolean), analytics.uninstall_compat(),
+    analytics.create_recommended_indexes(boolean), analytics._index_plan(), analytics._start_index_builder(),
+    analytics._claim_due_job(), analytics._record_job_run(int, text, text), analytics._recover_crashed_runs(),
+    analytics._execute_job(int), analytics.run_pending_jobs(), analytics._fk_check_parent(), analytics._fk_parent_action() FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE analytics.run_job(int) FROM PUBLIC;
 
 -- Attach at once when LA-CAJA's tables are already there.
 DO $$

@@ -307,15 +307,15 @@ END
 $$;
 
 -- Item facts that differ from their recomputation over the source tables (one hash join).
-CREATE FUNCTION analytics._item_facts_difference_sql(store_id uuid) RETURNS text
+CREATE FUNCTION analytics._item_facts_difference_sql(store_id uuid, from_day date, to_day date) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format($q$
         SELECT coalesce(e.sale_item_id, a.sale_item_id) AS sale_item_id,
                coalesce(e.sale_id, a.sale_id) AS sale_id,
                CASE WHEN e.sale_item_id IS NOT NULL THEN to_jsonb(e) END AS expected,
                CASE WHEN a.sale_item_id IS NOT NULL THEN to_jsonb(a) END AS actual
-        FROM (%1$s) AS e
-        FULL JOIN (SELECT * FROM analytics.item_facts r WHERE %2$s) AS a ON a.sale_item_id = e.sale_item_id
+        FROM (SELECT * FROM (%1$s) AS x WHERE %3$s) AS e
+        FULL JOIN (SELECT * FROM analytics.item_facts r WHERE %2$s AND %4$s) AS a ON a.sale_item_id = e.sale_item_id
         WHERE (e.sale_item_id, e.sale_id, e.product_id, e.store_id, e.day, e.counted, e.qty, e.revenue_bs, e.revenue_usd,
                e.unit_cost_bs, e.unit_cost_usd, e.returned_qty, e.returned_bs, e.returned_usd)
               IS DISTINCT FROM
@@ -323,10 +323,11 @@ LANGUAGE sql STABLE AS $$
                a.unit_cost_bs, a.unit_cost_usd, a.returned_qty, a.returned_bs, a.returned_usd)$q$,
         analytics._item_facts_sql('analytics.item_facts',
             CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END),
-        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END)
+        CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END,
+        analytics._day_filter('x.day', from_day, to_day), analytics._day_filter('r.day', from_day, to_day))
 $$;
 
-CREATE FUNCTION analytics._verify_item_facts(store_id uuid)
+CREATE FUNCTION analytics._verify_item_facts(store_id uuid, from_day date, to_day date)
 RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -335,13 +336,13 @@ BEGIN
     END IF;
     RETURN QUERY EXECUTE format(
         'SELECT %L, jsonb_build_object(%L, d.sale_item_id), d.expected, d.actual FROM (%s) AS d',
-        'item_facts', 'sale_item_id', analytics._item_facts_difference_sql(store_id));
+        'item_facts', 'sale_item_id', analytics._item_facts_difference_sql(store_id, from_day, to_day));
 END
 $$;
 
 -- Rebuilds the facts of every sale whose facts differ (all of them on the first backfill).
 -- Those sales are locked until the repair commits; new sales are not.
-CREATE FUNCTION analytics._repair_item_facts(store_id uuid) RETURNS bigint
+CREATE FUNCTION analytics._repair_item_facts(store_id uuid, from_day date, to_day date) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sale_ids uuid[];
@@ -349,7 +350,7 @@ BEGIN
     IF NOT coalesce((SELECT captures_items FROM analytics.source_config), false) THEN
         RETURN 0;
     END IF;
-    EXECUTE format('SELECT array_agg(DISTINCT d.sale_id) FROM (%s) AS d', analytics._item_facts_difference_sql(store_id))
+    EXECUTE format('SELECT array_agg(DISTINCT d.sale_id) FROM (%s) AS d', analytics._item_facts_difference_sql(store_id, from_day, to_day))
        INTO sale_ids;
     PERFORM analytics._refresh_items(sale_ids);
     RETURN coalesce(cardinality(sale_ids), 0);

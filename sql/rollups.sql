@@ -727,7 +727,51 @@ $$;
 
 -- `measured_<source> AS MATERIALIZED (...)` for every attached source, optionally for one
 -- store, and the catalog entries those sources feed.
-CREATE FUNCTION analytics._measured_ctes(store_id uuid, OUT ctes text[], OUT rollups analytics.rollup_catalog[])
+-- The days verify and repair compare, as a condition on `day_column`: those from `from_day`
+-- until before `to_day` (NULL: unbounded), never those whose sales retention dropped
+-- (SPEC §2 still holds for them in the rollups, which keep the history the source lost).
+CREATE FUNCTION analytics._day_filter(day_column text, from_day date, to_day date) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    lowest date := analytics._retained_from_day();
+BEGIN
+    lowest := CASE WHEN lowest IS NULL THEN from_day ELSE greatest(lowest, from_day) END;
+    RETURN concat_ws(' AND ', 'true',
+        CASE WHEN lowest IS NOT NULL THEN format('(%s IS NULL OR %s >= %L::date)', day_column, day_column, lowest) END,
+        CASE WHEN to_day IS NOT NULL THEN format('(%s IS NULL OR %s < %L::date)', day_column, day_column, to_day) END);
+END
+$$;
+
+-- The first local day whose sales are all still in the source when retention dropped chunks
+-- of the sales hypertable (NULL when it never did). A chunk boundary is a UTC instant; a day
+-- of margin covers every store's zone.
+CREATE FUNCTION analytics._retained_from_day() RETURNS date
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF to_regclass('analytics.hypertables') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT (h.dropped_before AT TIME ZONE 'UTC')::date + 2
+            FROM analytics.hypertables h, analytics.source_config c
+            WHERE h.relation = to_regclass(format('%I.sales', c.source_schema)) AND h.dropped_before IS NOT NULL);
+END
+$$;
+
+-- A rollup's day as an expression on its parts (NULL for rollups without days).
+CREATE FUNCTION analytics._rollup_day_column(r analytics.rollup_catalog) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN 'day' = ANY (r.keys) THEN 'day' WHEN 'local_hour' = ANY (r.keys) THEN 'local_hour::date' END
+$$;
+
+-- The parts of `r` that a verify or repair of one store (or all) over a window compares.
+CREATE FUNCTION analytics._parts_filter(r analytics.rollup_catalog, store_id uuid, from_day date, to_day date) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT analytics._store_filter(store_id) || CASE WHEN analytics._rollup_day_column(r) IS NULL THEN ''
+        ELSE ' AND ' || analytics._day_filter(analytics._rollup_day_column(r), from_day, to_day) END
+$$;
+
+CREATE FUNCTION analytics._measured_ctes(store_id uuid, from_day date, to_day date,
+                                         OUT ctes text[], OUT rollups analytics.rollup_catalog[])
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     filter constant text := CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END;
@@ -739,7 +783,9 @@ BEGIN
     FOR src IN SELECT DISTINCT c.source FROM analytics.rollup_catalog c ORDER BY 1 LOOP
         rows_sql := analytics._source_rows_sql(src, filter);
         CONTINUE WHEN rows_sql IS NULL;
-        ctes := ctes || format('%I AS MATERIALIZED (%s)', 'measured_' || src, analytics._measured_sql(src, rows_sql));
+        ctes := ctes || format('%I AS MATERIALIZED (SELECT * FROM (%s) AS m WHERE %s)', 'measured_' || src,
+                               analytics._measured_sql(src, rows_sql),
+                               CASE WHEN src = 'stock' THEN 'true' ELSE analytics._day_filter('m.day', from_day, to_day) END);
         rollups := rollups || ARRAY(SELECT c FROM analytics.rollup_catalog c WHERE c.source = src ORDER BY c.position);
     END LOOP;
 END
@@ -747,9 +793,16 @@ $$;
 
 CREATE FUNCTION analytics.verify(store_id uuid DEFAULT NULL)
 RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM analytics._verify(store_id, NULL, NULL)
+$$;
+
+-- verify() over the days from `from_day` until before `to_day` (NULL: unbounded).
+CREATE FUNCTION analytics._verify(store_id uuid, from_day date, to_day date)
+RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    measured record := analytics._measured_ctes(store_id);
+    measured record := analytics._measured_ctes(store_id, from_day, to_day);
     parts text[] := '{}';
     c analytics.rollup_catalog;
 BEGIN
@@ -760,16 +813,16 @@ BEGIN
             (SELECT string_agg(format('%L, d.%I', k, k), ', ') FROM unnest(c.keys) k),
             (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'expected_' || v), ', ') FROM unnest(c.vals) v),
             (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'actual_' || v), ', ') FROM unnest(c.vals) v),
-            analytics._difference_sql(c, 'measured_' || c.source, analytics._store_filter(store_id)));
+            analytics._difference_sql(c, 'measured_' || c.source, analytics._parts_filter(c, store_id, from_day, to_day)));
     END LOOP;
     -- One statement, so every rollup is compared in the same snapshot.
     RETURN QUERY EXECUTE format('WITH %s %s',
         array_to_string(measured.ctes, ', '), array_to_string(parts, ' UNION ALL '));
-    RETURN QUERY SELECT * FROM analytics._verify_item_facts(store_id);
+    RETURN QUERY SELECT * FROM analytics._verify_item_facts(store_id, from_day, to_day);
 END
 $$;
 
-CREATE FUNCTION analytics._repair(store_id uuid) RETURNS jsonb
+CREATE FUNCTION analytics._repair(store_id uuid, from_day date DEFAULT NULL, to_day date DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     measured record;
@@ -788,13 +841,13 @@ BEGIN
     -- Taken before the repair statement so that its snapshot sees the previous repair.
     PERFORM pg_advisory_xact_lock(1279345482, 1);
     -- Item facts first (they lock the sales they fix); the rollups are then sums of facts.
-    items_fixed := analytics._repair_item_facts(store_id);
-    measured := analytics._measured_ctes(store_id);
+    items_fixed := analytics._repair_item_facts(store_id, from_day, to_day);
+    measured := analytics._measured_ctes(store_id, from_day, to_day);
     ctes := measured.ctes;
     FOREACH c IN ARRAY measured.rollups LOOP
         ctes := ctes || format('fix_%s AS (%s RETURNING 1)', c.position,
             analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured_' || c.source,
-                                                                     analytics._store_filter(store_id)), '0', false));
+                                                                     analytics._parts_filter(c, store_id, from_day, to_day)), '0', false));
         counts := counts || format('%L, (SELECT count(*) FROM fix_%s)', c.name, c.position);
     END LOOP;
     counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured_sales)$q$::text;

@@ -13,6 +13,12 @@ pub static DEFAULT_TIMEZONE: GucSetting<Option<CString>> =
 pub static SOURCE_SCHEMA: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"public"));
 
+/// Database whose `analytics.jobs` the scheduler worker runs (empty: the scheduler idles).
+pub static SCHEDULER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Longest the scheduler sleeps between looks at `analytics.jobs`, in milliseconds.
+pub static SCHEDULER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
 pub fn init() {
     // SUSET: the zone decides which bucket every sale lands in; a POS session that could
     // change it would scatter its own sales into the wrong days.
@@ -37,6 +43,33 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    // SIGHUP: the scheduler reads them on reload (a new database restarts it).
+    GucRegistry::define_string_guc(
+        c"lacaja_analytics.database",
+        c"Database whose analytics.jobs the scheduler background worker runs.",
+        c"Needs shared_preload_libraries = 'lacaja_analytics'. Empty: the scheduler idles; run analytics.run_pending_jobs() from cron instead.",
+        &SCHEDULER_DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"lacaja_analytics.scheduler_naptime",
+        c"Longest the job scheduler sleeps before looking for due jobs again.",
+        c"A job added or changed is noticed within this time; due jobs wake it on time.",
+        &SCHEDULER_NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}
+
+pub fn scheduler_database() -> String {
+    setting_string(&SCHEDULER_DATABASE, "")
+}
+
+pub fn scheduler_naptime_ms() -> i32 {
+    SCHEDULER_NAPTIME_MS.get()
 }
 
 pub fn default_timezone() -> String {

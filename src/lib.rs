@@ -7,7 +7,9 @@ use pgrx::prelude::*;
 
 mod guc;
 mod indexes;
+mod jobs;
 mod rollups;
+mod time_bucket;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -31,11 +33,20 @@ pgrx::extension_sql_file!(
     name = "indexes",
     requires = ["rollups", indexes::_start_index_builder]
 );
+pgrx::extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["rollups"]);
+pgrx::extension_sql_file!(
+    "../sql/timeseries.sql",
+    name = "timeseries",
+    requires = ["jobs", time_bucket::time_bucket_timestamp, time_bucket::time_bucket_timestamptz, time_bucket::time_bucket_date]
+);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        jobs::register_scheduler();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

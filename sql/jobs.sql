@@ -1,0 +1,384 @@
+-- Jobs: TimescaleDB's job API (add_job, alter_job, delete_job, run_job, job_stats,
+-- job_errors) run by one scheduler background worker (src/jobs.rs), or without it by
+-- calling analytics.run_pending_jobs() from cron / pg_cron.
+--
+-- A job is a procedure or function taking (job_id int, config jsonb). It runs in its own
+-- transaction, as the role that added it, with max_runtime as its statement timeout. A
+-- failure is recorded and retried after retry_period, doubling per consecutive failure but
+-- never later than one schedule_interval; it never stops the scheduler.
+
+CREATE TABLE analytics.jobs (
+    job_id            serial      PRIMARY KEY,
+    application_name  text        NOT NULL,
+    proc              regproc     NOT NULL,
+    owner             regrole     NOT NULL DEFAULT current_user::regrole,
+    schedule_interval interval    NOT NULL CHECK (schedule_interval > interval '0'),
+    max_runtime       interval    NOT NULL DEFAULT interval '0' CHECK (max_runtime >= interval '0'),
+    max_retries       int         NOT NULL DEFAULT -1,
+    retry_period      interval    NOT NULL CHECK (retry_period > interval '0'),
+    config            jsonb,
+    scheduled         boolean     NOT NULL DEFAULT true,
+    fixed_schedule    boolean     NOT NULL DEFAULT true,
+    initial_start     timestamptz,
+    timezone          text,
+    hypertable        regclass,
+    next_start        timestamptz NOT NULL
+);
+ALTER SEQUENCE analytics.jobs_job_id_seq RESTART WITH 1000;
+COMMENT ON TABLE analytics.jobs IS 'Scheduled jobs (TimescaleDB''s add_job API); the scheduler worker runs the due ones.';
+
+-- One row per job: what its runs did. Written only by the scheduler and run functions.
+CREATE TABLE analytics.job_run_state (
+    job_id                 int         PRIMARY KEY REFERENCES analytics.jobs ON DELETE CASCADE,
+    last_run_started_at    timestamptz,
+    last_finish            timestamptz,
+    last_successful_finish timestamptz,
+    last_run_status        text,
+    last_run_duration      interval,
+    running_pid            int,
+    total_runs             bigint      NOT NULL DEFAULT 0,
+    total_successes        bigint      NOT NULL DEFAULT 0,
+    total_failures         bigint      NOT NULL DEFAULT 0,
+    total_crashes          bigint      NOT NULL DEFAULT 0,
+    consecutive_failures   int         NOT NULL DEFAULT 0
+);
+
+CREATE TABLE analytics.job_errors (
+    id          bigserial   PRIMARY KEY,
+    job_id      int         NOT NULL,
+    proc_schema name,
+    proc_name   name,
+    pid         int,
+    start_time  timestamptz,
+    finish_time timestamptz NOT NULL DEFAULT now(),
+    sqlerrcode  text,
+    err_message text
+);
+CREATE INDEX job_errors_job ON analytics.job_errors (job_id, finish_time DESC);
+COMMENT ON TABLE analytics.job_errors IS 'Every failed or crashed job run, newest last.';
+
+CREATE VIEW analytics.job_stats AS
+SELECT j.job_id, j.application_name, n.nspname AS proc_schema, p.proname AS proc_name, j.hypertable,
+       s.last_run_started_at, s.last_successful_finish,
+       coalesce(s.last_run_status, 'Never run') AS last_run_status,
+       CASE WHEN s.running_pid IS NOT NULL THEN 'Running' WHEN j.scheduled THEN 'Scheduled' ELSE 'Paused' END AS job_status,
+       s.last_run_duration, j.next_start,
+       coalesce(s.total_runs, 0) AS total_runs, coalesce(s.total_successes, 0) AS total_successes,
+       coalesce(s.total_failures, 0) AS total_failures, coalesce(s.total_crashes, 0) AS total_crashes,
+       coalesce(s.consecutive_failures, 0) AS consecutive_failures
+FROM analytics.jobs j
+JOIN pg_proc p ON p.oid = j.proc
+JOIN pg_namespace n ON n.oid = p.pronamespace
+LEFT JOIN analytics.job_run_state s USING (job_id);
+
+-- Next start after `finished_at` on the schedule: aligned to initial_start (in the job's
+-- time zone, so a daily job stays at the same local hour) when fixed, else one interval later.
+CREATE FUNCTION analytics._next_scheduled_start(j analytics.jobs, finished_at timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    origin timestamptz := coalesce(j.initial_start, finished_at);
+    next_at timestamptz;
+BEGIN
+    IF NOT j.fixed_schedule THEN
+        RETURN finished_at + j.schedule_interval;
+    END IF;
+    IF origin > finished_at THEN
+        RETURN origin;
+    END IF;
+    IF j.timezone IS NOT NULL THEN
+        next_at := ((origin AT TIME ZONE j.timezone)
+                 + j.schedule_interval * (floor(extract(epoch FROM (finished_at - origin))
+                                                / extract(epoch FROM j.schedule_interval)) + 1)) AT TIME ZONE j.timezone;
+    ELSE
+        next_at := origin + j.schedule_interval * (floor(extract(epoch FROM (finished_at - origin))
+                                                      / extract(epoch FROM j.schedule_interval)) + 1);
+    END IF;
+    -- Month intervals do not divide evenly in seconds: step on until strictly after.
+    WHILE next_at <= finished_at LOOP
+        next_at := next_at + j.schedule_interval;
+    END LOOP;
+    RETURN next_at;
+END
+$$;
+
+CREATE FUNCTION analytics._check_job_proc(proc regproc) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = proc AND p.pronargs = 2
+                   AND p.proargtypes[0] = 'int4'::regtype AND p.proargtypes[1] = 'jsonb'::regtype) THEN
+        RAISE EXCEPTION 'job procedure % must take (job_id int, config jsonb)', proc
+            USING HINT = 'Declare it as CREATE PROCEDURE name(job_id int, config jsonb) (or a function with those arguments).';
+    END IF;
+    IF NOT has_function_privilege(proc, 'EXECUTE') THEN
+        RAISE EXCEPTION 'permission denied to execute %', proc;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION analytics.add_job(proc regproc, schedule_interval interval, config jsonb DEFAULT NULL,
+                                  initial_start timestamptz DEFAULT NULL, scheduled boolean DEFAULT true,
+                                  check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT true,
+                                  timezone text DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id int;
+BEGIN
+    PERFORM analytics._check_job_proc(proc);
+    IF schedule_interval IS NULL OR schedule_interval <= interval '0' THEN
+        RAISE EXCEPTION 'schedule_interval must be positive, not %', coalesce(schedule_interval::text, 'NULL');
+    END IF;
+    IF timezone IS NOT NULL AND NOT analytics.is_valid_timezone(timezone) THEN
+        RAISE EXCEPTION 'unknown time zone: %', timezone USING HINT = 'Use a name from pg_timezone_names.';
+    END IF;
+    IF check_config IS NOT NULL THEN
+        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING config;
+    END IF;
+    INSERT INTO analytics.jobs (application_name, proc, owner, schedule_interval, retry_period, config, scheduled,
+                                fixed_schedule, initial_start, timezone, next_start)
+    VALUES ('', proc, session_user::regrole, schedule_interval, least(schedule_interval, interval '5 minutes'), config,
+            scheduled, fixed_schedule, coalesce(initial_start, CASE WHEN fixed_schedule THEN now() END), timezone,
+            coalesce(initial_start, now()))
+    RETURNING job_id INTO id;
+    UPDATE analytics.jobs SET application_name = format('User-Defined Action [%s]', id) WHERE job_id = id;
+    INSERT INTO analytics.job_run_state (job_id) VALUES (id);
+    RETURN id;
+END
+$$;
+
+-- Jobs a role may change: its own, unless it is a superuser.
+CREATE FUNCTION analytics._owned_job(id int, if_exists boolean DEFAULT false) RETURNS analytics.jobs
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    j analytics.jobs;
+BEGIN
+    SELECT * INTO j FROM analytics.jobs WHERE job_id = id;
+    IF NOT FOUND THEN
+        IF if_exists THEN
+            RAISE NOTICE 'job % not found, skipping', id;
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'job % not found', id USING ERRCODE = 'undefined_object',
+            HINT = 'SELECT * FROM analytics.job_stats lists the jobs.';
+    END IF;
+    IF NOT pg_has_role(session_user, j.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'insufficient permissions to alter job %', id
+            USING ERRCODE = 'insufficient_privilege', HINT = format('Only %s or a superuser can.', j.owner);
+    END IF;
+    RETURN j;
+END
+$$;
+
+-- What alter_job returns (TimescaleDB's columns).
+CREATE TYPE analytics.job_settings AS (
+    job_id int, schedule_interval interval, max_runtime interval, max_retries int, retry_period interval,
+    scheduled boolean, config jsonb, next_start timestamptz, check_config text, fixed_schedule boolean,
+    initial_start timestamptz, timezone text);
+
+CREATE FUNCTION analytics.alter_job(job_id int, schedule_interval interval DEFAULT NULL, max_runtime interval DEFAULT NULL,
+                                    max_retries int DEFAULT NULL, retry_period interval DEFAULT NULL,
+                                    scheduled boolean DEFAULT NULL, config jsonb DEFAULT NULL,
+                                    next_start timestamptz DEFAULT NULL, if_exists boolean DEFAULT false,
+                                    check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT NULL,
+                                    initial_start timestamptz DEFAULT NULL, timezone text DEFAULT NULL)
+RETURNS SETOF analytics.job_settings
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j analytics.jobs := analytics._owned_job(alter_job.job_id, if_exists);
+BEGIN
+    IF j.job_id IS NULL THEN
+        RETURN;
+    END IF;
+    IF alter_job.timezone IS NOT NULL AND NOT analytics.is_valid_timezone(alter_job.timezone) THEN
+        RAISE EXCEPTION 'unknown time zone: %', alter_job.timezone;
+    END IF;
+    IF check_config IS NOT NULL THEN
+        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING coalesce(alter_job.config, j.config);
+    END IF;
+    UPDATE analytics.jobs AS t SET
+        schedule_interval = coalesce(alter_job.schedule_interval, t.schedule_interval),
+        max_runtime = coalesce(alter_job.max_runtime, t.max_runtime),
+        max_retries = coalesce(alter_job.max_retries, t.max_retries),
+        retry_period = coalesce(alter_job.retry_period, t.retry_period),
+        scheduled = coalesce(alter_job.scheduled, t.scheduled),
+        config = coalesce(alter_job.config, t.config),
+        fixed_schedule = coalesce(alter_job.fixed_schedule, t.fixed_schedule),
+        initial_start = coalesce(alter_job.initial_start, t.initial_start),
+        timezone = coalesce(alter_job.timezone, t.timezone),
+        next_start = coalesce(alter_job.next_start, alter_job.initial_start, t.next_start)
+    WHERE t.job_id = j.job_id;
+    RETURN QUERY SELECT t.job_id, t.schedule_interval, t.max_runtime, t.max_retries, t.retry_period, t.scheduled, t.config,
+                        t.next_start, check_config::text, t.fixed_schedule, t.initial_start, t.timezone
+                 FROM analytics.jobs t WHERE t.job_id = j.job_id;
+END
+$$;
+
+CREATE FUNCTION analytics.delete_job(job_id int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM analytics._owned_job(delete_job.job_id);
+    DELETE FROM analytics.jobs j WHERE j.job_id = delete_job.job_id;
+END
+$$;
+
+-- Run bookkeeping ----------------------------------------------------------------------
+
+-- Claims a due job for this backend (NULL when none is due), in a transaction of its own
+-- before the job runs, so that a crash during the job is seen afterwards.
+CREATE FUNCTION analytics._claim_due_job() RETURNS int
+LANGUAGE sql AS $$
+    WITH due AS (
+        SELECT j.job_id FROM analytics.jobs j
+        JOIN analytics.job_run_state s USING (job_id)
+        WHERE j.scheduled AND j.next_start <= now() AND s.running_pid IS NULL
+        ORDER BY j.next_start, j.job_id
+        LIMIT 1 FOR UPDATE OF s SKIP LOCKED)
+    UPDATE analytics.job_run_state s
+    SET running_pid = pg_backend_pid(), last_run_started_at = clock_timestamp(), total_runs = s.total_runs + 1
+    FROM due WHERE s.job_id = due.job_id
+    RETURNING s.job_id
+$$;
+
+-- When the scheduler can sleep until: the earliest next start of a scheduled job.
+CREATE FUNCTION analytics._next_due() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min(next_start) FROM analytics.jobs WHERE scheduled
+$$;
+
+CREATE FUNCTION analytics._record_job_run(id int, sqlerrcode text, err_message text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    j analytics.jobs;
+    s analytics.job_run_state;
+    finished constant timestamptz := clock_timestamp();
+    failed constant boolean := err_message IS NOT NULL;
+BEGIN
+    SELECT * INTO j FROM analytics.jobs WHERE job_id = id;
+    SELECT * INTO s FROM analytics.job_run_state WHERE job_id = id FOR UPDATE;
+    IF j.job_id IS NULL THEN
+        RETURN;  -- deleted while it ran
+    END IF;
+    IF failed THEN
+        INSERT INTO analytics.job_errors (job_id, proc_schema, proc_name, pid, start_time, finish_time, sqlerrcode, err_message)
+        SELECT id, n.nspname, p.proname, s.running_pid, s.last_run_started_at, finished, sqlerrcode, err_message
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = j.proc;
+    END IF;
+    UPDATE analytics.job_run_state SET
+        running_pid = NULL,
+        last_finish = finished,
+        last_successful_finish = CASE WHEN failed THEN last_successful_finish ELSE finished END,
+        last_run_status = CASE WHEN failed THEN 'Failed' ELSE 'Success' END,
+        last_run_duration = finished - last_run_started_at,
+        total_successes = total_successes + (NOT failed)::int,
+        total_failures = total_failures + failed::int,
+        total_crashes = total_crashes + (sqlerrcode IS NOT DISTINCT FROM 'crash')::int,
+        consecutive_failures = CASE WHEN failed THEN consecutive_failures + 1 ELSE 0 END
+    WHERE job_id = id
+    RETURNING * INTO s;
+    UPDATE analytics.jobs SET
+        next_start = CASE
+            WHEN NOT failed THEN analytics._next_scheduled_start(j, finished)
+            WHEN j.max_retries >= 0 AND s.consecutive_failures > j.max_retries THEN analytics._next_scheduled_start(j, finished)
+            ELSE finished + least(j.retry_period * power(2, least(s.consecutive_failures - 1, 20)),
+                                  greatest(j.schedule_interval, j.retry_period)) END
+    WHERE job_id = id;
+END
+$$;
+
+-- Runs that were going when their backend died (kill -9, a crash, a restart) are failures,
+-- as are runs this backend left marked (its recording failed).
+CREATE FUNCTION analytics._recover_crashed_runs() RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    crashed int;
+    id int;
+BEGIN
+    crashed := 0;
+    FOR id IN
+        SELECT s.job_id FROM analytics.job_run_state s
+        WHERE s.running_pid IS NOT NULL
+          -- this backend runs one job at a time: a run still marked as its own is over
+          AND (s.running_pid = pg_backend_pid()
+               OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.running_pid))
+    LOOP
+        PERFORM analytics._record_job_run(id, 'crash', 'the job''s process ended without finishing it (killed, or the server restarted)');
+        crashed := crashed + 1;
+    END LOOP;
+    RETURN crashed;
+END
+$$;
+
+-- Runs the job's procedure as its owner. Called in the job's own transaction.
+CREATE FUNCTION analytics._execute_job(id int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    j analytics.jobs;
+    role_before text := current_setting('role');
+BEGIN
+    SELECT * INTO j FROM analytics.jobs WHERE job_id = id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % not found', id;
+    END IF;
+    IF current_user::regrole <> j.owner THEN
+        PERFORM set_config('role', j.owner::text, true);
+    END IF;
+    IF (SELECT prokind FROM pg_proc WHERE oid = j.proc) = 'p' THEN
+        EXECUTE format('CALL %s($1, $2)', j.proc::oid::regproc) USING j.job_id, j.config;
+    ELSE
+        EXECUTE format('SELECT %s($1, $2)', j.proc::oid::regproc) USING j.job_id, j.config;
+    END IF;
+    PERFORM set_config('role', role_before, true);
+END
+$$;
+
+-- Runs one job now in the caller's session (TimescaleDB's CALL run_job). Its error, if any,
+-- is raised to the caller.
+CREATE PROCEDURE analytics.run_job(job_id int)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM analytics._owned_job(run_job.job_id);
+    UPDATE analytics.job_run_state s
+    SET running_pid = pg_backend_pid(), last_run_started_at = clock_timestamp(), total_runs = s.total_runs + 1
+    WHERE s.job_id = run_job.job_id;
+    PERFORM analytics._execute_job(run_job.job_id);
+    PERFORM analytics._record_job_run(run_job.job_id, NULL, NULL);
+END
+$$;
+
+-- Without the scheduler (no shared_preload_libraries): run every due job the caller may
+-- run, each in a subtransaction so that one failure is recorded and the others still run.
+-- Call it every minute from cron or pg_cron. No max_runtime here: statement_timeout applies.
+CREATE FUNCTION analytics.run_pending_jobs() RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    id int;
+    ran int := 0;
+    failed int := 0;
+    code text;
+    message text;
+BEGIN
+    PERFORM analytics._recover_crashed_runs();
+    LOOP
+        SELECT j.job_id INTO id FROM analytics.jobs j JOIN analytics.job_run_state s USING (job_id)
+        WHERE j.scheduled AND j.next_start <= now() AND s.running_pid IS NULL
+          AND pg_has_role(session_user, j.owner, 'MEMBER')
+          AND (s.last_run_started_at IS NULL OR s.last_run_started_at < statement_timestamp())
+        ORDER BY j.next_start, j.job_id LIMIT 1;
+        EXIT WHEN id IS NULL;
+        UPDATE analytics.job_run_state s
+        SET running_pid = pg_backend_pid(), last_run_started_at = clock_timestamp(), total_runs = s.total_runs + 1
+        WHERE s.job_id = id;
+        code := NULL;
+        message := NULL;
+        BEGIN
+            PERFORM analytics._execute_job(id);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+        END;
+        PERFORM analytics._record_job_run(id, code, message);
+        ran := ran + 1;
+        failed := failed + (message IS NOT NULL)::int;
+        id := NULL;
+    END LOOP;
+    RETURN jsonb_build_object('jobs_run', ran, 'jobs_failed', failed);
+END
+$$;
