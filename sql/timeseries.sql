@@ -389,6 +389,42 @@ LANGUAGE sql STABLE AS $$
     ) AS blockers (b)
 $$;
 
+-- Takes every lock the conversion needs, at once and in a fixed order, so that it can never
+-- deadlock with a POS transaction (which would then be the one to fail): the table, the
+-- tables whose foreign keys point at it, the views over it, and the tables it references
+-- (dropping and adding its foreign keys changes their triggers). Each try waits at most
+-- 200 ms, so the conversion never stands long in the queue in front of sales; a busy POS
+-- makes it try again.
+CREATE FUNCTION analytics._lock_for_conversion(relation regclass, attempts int DEFAULT 100) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    tables text;
+    attempt int := 0;
+BEGIN
+    SELECT string_agg(r::text, ', ' ORDER BY r::oid) INTO tables FROM (
+        SELECT relation AS r
+        UNION SELECT k.conrelid::regclass FROM pg_constraint k WHERE k.confrelid = relation AND k.contype = 'f'
+        UNION SELECT k.confrelid::regclass FROM pg_constraint k WHERE k.conrelid = relation AND k.contype = 'f'
+        UNION SELECT r.ev_class::regclass FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+              WHERE d.refobjid = relation AND r.ev_class <> relation) AS t;
+    LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '200ms', true);
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tables);
+            PERFORM set_config('lock_timeout', '0', true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            attempt := attempt + 1;
+            IF attempt >= attempts THEN
+                RAISE EXCEPTION 'could not lock % for the conversion: POS transactions kept them busy', tables
+                    USING ERRCODE = 'lock_not_available', HINT = 'Nothing was changed. Try again at a quieter time.';
+            END IF;
+            PERFORM pg_sleep(0.05 + random() * 0.2);
+        END;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION analytics._register_hypertable(relation regclass, time_column name, time_type regtype,
                                                chunk_interval interval, chunks_ahead int, chunk_prefix name)
 RETURNS analytics.hypertables
@@ -471,8 +507,7 @@ BEGIN
                   HINT = 'Each line says what to do. extend_unique and replace_foreign_keys accept those changes explicitly.';
     END IF;
 
-    -- Writers wait from here to commit; readers go on.
-    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', relation);
+    PERFORM analytics._lock_for_conversion(relation);
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', relation) INTO has_rows;
     IF has_rows AND NOT migrate_data THEN
         RAISE EXCEPTION 'table "%" is not empty', rel.relname USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -568,7 +603,6 @@ BEGIN
     EXECUTE format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s', rel.nspname, staging, cols, cols, relation);
 
     -- The swap.
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', relation);
     EXECUTE format('ALTER TABLE %s RENAME TO %I', relation, retired);
     EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', rel.nspname, staging, rel.relname);
     FOREACH stmt IN ARRAY after_drop LOOP

@@ -664,4 +664,173 @@ mod tests {
         .unwrap();
         assert_eq!(leftovers, 0);
     }
+
+    // Time series ----------------------------------------------------------------------
+
+    /// `sql` must fail with SQLSTATE `code` (checked in a subtransaction).
+    fn assert_fails(sql: &str, code: &str) {
+        let outcome: String = scalar(&format!(
+            "SELECT analytics_test_outcome({})",
+            pgrx::spi::quote_literal(sql)
+        ))
+        .unwrap();
+        assert_eq!(outcome, code, "{sql}");
+    }
+
+    fn outcome_helper() {
+        run("CREATE FUNCTION pg_temp.analytics_test_outcome(statement text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE statement; RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$");
+        run("CREATE FUNCTION pg_temp.analytics_test_message(statement text) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE message text; detail text; hint text;
+             BEGIN EXECUTE statement; RETURN 'no error';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+                 RETURN concat_ws(E'\n', message, detail, hint);
+             END $$");
+        run("SET LOCAL search_path = pg_temp, public");
+    }
+
+    #[pg_test]
+    fn time_bucket_matches_timescaledb() {
+        run("SET LOCAL timezone = 'UTC'");
+        // (expression, expected text) — TimescaleDB's documented behaviour.
+        let cases = [
+            ("analytics.time_bucket('5 minutes', timestamptz '2020-01-01 10:32:29+00')", "2020-01-01 10:30:00+00"),
+            ("analytics.time_bucket('5 minutes', timestamptz '2020-01-01 10:32:29+00', '-2.5 minutes'::interval)", "2020-01-01 10:27:30+00"),
+            ("analytics.time_bucket('5 minutes', timestamptz '2020-01-01 10:32:29+00', '2.5 minutes'::interval)", "2020-01-01 10:27:30+00"),
+            ("analytics.time_bucket('5 minutes', timestamptz '2020-01-01 10:32:31+00', '2.5 minutes'::interval)", "2020-01-01 10:32:30+00"),
+            ("analytics.time_bucket('1 week', date '2021-09-08')", "2021-09-06"),
+            ("analytics.time_bucket('1 week', timestamp '2000-01-01 00:00')", "1999-12-27 00:00:00"),
+            ("analytics.time_bucket('1 week', timestamp '1999-12-30 10:00')", "1999-12-27 00:00:00"),
+            ("analytics.time_bucket('1 month', date '2021-09-08')", "2021-09-01"),
+            ("analytics.time_bucket('3 months', date '2021-08-01')", "2021-07-01"),
+            ("analytics.time_bucket('1 year', date '2021-09-08')", "2021-01-01"),
+            ("analytics.time_bucket('1 month', timestamptz '2021-08-31 23:00:00-05')", "2021-09-01 00:00:00+00"),
+            ("analytics.time_bucket('2 months', timestamp '1999-12-15 12:00')", "1999-11-01 00:00:00"),
+            ("analytics.time_bucket('2 weeks', timestamp '2022-02-21', timestamp '2022-02-14')", "2022-02-14 00:00:00"),
+            ("analytics.time_bucket('1 day', timestamptz '2024-01-01 11:27+00', timestamptz '2024-01-01 06:00+00')", "2024-01-01 06:00:00+00"),
+            ("analytics.time_bucket('2 days', date '2000-01-01')", "2000-01-01"),
+            ("analytics.time_bucket('10 days', date '2021-09-08', date '2021-09-01')", "2021-09-01"),
+            ("analytics.time_bucket('1 day', date '2021-09-08', '12 hours'::interval)", "2021-09-07"),
+            // a local day across DST: 23 hours in spring, 25 in autumn
+            ("analytics.time_bucket('1 day', timestamptz '2021-03-14 23:30-04', 'America/New_York')", "2021-03-14 05:00:00+00"),
+            ("analytics.time_bucket('1 day', timestamptz '2021-11-07 23:30-05', 'America/New_York')", "2021-11-07 04:00:00+00"),
+            ("analytics.time_bucket('2 hours', timestamptz '2021-03-14 05:30-04', 'America/New_York')", "2021-03-14 08:00:00+00"),
+            ("analytics.time_bucket('1 month', timestamptz '2021-08-01 02:00+00', 'America/Caracas')", "2021-07-01 04:00:00+00"),
+            ("analytics.time_bucket('1 day', timestamptz '2021-09-08 10:00+00', 'Asia/Kolkata', timestamptz '2000-01-01 06:00 Asia/Kolkata')", "2021-09-08 00:30:00+00"),
+            ("analytics.time_bucket('1 day', timestamptz '2021-09-08 10:00+00', 'Europe/Berlin', \"offset\" => '6 hours')", "2021-09-08 04:00:00+00"),
+            ("analytics.time_bucket('1 day', 'infinity'::timestamptz)", "infinity"),
+            ("analytics.time_bucket(10, 23)", "20"),
+            ("analytics.time_bucket(10, -23)", "-30"),
+            ("analytics.time_bucket(10, 23, 5)", "15"),
+            ("analytics.time_bucket(10::bigint, -20::bigint)", "-20"),
+        ];
+        let mut wrong = Vec::new();
+        for (expression, expected) in cases {
+            let got: Option<String> = Spi::get_one(&format!("SELECT ({expression})::text")).unwrap_or_else(|e| Some(format!("ERROR {e}")));
+            if got.as_deref() != Some(expected) {
+                wrong.push(format!("{expression} = {got:?}, expected {expected}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+        outcome_helper();
+        assert_fails("SELECT analytics.time_bucket('0 minutes', now())", "22023");
+        assert_fails("SELECT analytics.time_bucket('-1 hour', now())", "22023");
+        assert_fails("SELECT analytics.time_bucket(0, 5)", "22023");
+        assert_fails("SELECT analytics.time_bucket('1 month 1 day', now())", "0A000");
+        assert_fails("SELECT analytics.time_bucket('1 hour', current_date)", "0A000");
+        assert_fails("SELECT analytics.time_bucket('36 hours', current_date)", "0A000");
+        assert_fails("SELECT analytics.time_bucket(5::smallint, (-32768)::smallint)", "22003");
+        assert_fails("SELECT analytics.time_bucket('1 day', now(), 'Mars/Olympus')", "22023");
+        let nulls: i64 = scalar(
+            "SELECT count(*) FROM (VALUES (analytics.time_bucket('1 day', NULL::timestamptz)),
+                                         (analytics.time_bucket(NULL::interval, now())),
+                                         (analytics.time_bucket('1 day', NULL::timestamptz, 'UTC'))) v (b) WHERE b IS NULL",
+        )
+        .unwrap();
+        assert_eq!(nulls, 3);
+        // Usable in indexes and parallel plans, as TimescaleDB's.
+        let not_immutable: i64 = scalar(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'time_bucket' AND pronamespace = 'analytics'::regnamespace
+             AND (provolatile <> 'i' OR proparallel <> 's')",
+        )
+        .unwrap();
+        assert_eq!(not_immutable, 0);
+        let overloads: i64 =
+            scalar("SELECT count(*) FROM pg_proc WHERE proname = 'time_bucket' AND pronamespace = 'analytics'::regnamespace").unwrap();
+        assert_eq!(overloads, 16);
+    }
+
+    #[pg_test]
+    fn create_hypertable_refuses_what_cannot_carry_over_and_changes_nothing() {
+        lacaja_pos();
+        outcome_helper();
+        run(&sale(1, STORE_A, "2026-01-10 10:00+00", "10", "CASH_BS", None));
+        run("CREATE MATERIALIZED VIEW pos.sales_mv AS SELECT store_id, count(*) FROM pos.sales GROUP BY 1");
+        let message: String = scalar(
+            "SELECT analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', migrate_data => true)')",
+        )
+        .unwrap();
+        for expected in ["primary key sales_pkey", "extend_unique => true", "foreign key sale_items_sale_id_fkey",
+                         "foreign key sale_returns_sale_id_fkey", "replace_foreign_keys => true", "materialized view pos.sales_mv"] {
+            assert!(message.contains(expected), "missing {expected:?} in:\n{message}");
+        }
+        let kind: String = scalar("SELECT relkind::text FROM pg_class WHERE oid = 'pos.sales'::regclass").unwrap();
+        assert_eq!(kind, "r", "nothing changes when refused");
+        run("DROP MATERIALIZED VIEW pos.sales_mv");
+        // TimescaleDB's rules: data needs migrate_data; a second call needs if_not_exists.
+        let message: String = scalar(
+            "SELECT analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', extend_unique => true, replace_foreign_keys => true)')",
+        )
+        .unwrap();
+        assert!(message.contains("is not empty") && message.contains("migrate_data => true"), "{message}");
+        assert_fails("SELECT analytics.create_hypertable('pos.sales', 'no_such_column')", "42703");
+        assert_fails("SELECT analytics.create_hypertable('pos.sales', 'totals')", "22023");
+        run("SELECT analytics.create_hypertable('pos.events', 'created_at', INTERVAL '1 day', extend_unique => true)");
+        assert_fails("SELECT analytics.create_hypertable('pos.events', 'created_at', extend_unique => true)", "42710");
+        let again: bool = scalar(
+            "SELECT created FROM analytics.create_hypertable('pos.events', 'created_at', extend_unique => true, if_not_exists => true)",
+        )
+        .unwrap();
+        assert!(!again);
+    }
+
+    #[pg_test]
+    fn replaced_foreign_keys_keep_restrict_cascade_and_set_null() {
+        outcome_helper();
+        run("CREATE SCHEMA fk;
+             CREATE TABLE fk.parent (id int PRIMARY KEY, at timestamptz NOT NULL);
+             CREATE TABLE fk.child_restrict (id int PRIMARY KEY, parent_id int REFERENCES fk.parent ON DELETE RESTRICT);
+             CREATE TABLE fk.child_cascade (id int PRIMARY KEY, parent_id int REFERENCES fk.parent ON DELETE CASCADE ON UPDATE CASCADE);
+             CREATE TABLE fk.child_set_null (id int PRIMARY KEY, parent_id int REFERENCES fk.parent ON DELETE SET NULL);
+             INSERT INTO fk.parent SELECT i, '2026-01-01'::timestamptz + i * interval '1 day' FROM generate_series(1, 6) i;
+             INSERT INTO fk.child_restrict VALUES (1, 1);
+             INSERT INTO fk.child_cascade VALUES (1, 2), (2, 2), (3, 5);
+             INSERT INTO fk.child_set_null VALUES (1, 3);");
+        run("SELECT analytics.create_hypertable('fk.parent', 'at', INTERVAL '1 day', migrate_data => true,
+                                               extend_unique => true, replace_foreign_keys => true)");
+        let replaced: i64 = scalar("SELECT count(*) FROM analytics.replaced_foreign_keys WHERE parent = 'fk.parent'::regclass").unwrap();
+        assert_eq!(replaced, 3);
+        // child side: the parent must exist
+        assert_fails("INSERT INTO fk.child_restrict VALUES (2, 99)", "23503");
+        assert_fails("UPDATE fk.child_cascade SET parent_id = 98 WHERE id = 3", "23503");
+        run("INSERT INTO fk.child_restrict VALUES (3, 4), (4, NULL)");
+        // RESTRICT
+        assert_fails("DELETE FROM fk.parent WHERE id = 1", "23503");
+        // CASCADE on delete and on update
+        run("DELETE FROM fk.parent WHERE id = 2");
+        let cascaded: i64 = scalar("SELECT count(*) FROM fk.child_cascade WHERE parent_id = 2").unwrap();
+        assert_eq!(cascaded, 0);
+        run("UPDATE fk.parent SET id = 50 WHERE id = 5");
+        let followed: i32 = scalar("SELECT parent_id FROM fk.child_cascade WHERE id = 3").unwrap();
+        assert_eq!(followed, 50);
+        // SET NULL
+        run("DELETE FROM fk.parent WHERE id = 3");
+        let nulled: Option<i32> = scalar("SELECT parent_id FROM fk.child_set_null WHERE id = 1");
+        assert_eq!(nulled, None);
+        // unrelated parents delete freely; the row with no children too
+        run("DELETE FROM fk.parent WHERE id = 6");
+    }
 }

@@ -2,6 +2,8 @@
 //! lacaja_analytics installed and preloaded (`scripts/test.sh` starts one).
 #![allow(dead_code)]
 
+pub mod workload;
+
 use postgres::{Client, NoTls};
 
 pub const FIXTURE: &str = include_str!("../../sql/fixtures/lacaja_schema.sql");

@@ -1,0 +1,282 @@
+//! The randomised POS workload the integration tests drive: sales with hostile JSON, items,
+//! voids, returns that rewrite totals, late offline sales, moves between stores, deletes,
+//! stock work, and rollbacks, from concurrent sessions.
+
+use super::{connect, differences, Rng, STORES};
+use postgres::Client;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+pub const METHODS: [&str; 8] = ["CASH_BS", "CASH_USD", "PAGO_MOVIL", "TRANSFER", "OTHER", "SPLIT", "FIAO", ""];
+
+/// Sale ids any session may pick to void, return, move or delete.
+pub type SharedIds = Arc<Mutex<Vec<String>>>;
+
+pub fn money(rng: &mut Rng, max_cents: u64) -> String {
+    let cents = 1 + rng.below(max_cents);
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+pub fn totals(rng: &mut Rng) -> String {
+    if rng.chance(4) {
+        // What a buggy register may send.
+        return rng
+            .pick(&[
+                r#"{}"#,
+                r#"{"total_bs": "abc", "total_usd": null}"#,
+                r#"{"subtotal_bs": "12.50", "total_bs": " 12.50 ", "total_usd": "0.34"}"#,
+                r#"{"total_bs": {"v": 1}, "total_usd": [1]}"#,
+                r#"{"total_bs": "NaN", "total_usd": "Infinity"}"#,
+                r#""not an object""#,
+                r#"{"total_bs": 1e300, "total_usd": 2e-300}"#,
+            ])
+            .to_string();
+    }
+    let subtotal = money(rng, 50_000);
+    let discount = if rng.chance(20) { money(rng, 500) } else { "0".into() };
+    format!(
+        r#"{{"subtotal_bs": {subtotal}, "subtotal_usd": {s_usd}, "discount_bs": {discount}, "discount_usd": 0,
+             "total_bs": {total}, "total_usd": {t_usd}}}"#,
+        s_usd = format!("{:.2}", subtotal.parse::<f64>().unwrap() / 36.5),
+        total = format!("{:.2}", subtotal.parse::<f64>().unwrap() - discount.parse::<f64>().unwrap()),
+        t_usd = format!("{:.2}", (subtotal.parse::<f64>().unwrap() - discount.parse::<f64>().unwrap()) / 36.5),
+    )
+}
+
+pub fn payment(rng: &mut Rng) -> String {
+    match *rng.pick(&METHODS) {
+        "SPLIT" => r#"{"method": "SPLIT", "split_payments": [{"method": "CASH_USD", "amount_usd": 5, "amount_bs": 182.5},
+                       {"method": "PAGO_MOVIL", "amount_usd": 2, "amount_bs": 73}]}"#
+            .into(),
+        "" if rng.chance(50) => r#"{"note": "no method"}"#.into(),
+        method => format!(r#"{{"method": "{method}"}}"#),
+    }
+}
+
+pub fn customer(rng: &mut Rng, store_index: usize) -> String {
+    if rng.chance(40) {
+        "NULL".into()
+    } else {
+        format!("'{}{:012}'::uuid", super::customer_prefix(store_index), 1 + rng.below(10))
+    }
+}
+
+/// One sale row as SQL values; sometimes an offline register's sale from weeks ago.
+pub fn sale_values(rng: &mut Rng) -> String {
+    let store_index = rng.below(3) as usize;
+    let minutes_ago = if rng.chance(15) { rng.below(60 * 24 * 60) } else { rng.below(60 * 36) };
+    format!(
+        "(gen_random_uuid(), '{}', now() - interval '{minutes_ago} minutes', 36.5, 'BS', $t${}$t$, $p${}$p$, {})",
+        STORES[store_index].0,
+        totals(rng),
+        payment(rng),
+        customer(rng, store_index)
+    )
+}
+
+pub fn insert_sales(db: &mut postgres::Transaction, rng: &mut Rng, n: usize) -> Vec<String> {
+    let values: Vec<String> = (0..n).map(|_| sale_values(rng)).collect();
+    let ids: Vec<String> = db
+        .query(
+            &format!(
+                "INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment, customer_id)
+                 VALUES {} RETURNING id::text",
+                values.join(", ")
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if rng.chance(30) {
+        db.execute(
+            "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+             SELECT gen_random_uuid(), s.id, p.id, 1 + (random() * 3)::int, p.price_bs, p.price_usd
+             FROM sales s JOIN LATERAL (SELECT * FROM products WHERE store_id = s.store_id LIMIT 1) p ON true
+             WHERE s.id = ANY($1::text[]::uuid[])",
+            &[&ids],
+        )
+        .unwrap();
+    }
+    ids
+}
+
+/// Changes one existing sale (never more than one per transaction, so the workload itself
+/// cannot deadlock on source rows: any deadlock would be the extension's).
+pub fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) {
+    let other_store = STORES[rng.below(3) as usize].0;
+    // The sale is locked first, as the POS does before changing a sale, so that a concurrent
+    // delete cannot break the foreign key of a return or an item added to it.
+    db.execute("SELECT 1 FROM sales WHERE id = $1::text::uuid FOR UPDATE", &[&id]).unwrap();
+    let sql = match rng.below(12) {
+        9 => "UPDATE sale_items SET qty = qty + 1, discount_bs = 0.5
+              WHERE id = (SELECT id FROM sale_items WHERE sale_id = $1::text::uuid ORDER BY id LIMIT 1)"
+            .to_string(),
+        10 => "DELETE FROM sale_items
+               WHERE id = (SELECT id FROM sale_items WHERE sale_id = $1::text::uuid ORDER BY id DESC LIMIT 1)"
+            .to_string(),
+        11 => "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+               SELECT gen_random_uuid(), s.id, p.id, 2.5, p.price_bs, p.price_usd
+               FROM sales s JOIN LATERAL (SELECT * FROM products WHERE store_id = s.store_id ORDER BY random() LIMIT 1) p ON true
+               WHERE s.id = $1::text::uuid"
+            .to_string(),
+        0 | 1 => "UPDATE sales SET voided_at = now(), void_reason = 'test' WHERE id = $1::text::uuid".to_string(),
+        2 => "UPDATE sales SET voided_at = NULL WHERE id = $1::text::uuid".to_string(),
+        3 | 4 => {
+            // A return: LA-CAJA records it and rewrites the sale's totals in place.
+            db.execute(
+                "WITH r AS (INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+                            SELECT gen_random_uuid(), store_id, id, 1, 0.03 FROM sales WHERE id = $1::text::uuid
+                            RETURNING id, sale_id)
+                 INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+                 SELECT gen_random_uuid(), r.id, i.id, i.product_id, least(i.qty, 1), round(i.unit_price_bs, 2), 0.03
+                 FROM r JOIN LATERAL (SELECT * FROM sale_items WHERE sale_id = r.sale_id ORDER BY id LIMIT 1) i ON true",
+                &[&id],
+            )
+            .unwrap();
+            "UPDATE sales SET totals = CASE WHEN jsonb_typeof(totals) = 'object' THEN totals ||
+                 jsonb_build_object('total_bs', round(random()::numeric * 100, 2),
+                                    'total_usd', round(random()::numeric * 3, 2)) ELSE totals END
+             WHERE id = $1::text::uuid"
+                .to_string()
+        }
+        5 => "DELETE FROM sales WHERE id = $1::text::uuid".to_string(),
+        6 => format!(
+            "UPDATE sales SET sold_at = sold_at - interval '{} hours' WHERE id = $1::text::uuid",
+            rng.below(24 * 20)
+        ),
+        7 => format!(
+            "UPDATE sales SET customer_id = {} WHERE id = $1::text::uuid AND store_id = '{}'",
+            customer(rng, 0),
+            STORES[0].0
+        ),
+        _ => format!("UPDATE sales SET store_id = '{other_store}', customer_id = NULL WHERE id = $1::text::uuid"),
+    };
+    db.execute(sql.as_str(), &[&id]).unwrap();
+}
+
+/// Stock work of a store: a delivery, a sale's movement, a correction, a deleted or edited
+/// movement, or a product that changes what the inventory metrics count.
+pub fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(String, String)]) {
+    let (product, store) = rng.pick(products).clone();
+    match rng.below(6) {
+        0..=2 => {
+            let qty = format!("{}{}.{}", if rng.chance(60) { "-" } else { "" }, rng.below(40), rng.below(1000));
+            db.execute(
+                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+                 VALUES (gen_random_uuid(), $1::text::uuid, $2::text::uuid, 'adjust', $3::text::numeric)",
+                &[&store, &product, &qty],
+            )
+            .unwrap();
+        }
+        3 => {
+            db.execute(
+                "DELETE FROM inventory_movements WHERE id = (SELECT id FROM inventory_movements
+                 WHERE product_id = $1::text::uuid ORDER BY id LIMIT 1)",
+                &[&product],
+            )
+            .unwrap();
+        }
+        4 => {
+            db.execute(
+                "UPDATE inventory_movements SET qty_delta = qty_delta + 1.5 WHERE id = (SELECT id FROM inventory_movements
+                 WHERE product_id = $1::text::uuid ORDER BY id DESC LIMIT 1)",
+                &[&product],
+            )
+            .unwrap();
+        }
+        _ => {
+            db.execute(
+                "UPDATE products SET is_active = random() < 0.8, low_stock_threshold = (random() * 10)::int,
+                        cost_bs = round((random() * 100)::numeric, 2) WHERE id = $1::text::uuid",
+                &[&product],
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Every product with its store, as (id, store_id).
+pub fn store_products(db: &mut Client) -> Vec<(String, String)> {
+    db.query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// One POS session: `transactions` random transactions, some rolled back.
+pub fn pos_session(database: &str, seed: u64, transactions: usize, shared: SharedIds) {
+    let mut db = connect(database);
+    let mut rng = Rng::new(seed);
+    let mut own: Vec<String> = Vec::new();
+    let products = store_products(&mut db);
+    for _ in 0..transactions {
+        let mut tx = db.transaction().unwrap();
+        let roll_back = rng.chance(7);
+        let mut created = Vec::new();
+        match rng.below(100) {
+            0..=39 => created = insert_sales(&mut tx, &mut rng, 1),
+            40..=44 => change_stock(&mut tx, &mut rng, &products),
+            45..=54 => {
+                let n = 2 + rng.below(30) as usize;
+                created = insert_sales(&mut tx, &mut rng, n);
+            }
+            55..=89 => {
+                let picked = {
+                    let ids = shared.lock().unwrap();
+                    (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize].clone())
+                };
+                if let Some(id) = picked {
+                    change_one_sale(&mut tx, &mut rng, &id);
+                }
+                if rng.chance(30) {
+                    created = insert_sales(&mut tx, &mut rng, 1);
+                }
+            }
+            _ => {
+                // A batch over this session's own recent sales (a sync correcting several).
+                let recent: Vec<String> = own.iter().rev().take(1 + rng.below(10) as usize).cloned().collect();
+                let sql = if rng.chance(50) {
+                    "UPDATE sales SET voided_at = now() WHERE id = ANY($1::text[]::uuid[])"
+                } else {
+                    "DELETE FROM sales WHERE id = ANY($1::text[]::uuid[])"
+                };
+                tx.execute(sql, &[&recent]).unwrap();
+            }
+        }
+        if roll_back {
+            tx.rollback().unwrap();
+        } else {
+            tx.commit().unwrap();
+            own.extend(created.iter().cloned());
+            shared.lock().unwrap().extend(created);
+        }
+    }
+}
+
+pub fn run_sessions(database: &str, seed: u64, sessions: u64, transactions: usize, shared: &SharedIds) -> Vec<thread::JoinHandle<()>> {
+    (0..sessions)
+        .map(|i| {
+            let database = database.to_string();
+            let shared = shared.clone();
+            thread::spawn(move || pos_session(&database, seed.wrapping_add(i * 7919), transactions, shared))
+        })
+        .collect()
+}
+
+pub fn assert_exact(db: &mut Client, seed: u64, when: &str) {
+    let found = differences(db);
+    assert!(found.is_empty(), "{when} (LACAJA_TEST_SEED={seed}):\n{}", found.join("\n"));
+}
+
+pub fn seed_products(db: &mut Client) {
+    db.batch_execute(
+        "INSERT INTO products (id, store_id, name, category, price_bs, price_usd, cost_bs, cost_usd)
+         SELECT gen_random_uuid(), s.id, 'product ' || i, 'cat ' || (i % 3), 36.5 * i, i, 20 * i, 0.55 * i
+         FROM stores s, generate_series(1, 5) i",
+    )
+    .unwrap();
+}
+

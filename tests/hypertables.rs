@@ -1,0 +1,225 @@
+//! Hypertables on a real server: the original design's migration on a LA-CAJA database
+//! (blockers reported, then accepted explicitly) while the POS keeps selling, partition
+//! pruning, late sales drained from the default partition, and retention that leaves every
+//! rollup as it was.
+
+mod common;
+
+use common::workload::{assert_exact, run_sessions, seed_products, SharedIds};
+use common::{connect, lacaja_database, STORES};
+use postgres::Client;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// The original design's migration, with only the `analytics.` prefix added.
+const ORIGINAL_MIGRATION: [&str; 5] = [
+    "SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day')",
+    "SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day')",
+    "SELECT analytics.create_hypertable('inventory_movements', 'happened_at', chunk_time_interval => INTERVAL '1 day')",
+    "SELECT analytics.create_hypertable('real_time_metrics', 'created_at', chunk_time_interval => INTERVAL '1 hour')",
+    "SELECT analytics.add_retention_policy('events', INTERVAL '2 years')",
+];
+
+fn error_of(db: &mut Client, sql: &str) -> String {
+    match db.batch_execute(sql) {
+        Ok(()) => panic!("expected {sql} to be refused"),
+        Err(e) => {
+            let e = e.as_db_error().expect("a database error").clone();
+            format!("{}\n{}", e.message(), e.hint().unwrap_or(""))
+        }
+    }
+}
+
+/// Every rollup's rows, as one text, to show they did not move.
+fn rollup_fingerprint(db: &mut Client) -> String {
+    db.query_one(
+        "SELECT md5(concat(
+            (SELECT string_agg(d::text, ',' ORDER BY d.store_id, d.day) FROM analytics.sales_daily d),
+            (SELECT string_agg(h::text, ',' ORDER BY h.store_id, h.bucket) FROM analytics.sales_hourly h),
+            (SELECT string_agg(p::text, ',' ORDER BY p.store_id, p.day, p.method) FROM analytics.sales_by_payment_daily p),
+            (SELECT string_agg(p::text, ',' ORDER BY p.store_id, p.day, p.product_id) FROM analytics.product_sales_daily p),
+            (SELECT string_agg(concat_ws('/', store_id, day, cost_bs, cost_usd, returned_cost_bs, returned_cost_usd), ',' ORDER BY store_id, day)
+               FROM (SELECT store_id, day, sum(cost_bs) AS cost_bs, sum(cost_usd) AS cost_usd, sum(returned_cost_bs) AS returned_cost_bs,
+                            sum(returned_cost_usd) AS returned_cost_usd FROM analytics.cost_daily_parts GROUP BY 1, 2) c)))",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn insert_events(db: &mut Client, n: i32) {
+    db.execute(
+        "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
+         SELECT gen_random_uuid(), s.id, gen_random_uuid(), i, 'SaleCreated',
+                now() - (i % 60) * interval '1 day' - (i % 24) * interval '1 hour', jsonb_build_object('i', i)
+         FROM generate_series(1, $1) i CROSS JOIN LATERAL (SELECT id FROM stores ORDER BY id OFFSET i % 3 LIMIT 1) s",
+        &[&n],
+    )
+    .unwrap();
+}
+
+fn relkind(db: &mut Client, table: &str) -> String {
+    db.query_one("SELECT relkind::text FROM pg_class WHERE oid = $1::text::regclass", &[&table]).unwrap().get(0)
+}
+
+#[test]
+fn original_migration_runs_online_and_rollups_stay_exact() {
+    let seed = common::seed();
+    eprintln!("LACAJA_TEST_SEED={seed}");
+    let database = "lacaja_test_hypertables";
+    let mut db = lacaja_database(database);
+    seed_products(&mut db);
+    let shared: SharedIds = Arc::new(Mutex::new(Vec::new()));
+    for handle in run_sessions(database, seed, 2, 1_500, &shared) {
+        handle.join().expect("a POS session failed");
+    }
+    insert_events(&mut db, 3_000);
+
+    // As written, the migration is refused with every blocker and its way out; nothing changes.
+    let events = error_of(&mut db, ORIGINAL_MIGRATION[0]);
+    assert!(events.contains("primary key events_pkey") && events.contains("extend_unique => true"), "{events}");
+    let sales = error_of(&mut db, ORIGINAL_MIGRATION[1]);
+    for expected in ["primary key sales_pkey", "foreign key sale_items_sale_id_fkey", "foreign key sale_returns_sale_id_fkey",
+                     "replace_foreign_keys => true", "nothing was changed"] {
+        assert!(sales.contains(expected), "missing {expected:?} in:\n{sales}");
+    }
+    assert_eq!(relkind(&mut db, "sales"), "r");
+
+    // Accepted explicitly, while POS sessions keep selling and one register counts its sales.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let counter = {
+        let (stop, committed) = (stop.clone(), committed.clone());
+        thread::spawn(move || {
+            let mut pos = connect(database);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("99000000-0000-4000-8000-{i:012}");
+                pos.execute(
+                    "INSERT INTO sales (id, store_id, sold_at, totals, payment)
+                     VALUES ($1::text::uuid, $2::text::uuid, now(), '{\"total_bs\": 10, \"total_usd\": 0.27}', '{\"method\": \"CASH_BS\"}')",
+                    &[&id, &STORES[0].0],
+                )
+                .expect("a sale during the conversion must commit");
+                committed.lock().unwrap().push(id);
+                i += 1;
+            }
+        })
+    };
+    let writers = run_sessions(database, seed ^ 0xC0DE, 2, 600, &shared);
+    thread::sleep(Duration::from_millis(300));
+    // One statement (one transaction) per table, as a migration tool would run them.
+    for statement in [
+        "SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day',
+                                            migrate_data => true, extend_unique => true)",
+        "SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day',
+                                            migrate_data => true, extend_unique => true, replace_foreign_keys => true)",
+        "SELECT analytics.create_hypertable('inventory_movements', 'happened_at', chunk_time_interval => INTERVAL '1 day',
+                                            migrate_data => true, extend_unique => true)",
+        "SELECT analytics.create_hypertable('real_time_metrics', 'created_at', chunk_time_interval => INTERVAL '1 hour',
+                                            extend_unique => true)",
+    ] {
+        db.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    }
+    db.batch_execute(ORIGINAL_MIGRATION[4]).expect("retention on events as written");
+    for handle in writers {
+        handle.join().expect("a POS session failed during the conversion");
+    }
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    counter.join().unwrap();
+    let counted = committed.lock().unwrap().clone();
+    assert!(counted.len() > 10, "the register should have sold during the conversion");
+    let found: i64 = db
+        .query_one("SELECT count(*) FROM sales WHERE id = ANY($1::text[]::uuid[])", &[&counted])
+        .unwrap()
+        .get(0);
+    assert_eq!(found as usize, counted.len(), "sales committed during the conversion were lost");
+    for table in ["events", "sales", "inventory_movements", "real_time_metrics"] {
+        assert_eq!(relkind(&mut db, table), "p", "{table} is partitioned");
+    }
+    assert_exact(&mut db, seed, "after converting LA-CAJA's tables while sales kept coming");
+
+    // A one-day query on one store reads one chunk.
+    let plan: Vec<String> = db
+        .query(
+            "EXPLAIN (COSTS OFF) SELECT count(*) FROM events
+             WHERE store_id = $1::text::uuid AND created_at >= date_trunc('day', now() - interval '3 days', 'UTC')
+               AND created_at < date_trunc('day', now() - interval '2 days', 'UTC')",
+            &[&STORES[0].0],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    let chunks_read = plan.matches(" on events_").count();
+    assert_eq!(chunks_read, 1, "partition pruning should leave one chunk:\n{plan}");
+    assert!(!plan.contains("events_default"), "{plan}");
+
+    // An offline register syncs a sale from last year and a clock runs a month ahead: both
+    // are accepted into the default partition, then drained into chunks by the job.
+    db.batch_execute(&format!(
+        "INSERT INTO sales (id, store_id, sold_at, totals, payment) VALUES
+           ('98000000-0000-4000-8000-000000000001', '{a}', now() - interval '400 days', '{{\"total_bs\": 7}}', '{{\"method\": \"FIAO\"}}'),
+           ('98000000-0000-4000-8000-000000000002', '{a}', now() + interval '30 days', '{{\"total_bs\": 9}}', '{{\"method\": \"CASH_BS\"}}');
+         INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+         SELECT gen_random_uuid(), '98000000-0000-4000-8000-000000000001', id, 2, 3.5, 0.1 FROM products WHERE store_id = '{a}' LIMIT 1;",
+        a = STORES[0].0
+    ))
+    .expect("late and future sales must be accepted");
+    let waiting: i64 = db.query_one("SELECT count(*) FROM sales_default", &[]).unwrap().get(0);
+    assert_eq!(waiting, 2);
+    let job: i32 = db
+        .query_one(
+            "SELECT job_id FROM analytics.jobs WHERE proc = 'analytics.policy_chunk_maintenance'::regproc AND hypertable = 'sales'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.execute("CALL analytics.run_job($1)", &[&job]).unwrap();
+    let waiting: i64 = db.query_one("SELECT count(*) FROM sales_default", &[]).unwrap().get(0);
+    assert_eq!(waiting, 0, "the maintenance job drains the default partition");
+    let late_chunk: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analytics.show_chunks('sales', older_than => now() - interval '399 days')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(late_chunk, 1);
+
+    // The POS on the hypertables: deletes cascade to items through the replaced foreign key.
+    for handle in run_sessions(database, seed ^ 0xAF7E, 2, 1_000, &shared) {
+        handle.join().expect("a POS session failed on the hypertables");
+    }
+    assert_exact(&mut db, seed, "after the workload on the hypertables");
+    let orphans: i64 = db
+        .query_one("SELECT count(*) FROM sale_items i WHERE NOT EXISTS (SELECT 1 FROM sales s WHERE s.id = i.sale_id)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "ON DELETE CASCADE must still remove a deleted sale's items");
+
+    // Retention drops whole chunks of sales; every rollup keeps those days.
+    let whole = rollup_fingerprint(&mut db);
+    let dropped: i64 = db
+        .query_one("SELECT count(*) FROM analytics.drop_chunks('sales', now() - interval '20 days')", &[])
+        .unwrap()
+        .get(0);
+    assert!(dropped > 10, "drop_chunks should have dropped old chunks, dropped {dropped}");
+    assert_eq!(rollup_fingerprint(&mut db), whole, "dropping raw sales must not change any rollup");
+    let verify: i64 = db.query_one("SELECT count(*) FROM analytics.verify()", &[]).unwrap().get(0);
+    assert_eq!(verify, 0, "verify() leaves the days retention dropped alone");
+    db.execute("SELECT analytics.refresh_all()", &[]).unwrap();
+    assert_eq!(rollup_fingerprint(&mut db), whole, "refresh_all() must not erase the dropped days");
+
+    // Life goes on after retention: POS sessions (late sales included) stay exact.
+    let recent: SharedIds = Arc::new(Mutex::new(Vec::new()));
+    for handle in run_sessions(database, seed ^ 0x4E7E, 2, 500, &recent) {
+        handle.join().expect("a POS session failed after retention");
+    }
+    let verify: i64 = db.query_one("SELECT count(*) FROM analytics.verify()", &[]).unwrap().get(0);
+    assert_eq!(verify, 0, "rollups must stay exact after retention");
+}
