@@ -670,7 +670,7 @@ mod tests {
     /// `sql` must fail with SQLSTATE `code` (checked in a subtransaction).
     fn assert_fails(sql: &str, code: &str) {
         let outcome: String = scalar(&format!(
-            "SELECT analytics_test_outcome({})",
+            "SELECT pg_temp.analytics_test_outcome({})",
             pgrx::spi::quote_literal(sql)
         ))
         .unwrap();
@@ -688,7 +688,6 @@ mod tests {
                  GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
                  RETURN concat_ws(E'\n', message, detail, hint);
              END $$");
-        run("SET LOCAL search_path = pg_temp, public");
     }
 
     #[pg_test]
@@ -770,7 +769,7 @@ mod tests {
         run(&sale(1, STORE_A, "2026-01-10 10:00+00", "10", "CASH_BS", None));
         run("CREATE MATERIALIZED VIEW pos.sales_mv AS SELECT store_id, count(*) FROM pos.sales GROUP BY 1");
         let message: String = scalar(
-            "SELECT analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', migrate_data => true)')",
+            "SELECT pg_temp.analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', migrate_data => true)')",
         )
         .unwrap();
         for expected in ["primary key sales_pkey", "extend_unique => true", "foreign key sale_items_sale_id_fkey",
@@ -782,7 +781,7 @@ mod tests {
         run("DROP MATERIALIZED VIEW pos.sales_mv");
         // TimescaleDB's rules: data needs migrate_data; a second call needs if_not_exists.
         let message: String = scalar(
-            "SELECT analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', extend_unique => true, replace_foreign_keys => true)')",
+            "SELECT pg_temp.analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', extend_unique => true, replace_foreign_keys => true)')",
         )
         .unwrap();
         assert!(message.contains("is not empty") && message.contains("migrate_data => true"), "{message}");

@@ -21,6 +21,10 @@ pub fn server() -> String {
     std::env::var("LACAJA_TEST_SERVER").unwrap_or_else(|_| "host=127.0.0.1 port=55432 user=postgres".into())
 }
 
+pub fn try_connect(database: &str) -> Result<Client, postgres::Error> {
+    Client::connect(&format!("{} dbname={database}", server()), NoTls)
+}
+
 pub fn connect(database: &str) -> Client {
     let dsn = format!("{} dbname={database}", server());
     Client::connect(&dsn, NoTls).unwrap_or_else(|e| {
