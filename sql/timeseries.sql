@@ -170,6 +170,9 @@ BEGIN
     END IF;
     EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)', schema_name, chunk_name, h.relation,
                    analytics._time_literal(h, chunk_start), analytics._time_literal(h, chunk_end));
+    -- the table's owner owns its chunks (drop_chunks runs as the caller)
+    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', schema_name, chunk_name,
+                   (SELECT relowner::regrole::text FROM pg_class WHERE oid = h.relation));
     IF default_part IS NOT NULL THEN
         IF moved > 0 THEN
             EXECUTE format('INSERT INTO %I.%I SELECT * FROM lacaja_moving', schema_name, chunk_name);
@@ -389,42 +392,6 @@ LANGUAGE sql STABLE AS $$
     ) AS blockers (b)
 $$;
 
--- Takes every lock the conversion needs, at once and in a fixed order, so that it can never
--- deadlock with a POS transaction (which would then be the one to fail): the table, the
--- tables whose foreign keys point at it, the views over it, and the tables it references
--- (dropping and adding its foreign keys changes their triggers). Each try waits at most
--- 200 ms, so the conversion never stands long in the queue in front of sales; a busy POS
--- makes it try again.
-CREATE FUNCTION analytics._lock_for_conversion(relation regclass, attempts int DEFAULT 100) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    tables text;
-    attempt int := 0;
-BEGIN
-    SELECT string_agg(r::text, ', ' ORDER BY r::oid) INTO tables FROM (
-        SELECT relation AS r
-        UNION SELECT k.conrelid::regclass FROM pg_constraint k WHERE k.confrelid = relation AND k.contype = 'f'
-        UNION SELECT k.confrelid::regclass FROM pg_constraint k WHERE k.conrelid = relation AND k.contype = 'f'
-        UNION SELECT r.ev_class::regclass FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-              WHERE d.refobjid = relation AND r.ev_class <> relation) AS t;
-    LOOP
-        BEGIN
-            PERFORM set_config('lock_timeout', '200ms', true);
-            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tables);
-            PERFORM set_config('lock_timeout', '0', true);
-            RETURN;
-        EXCEPTION WHEN lock_not_available THEN
-            attempt := attempt + 1;
-            IF attempt >= attempts THEN
-                RAISE EXCEPTION 'could not lock % for the conversion: POS transactions kept them busy', tables
-                    USING ERRCODE = 'lock_not_available', HINT = 'Nothing was changed. Try again at a quieter time.';
-            END IF;
-            PERFORM pg_sleep(0.05 + random() * 0.2);
-        END;
-    END LOOP;
-END
-$$;
-
 CREATE FUNCTION analytics._register_hypertable(relation regclass, time_column name, time_type regtype,
                                                chunk_interval interval, chunks_ahead int, chunk_prefix name)
 RETURNS analytics.hypertables
@@ -442,37 +409,553 @@ BEGIN
 END
 $$;
 
+-- A conversion in progress or done: create_hypertable runs these steps in the caller's
+-- transaction (plain mode), or a background worker runs each in a transaction of its own
+-- (online mode) while the caller waits: POS writes go on during the copy, logged by key
+-- and applied to the new table; only the final swap stops them, for a moment.
+CREATE TABLE analytics.hypertable_conversions (
+    conversion_id          serial      PRIMARY KEY,
+    relation               oid         NOT NULL,
+    schema_name            name        NOT NULL,
+    table_name             name        NOT NULL,
+    time_column            name        NOT NULL,
+    time_type              regtype     NOT NULL,
+    chunk_interval         interval    NOT NULL,
+    chunks_ahead           int         NOT NULL,
+    extend_unique          boolean     NOT NULL,
+    replace_foreign_keys   boolean     NOT NULL,
+    create_default_indexes boolean     NOT NULL,
+    migrate_data           boolean     NOT NULL,
+    online                 boolean     NOT NULL,
+    status                 text        NOT NULL DEFAULT 'starting'
+                           CHECK (status IN ('starting', 'copying', 'indexing', 'catching_up', 'swapping', 'done', 'failed')),
+    hypertable_id          int,
+    staging                name,
+    key_columns            name[],
+    last_key               jsonb,
+    rows_copied            bigint      NOT NULL DEFAULT 0,
+    changes_applied        bigint      NOT NULL DEFAULT 0,
+    requested_by           name        NOT NULL DEFAULT session_user,
+    caller_pid             int,
+    worker_pid             int,
+    started_at             timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at            timestamptz,
+    longest_lock_ms        numeric,
+    sqlstate               text,
+    error                  text
+);
+COMMENT ON TABLE analytics.hypertable_conversions IS
+    'Every create_hypertable: how far it got, rows copied, changes applied while copying, the longest time it held POS writes back.';
+GRANT SELECT ON analytics.hypertable_conversions TO PUBLIC;
+
+CREATE FUNCTION analytics._save_conversion(c analytics.hypertable_conversions) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE analytics.hypertable_conversions t SET
+        status = c.status, hypertable_id = c.hypertable_id, staging = c.staging, key_columns = c.key_columns,
+        last_key = c.last_key, rows_copied = c.rows_copied, changes_applied = c.changes_applied,
+        worker_pid = c.worker_pid, finished_at = c.finished_at, longest_lock_ms = c.longest_lock_ms,
+        sqlstate = c.sqlstate, error = c.error
+    WHERE t.conversion_id = c.conversion_id AND t.requested_by = session_user;
+END
+$$;
+
+-- Records a conversion of `relation` (the caller must own it) and returns it.
+CREATE FUNCTION analytics._request_conversion(relation regclass, time_column name, chunk_interval interval, chunks_ahead int,
+                                              extend_unique boolean, replace_foreign_keys boolean,
+                                              create_default_indexes boolean, migrate_data boolean, online boolean,
+                                              caller_pid int)
+RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c analytics.hypertable_conversions;
+BEGIN
+    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = relation), 'MEMBER') THEN
+        RAISE EXCEPTION 'must be owner of table %', relation USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO analytics.hypertable_conversions (relation, schema_name, table_name, time_column, time_type, chunk_interval,
+        chunks_ahead, extend_unique, replace_foreign_keys, create_default_indexes, migrate_data, online, key_columns,
+        caller_pid, worker_pid)
+    SELECT relation, n.nspname, cl.relname, time_column, a.atttypid::regtype, chunk_interval, chunks_ahead, extend_unique,
+           replace_foreign_keys, create_default_indexes, migrate_data, online, analytics._row_key(relation),
+           caller_pid, CASE WHEN online THEN pg_backend_pid() END
+    FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+    JOIN pg_attribute a ON a.attrelid = cl.oid AND a.attname = time_column
+    WHERE cl.oid = relation
+    RETURNING * INTO c;
+    RETURN c;
+END
+$$;
+
+-- The columns that identify a row (primary key, else a unique key of NOT NULL columns):
+-- what the online copy pages by and logs changes by. NULL when the table has none.
+CREATE FUNCTION analytics._row_key(relation regclass) RETURNS name[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
+                 JOIN pg_attribute a ON a.attrelid = relation AND a.attnum = u.n ORDER BY u.i)
+    FROM pg_constraint k
+    WHERE k.conrelid = relation AND k.contype IN ('p', 'u')
+      AND NOT EXISTS (SELECT 1 FROM unnest(k.conkey) u(n) JOIN pg_attribute a ON a.attrelid = relation AND a.attnum = u.n
+                      WHERE NOT a.attnotnull)
+    ORDER BY k.contype, cardinality(k.conkey)
+    LIMIT 1
+$$;
+
+CREATE FUNCTION analytics._key_list(columns name[], alias text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(CASE WHEN alias IS NULL THEN quote_ident(c) ELSE alias || '.' || quote_ident(c) END, ', ')
+    FROM unnest(columns) c
+$$;
+
+-- Writes the keys of changed rows into the conversion's log (statement level: one insert
+-- per POS statement). SECURITY DEFINER: POS roles write sales, not our log.
+CREATE FUNCTION analytics._log_changed_keys() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM old_rows', TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') THEN
+        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM new_rows', TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION analytics._conversion_names(c analytics.hypertable_conversions, OUT old_table text, OUT staging text,
+                                            OUT log_table text, OUT retired text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('%I.%I', c.schema_name, c.table_name),
+           format('%I.%I', c.schema_name, left(c.table_name, 40) || '_lacaja_new_' || c.conversion_id),
+           format('%I.%I', c.schema_name, left(c.table_name, 40) || '_lacaja_log_' || c.conversion_id),
+           left(c.table_name, 40) || '_lacaja_old_' || c.conversion_id
+$$;
+
+-- Step 1: checks that need the data, the new partitioned table with chunks for every row
+-- present and ahead, and (online) the log of changes made while the copy runs.
+CREATE FUNCTION analytics._conversion_start(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names record := analytics._conversion_names(c);
+    has_rows boolean;
+    h analytics.hypertables;
+    chunk_start timestamptz;
+    locked_at timestamptz;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', names.old_table) INTO has_rows;
+    IF has_rows AND NOT c.migrate_data THEN
+        RAISE EXCEPTION 'table "%" is not empty', c.table_name USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'You can migrate data by specifying ''migrate_data => true'' when calling this function.';
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', names.old_table, c.time_column) INTO has_rows;
+    IF has_rows THEN
+        RAISE EXCEPTION 'column "%" of % has NULL values; a hypertable needs a time on every row', c.time_column, names.old_table
+            USING ERRCODE = 'not_null_violation',
+                  HINT = format('Fill them first: UPDATE %s SET %I = ... WHERE %I IS NULL;', names.old_table, c.time_column, c.time_column);
+    END IF;
+    EXECUTE format('CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY
+                    INCLUDING STORAGE INCLUDING COMMENTS INCLUDING STATISTICS) PARTITION BY RANGE (%I)',
+                   names.staging, names.old_table, c.time_column);
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', names.staging, c.time_column);
+    h := analytics._register_hypertable(names.staging::regclass, c.time_column, c.time_type, c.chunk_interval,
+                                        c.chunks_ahead, c.table_name);
+    FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics._chunk_start($1, %s) FROM %s ORDER BY 1',
+                                      analytics._as_instant_sql(h, quote_ident(c.time_column)), names.old_table) USING h
+    LOOP
+        PERFORM analytics._create_chunk(h, chunk_start);
+    END LOOP;
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', c.schema_name, analytics._default_partition_name(h), names.staging);
+    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', c.schema_name, analytics._default_partition_name(h),
+                   (SELECT relowner::regrole::text FROM pg_class WHERE oid = c.relation));
+    PERFORM analytics._maintain_chunks(h);
+    IF c.online THEN
+        EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', names.log_table, analytics._key_list(c.key_columns),
+                       names.old_table);
+        -- CREATE TRIGGER holds POS writes back until this step commits: measured.
+        locked_at := clock_timestamp();
+        PERFORM analytics._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
+        EXECUTE format('CREATE TRIGGER lacaja_conversion_log_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
+                       names.old_table, names.log_table, analytics._key_list(c.key_columns));
+        EXECUTE format('CREATE TRIGGER lacaja_conversion_log_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
+                       names.old_table, names.log_table, analytics._key_list(c.key_columns));
+        EXECUTE format('CREATE TRIGGER lacaja_conversion_log_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
+                       names.old_table, names.log_table, analytics._key_list(c.key_columns));
+        c.longest_lock_ms := round(extract(epoch FROM clock_timestamp() - locked_at) * 1000, 1);
+    END IF;
+    c.hypertable_id := h.hypertable_id;
+    c.staging := split_part(names.staging, '.', 2);
+    c.status := 'copying';
+    RETURN c;
+END
+$$;
+
+-- Step 2: copies the next `batch` rows in key order (all of them when NULL).
+CREATE FUNCTION analytics._conversion_copy(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names record := analytics._conversion_names(c);
+    columns text := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+                     WHERE a.attrelid = c.relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '');
+    keys text := analytics._key_list(c.key_columns);
+    copied bigint;
+    last jsonb;
+BEGIN
+    IF batch IS NULL OR c.key_columns IS NULL THEN
+        EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s', names.staging, columns, columns,
+                       names.old_table);
+        GET DIAGNOSTICS copied = ROW_COUNT;
+        c.rows_copied := c.rows_copied + copied;
+        c.status := 'indexing';
+        RETURN c;
+    END IF;
+    EXECUTE format($q$WITH batch AS (
+                        SELECT %1$s FROM ONLY %2$s AS o
+                        WHERE $1 IS NULL OR (%3$s) > (SELECT %4$s FROM jsonb_populate_record(NULL::%2$s, $1) AS l)
+                        ORDER BY %3$s LIMIT $2),
+                      copied AS (INSERT INTO %5$s (%1$s) OVERRIDING SYSTEM VALUE SELECT * FROM batch RETURNING %6$s)
+                    SELECT count(*), (SELECT to_jsonb(k) FROM (SELECT %6$s FROM batch ORDER BY %6$s DESC LIMIT 1) AS k)
+                    FROM copied$q$,
+                   columns, names.old_table, analytics._key_list(c.key_columns, 'o'), analytics._key_list(c.key_columns, 'l'),
+                   names.staging, keys)
+       INTO copied, last USING c.last_key, batch;
+    c.rows_copied := c.rows_copied + copied;
+    c.last_key := coalesce(last, c.last_key);
+    IF copied < batch THEN
+        c.status := 'indexing';
+    END IF;
+    RETURN c;
+END
+$$;
+
+-- Step 3: indexes, keys (with the time column added where extend_unique allows) and
+-- outbound foreign keys, built on the new table while the POS still writes the old one.
+-- Index-backed names are taken at the swap.
+CREATE FUNCTION analytics._conversion_index(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names record := analytics._conversion_names(c);
+    ix record;
+    con record;
+    cols text;
+    time_attnum int := (SELECT attnum FROM pg_attribute WHERE attrelid = c.relation AND attname = c.time_column);
+BEGIN
+    FOR ix IN
+        SELECT i.indexrelid, ic.relname, i.indisunique, pg_get_indexdef(i.indexrelid) AS def
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = c.relation
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = c.relation)
+        ORDER BY i.indexrelid
+    LOOP
+        EXECUTE format('CREATE %sINDEX %I ON %s%s', CASE WHEN ix.indisunique THEN 'UNIQUE ' ELSE '' END,
+                       analytics._staging_name(ix.relname, c.conversion_id), names.staging,
+                       substring(ix.def FROM position(' USING ' IN ix.def)));
+    END LOOP;
+    FOR con IN SELECT k.* FROM pg_constraint k WHERE k.conrelid = c.relation AND k.contype IN ('p', 'u') ORDER BY k.contype, k.conname LOOP
+        cols := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.i)
+                 FROM unnest(con.conkey) WITH ORDINALITY u(n, i) JOIN pg_attribute a ON a.attrelid = c.relation AND a.attnum = u.n);
+        IF NOT time_attnum = ANY (con.conkey) THEN
+            cols := cols || ', ' || quote_ident(c.time_column);
+        END IF;
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s (%s)', names.staging, analytics._staging_name(con.conname, c.conversion_id),
+                       CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, cols);
+    END LOOP;
+    FOR con IN SELECT k.conname, pg_get_constraintdef(k.oid) AS def FROM pg_constraint k
+               WHERE k.conrelid = c.relation AND k.contype = 'f' ORDER BY k.conname LOOP
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', names.staging, con.conname, con.def);
+    END LOOP;
+    IF c.create_default_indexes AND NOT EXISTS (
+        SELECT 1 FROM pg_index i WHERE i.indrelid = c.relation AND i.indkey[0] = time_attnum) THEN
+        EXECUTE format('CREATE INDEX %I ON %s (%I DESC)', left(c.table_name, 40) || '_' || left(c.time_column, 15) || '_idx',
+                       names.staging, c.time_column);
+    END IF;
+    c.status := CASE WHEN c.online THEN 'catching_up' ELSE 'swapping' END;
+    RETURN c;
+END
+$$;
+
+CREATE FUNCTION analytics._staging_name(name name, conversion_id int) RETURNS name
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT left(name, 45) || '_lacaja_' || conversion_id
+$$;
+
+-- Step 4 (online): applies up to `batch` logged changes (all when NULL) to the new table:
+-- each changed key is deleted there and copied again from the old table as it is now.
+CREATE FUNCTION analytics._conversion_apply_log(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names record := analytics._conversion_names(c);
+    columns text := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+                     WHERE a.attrelid = c.relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '');
+    keys text := analytics._key_list(c.key_columns);
+    applied bigint;
+    remaining bigint;
+BEGIN
+    EXECUTE format($q$CREATE TEMP TABLE lacaja_changed ON COMMIT DROP AS
+                      WITH taken AS (DELETE FROM %1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s %3$s)) RETURNING %2$s)
+                      SELECT DISTINCT %2$s FROM taken$q$,
+                   names.log_table, keys, CASE WHEN batch IS NULL THEN '' ELSE 'LIMIT ' || batch END);
+    GET DIAGNOSTICS applied = ROW_COUNT;
+    EXECUTE format('DELETE FROM %s AS s USING lacaja_changed AS k WHERE (%s) = (%s)', names.staging,
+                   analytics._key_list(c.key_columns, 's'), analytics._key_list(c.key_columns, 'k'));
+    EXECUTE format('INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM ONLY %4$s AS o JOIN lacaja_changed AS k ON (%5$s) = (%6$s)',
+                   names.staging, columns, (SELECT string_agg('o.' || quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+                                            WHERE a.attrelid = c.relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                   names.old_table, analytics._key_list(c.key_columns, 'o'), analytics._key_list(c.key_columns, 'k'));
+    DROP TABLE lacaja_changed;
+    c.changes_applied := c.changes_applied + applied;
+    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT 5001) AS l', names.log_table) INTO remaining;
+    IF remaining <= 5000 THEN
+        c.status := 'swapping';
+    END IF;
+    RETURN c;
+END
+$$;
+
+-- Locks `tables` in `mode`, in a fixed order, each try waiting at most 200 ms so that the
+-- conversion never stands long in the queue in front of sales, and never deadlocks with a
+-- POS transaction (which would then be the one to fail): a busy POS makes it try again.
+CREATE FUNCTION analytics._lock_tables(tables text[], mode text, attempts int DEFAULT 150) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    attempt int := 0;
+    listed text := (SELECT string_agg(t, ', ' ORDER BY t::regclass::oid) FROM unnest(tables) t);
+BEGIN
+    LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '200ms', true);
+            EXECUTE format('LOCK TABLE %s IN %s MODE', listed, mode);
+            PERFORM set_config('lock_timeout', '0', true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            attempt := attempt + 1;
+            IF attempt >= attempts THEN
+                RAISE EXCEPTION 'could not lock % for the conversion: POS transactions kept them busy', listed
+                    USING ERRCODE = 'lock_not_available', HINT = 'Nothing was changed. Try again at a quieter time.';
+            END IF;
+            PERFORM pg_sleep(0.05 + random() * 0.2);
+        END;
+    END LOOP;
+END
+$$;
+
+-- Everything a swap locks: the table, the tables whose foreign keys point at it, the views
+-- over it, and the tables it references (dropping its foreign keys changes their triggers).
+CREATE FUNCTION analytics._conversion_lock_set(relation oid) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(r::regclass::text) FROM (
+        SELECT relation AS r
+        UNION SELECT k.conrelid FROM pg_constraint k WHERE k.confrelid = relation AND k.contype = 'f'
+        UNION SELECT k.confrelid FROM pg_constraint k WHERE k.conrelid = relation AND k.contype = 'f'
+        UNION SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+              WHERE d.refobjid = relation AND r.ev_class <> relation) AS t
+$$;
+
+-- Step 5: the swap. With every lock taken at once, applies the last logged changes, puts
+-- the new table in the old one's place with its name, indexes, keys, triggers (ours
+-- included), policies, grants, owner, comment, views over it and sequences, replaces the
+-- foreign keys that pointed at it, drops the old table and schedules chunk maintenance.
+CREATE FUNCTION analytics._conversion_swap(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names record := analytics._conversion_names(c);
+    rel record;
+    statements text[];
+    views text[];
+    fk_constraints oid[];
+    replaced text[] := '{}';
+    stmt text;
+    locked_at timestamptz;
+    h analytics.hypertables;
+    job int;
+    ix record;
+BEGIN
+    locked_at := clock_timestamp();
+    IF c.online THEN
+        PERFORM analytics._lock_tables(analytics._conversion_lock_set(c.relation), 'ACCESS EXCLUSIVE');
+        locked_at := clock_timestamp();
+        c := analytics._conversion_apply_log(c, NULL);
+    END IF;
+    SELECT cl.relowner, cl.relrowsecurity, cl.relforcerowsecurity, cl.relacl INTO rel FROM pg_class cl WHERE cl.oid = c.relation;
+    SELECT * INTO h FROM analytics.hypertables WHERE hypertable_id = c.hypertable_id;
+
+    -- Written while the names still mean the old table; run once the new one has its name.
+    statements := ARRAY(
+        SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t
+        WHERE t.tgrelid = c.relation AND NOT t.tgisinternal AND t.tgname NOT LIKE 'lacaja\_conversion\_log\_%' ORDER BY t.tgname);
+    statements := statements || ARRAY(
+        SELECT format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname, names.old_table,
+                      CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                      CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+                      (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(r::regrole::text) END, ', ') FROM unnest(p.polroles) r),
+                      ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
+                      ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')')
+        FROM pg_policy p WHERE p.polrelid = c.relation ORDER BY p.polname);
+    IF rel.relrowsecurity THEN
+        statements := statements || format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', names.old_table);
+    END IF;
+    IF rel.relforcerowsecurity THEN
+        statements := statements || format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', names.old_table);
+    END IF;
+    statements := statements || format('ALTER TABLE %s OWNER TO %I', names.old_table, rel.relowner::regrole::text);
+    statements := statements || ARRAY(
+        SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, names.old_table,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END,
+                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+        FROM aclexplode(rel.relacl) a WHERE a.grantee <> rel.relowner);
+    IF obj_description(c.relation, 'pg_class') IS NOT NULL THEN
+        statements := statements || format('COMMENT ON TABLE %s IS %L', names.old_table, obj_description(c.relation, 'pg_class'));
+    END IF;
+    -- Views over the table follow it to the new one (same definition, grants and owner kept).
+    views := ARRAY(
+        SELECT format('CREATE OR REPLACE VIEW %s AS %s', v.oid::regclass, pg_get_viewdef(v.oid))
+        FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+        JOIN pg_class v ON v.oid = r.ev_class
+        WHERE d.refobjid = c.relation AND v.oid <> c.relation AND v.relkind = 'v'
+        GROUP BY v.oid ORDER BY v.oid);
+    fk_constraints := ARRAY(SELECT k.oid FROM pg_constraint k WHERE k.confrelid = c.relation AND k.contype = 'f'
+                            AND k.conrelid <> c.relation);
+
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', names.old_table, names.retired);
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', names.staging, c.table_name);
+    FOREACH stmt IN ARRAY views LOOP
+        EXECUTE stmt;
+    END LOOP;
+    -- serial columns keep their sequence (it would go with the old table); identity columns
+    -- continue where the old table's sequence was
+    PERFORM analytics._exec(format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, names.old_table, a.attname))
+    FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+    JOIN pg_attribute a ON a.attrelid = c.relation AND a.attnum = d.refobjsubid
+    WHERE d.refobjid = c.relation AND d.classid = 'pg_class'::regclass AND d.deptype = 'a';
+    PERFORM setval(pg_get_serial_sequence(names.old_table, a.attname),
+                   (SELECT s.last_value FROM pg_sequences s
+                    WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass
+                          = pg_get_serial_sequence(format('%I.%I', c.schema_name, names.retired), a.attname)::regclass))
+    FROM pg_attribute a WHERE a.attrelid = c.relation AND a.attidentity <> '' AND NOT a.attisdropped;
+    FOREACH stmt IN ARRAY ARRAY(SELECT k::text FROM unnest(fk_constraints) k) LOOP
+        replaced := replaced || analytics._replace_foreign_key(stmt::oid, names.old_table);
+    END LOOP;
+    EXECUTE format('DROP TABLE %I.%I', c.schema_name, names.retired);
+    IF c.online THEN
+        EXECUTE format('DROP TABLE %s', names.log_table);
+    END IF;
+    -- index-backed names, free now
+    FOR ix IN SELECT k.conname FROM pg_constraint k WHERE k.conrelid = h.relation AND k.contype IN ('p', 'u')
+                AND k.conname LIKE '%\_lacaja\_' || c.conversion_id LOOP
+        EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', names.old_table, ix.conname,
+                       regexp_replace(ix.conname, '_lacaja_' || c.conversion_id || '$', ''));
+    END LOOP;
+    FOR ix IN SELECT i.indexrelid::regclass AS idx, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+              WHERE i.indrelid = h.relation AND ic.relname LIKE '%\_lacaja\_' || c.conversion_id LOOP
+        EXECUTE format('ALTER INDEX %s RENAME TO %I', ix.idx, regexp_replace(ix.relname, '_lacaja_' || c.conversion_id || '$', ''));
+    END LOOP;
+    FOREACH stmt IN ARRAY statements LOOP
+        EXECUTE stmt;
+    END LOOP;
+    PERFORM analytics._bind_trigger_to_extension(h.relation::oid, t.tgname)
+    FROM pg_trigger t WHERE t.tgrelid = h.relation AND t.tgname LIKE 'lacaja\_analytics\_%';
+    job := analytics.add_job('analytics.policy_chunk_maintenance'::regproc,
+                             least(analytics._fixed_interval(h.chunk_interval), interval '1 hour'),
+                             jsonb_build_object('hypertable_id', h.hypertable_id));
+    PERFORM analytics._label_job(job, format('Chunk Maintenance [%s]', job), h.relation);
+    IF c.online THEN
+        c.longest_lock_ms := greatest(c.longest_lock_ms, round(extract(epoch FROM clock_timestamp() - locked_at) * 1000, 1));
+    END IF;
+    c.status := 'done';
+    c.finished_at := clock_timestamp();
+    IF replaced <> '{}' THEN
+        RAISE NOTICE 'foreign keys now enforced by triggers: %', array_to_string(replaced, ', ');
+    END IF;
+    RETURN c;
+END
+$$;
+
+CREATE FUNCTION analytics._exec(statement text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE statement;
+END
+$$;
+
+-- One step of conversion `id`, as its own transaction in online mode; returns the status
+-- reached. A step copies or applies at most `batch` rows.
+CREATE FUNCTION analytics._conversion_step(id int, batch int DEFAULT 50000) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c analytics.hypertable_conversions;
+BEGIN
+    SELECT * INTO STRICT c FROM analytics.hypertable_conversions WHERE conversion_id = id;
+    c := CASE c.status
+        WHEN 'starting' THEN analytics._conversion_start(c)
+        WHEN 'copying' THEN analytics._conversion_copy(c, CASE WHEN c.online THEN batch END)
+        WHEN 'indexing' THEN analytics._conversion_index(c)
+        WHEN 'catching_up' THEN analytics._conversion_apply_log(c, batch)
+        WHEN 'swapping' THEN analytics._conversion_swap(c)
+        ELSE c END;
+    PERFORM analytics._save_conversion(c);
+    RETURN c.status;
+END
+$$;
+
+-- After a failed step (its transaction rolled back): removes what earlier steps left (the new
+-- table, its chunks, the log and its triggers), so the table is as it was.
+CREATE FUNCTION analytics._conversion_abandon(id int, failed_sqlstate text, message text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c analytics.hypertable_conversions;
+    names record;
+    t text;
+BEGIN
+    SELECT * INTO STRICT c FROM analytics.hypertable_conversions WHERE conversion_id = id;
+    IF c.status IN ('done', 'failed') THEN
+        RETURN;
+    END IF;
+    names := analytics._conversion_names(c);
+    IF to_regclass(names.old_table) IS NOT NULL AND to_regclass(names.old_table) = c.relation THEN
+        PERFORM analytics._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
+        FOREACH t IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'lacaja_conversion_log_' || t, names.old_table);
+        END LOOP;
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS %s, %s', names.staging, names.log_table);
+    PERFORM analytics._forget_hypertable(c.hypertable_id);
+    c.status := 'failed';
+    c.sqlstate := failed_sqlstate;
+    c.error := message;
+    c.finished_at := clock_timestamp();
+    PERFORM analytics._save_conversion(c);
+END
+$$;
+
+CREATE FUNCTION analytics._forget_hypertable(id int) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM analytics.hypertables h WHERE h.hypertable_id = id
+      AND (to_regclass(h.relation::text) IS NULL
+           OR pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = h.relation), 'MEMBER'))
+$$;
+
 CREATE FUNCTION analytics.create_hypertable(relation regclass, time_column_name name,
                                             chunk_time_interval interval DEFAULT interval '7 days',
                                             if_not_exists boolean DEFAULT false, migrate_data boolean DEFAULT false,
                                             create_default_indexes boolean DEFAULT true,
                                             extend_unique boolean DEFAULT false, replace_foreign_keys boolean DEFAULT false,
-                                            chunks_ahead int DEFAULT 7)
+                                            chunks_ahead int DEFAULT 7, online boolean DEFAULT NULL)
 RETURNS TABLE (hypertable_id int, schema_name name, table_name name, created boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel record;
-    time_att record;
+    time_type regtype;
     blockers text[];
-    has_rows boolean;
-    staging name;
-    retired name;
-    qualified text;
-    h analytics.hypertables;
-    chunk_start timestamptz;
-    con record;
-    statements text[] := '{}';
-    after_drop text[] := '{}';
-    fk_constraints oid[];
-    replaced text[] := '{}';
-    stmt text;
-    cols text;
+    c analytics.hypertable_conversions;
+    run_online boolean;
+    worker_pid int;
+    gone int := 0;
     started constant timestamptz := clock_timestamp();
-    job int;
 BEGIN
-    SELECT c.oid, c.relkind, c.relispartition, c.relowner, c.relrowsecurity, c.relforcerowsecurity, c.relacl,
-           n.nspname, c.relname
-      INTO rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+    SELECT cl.oid, cl.relkind, cl.relispartition, n.nspname, cl.relname
+      INTO rel FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = relation;
     IF EXISTS (SELECT 1 FROM analytics.hypertables t WHERE t.relation = create_hypertable.relation) THEN
         IF if_not_exists THEN
             RAISE NOTICE 'table "%" is already a hypertable, skipping', rel.relname;
@@ -486,12 +969,12 @@ BEGIN
         RAISE EXCEPTION 'table "%" cannot become a hypertable: it is not a plain table outside any inheritance or partitioning', rel.relname
             USING ERRCODE = 'wrong_object_type';
     END IF;
-    SELECT a.attnum, a.atttypid::regtype AS type, a.attgenerated INTO time_att
+    SELECT a.atttypid::regtype INTO time_type
     FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = time_column_name AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'column "%" does not exist', time_column_name USING ERRCODE = 'undefined_column';
     END IF;
-    IF time_att.type NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    IF time_type NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
         RAISE EXCEPTION 'invalid type for dimension "%"', time_column_name USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Use a timestamptz, timestamp or date column.';
     END IF;
@@ -499,7 +982,6 @@ BEGIN
         RAISE EXCEPTION 'invalid chunk_time_interval %', coalesce(chunk_time_interval::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of at least one minute, e.g. INTERVAL ''1 day''.';
     END IF;
-
     blockers := analytics._hypertable_blockers(relation, time_column_name, extend_unique, replace_foreign_keys);
     IF blockers <> '{}' THEN
         RAISE EXCEPTION 'cannot turn % into a hypertable; nothing was changed:%', relation, E'\n  - ' || array_to_string(blockers, E'\n  - ')
@@ -507,137 +989,60 @@ BEGIN
                   HINT = 'Each line says what to do. extend_unique and replace_foreign_keys accept those changes explicitly.';
     END IF;
 
-    PERFORM analytics._lock_for_conversion(relation);
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', relation) INTO has_rows;
-    IF has_rows AND NOT migrate_data THEN
-        RAISE EXCEPTION 'table "%" is not empty', rel.relname USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = 'You can migrate data by specifying ''migrate_data => true'' when calling this function.';
+    -- Online needs its own transactions (a background worker), a key to page and log by, and
+    -- a caller holding no lock on the table; otherwise the conversion runs here, holding the
+    -- table until this transaction commits (as TimescaleDB does).
+    run_online := coalesce(online, migrate_data)
+                  AND analytics._row_key(relation) IS NOT NULL
+                  AND NOT analytics._in_transaction_block()
+                  AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.relation = create_hypertable.relation);
+    IF online AND NOT run_online THEN
+        RAISE EXCEPTION 'cannot convert % online', relation USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Online conversion needs a primary key on the table, and a call outside BEGIN ... COMMIT that has not touched the table.';
     END IF;
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', relation, time_column_name) INTO has_rows;
-    IF has_rows THEN
-        RAISE EXCEPTION 'column "%" of % has NULL values; a hypertable needs a time on every row', time_column_name, relation
-            USING ERRCODE = 'not_null_violation', HINT = format('Fill them first: UPDATE %s SET %I = ... WHERE %I IS NULL;', relation, time_column_name, time_column_name);
-    END IF;
-
-    qualified := format('%I.%I', rel.nspname, rel.relname);
-    staging := left(rel.relname, 45) || '_lacaja_staging';
-    retired := left(rel.relname, 45) || '_lacaja_retired';
-
-    -- Everything to recreate, written while the names still mean the old table; run once the
-    -- new table has taken its name.
-    SELECT array_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid) INTO statements
-    FROM pg_index i WHERE i.indrelid = relation
-      AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = relation);
-    statements := coalesce(statements, '{}');
-    FOR con IN SELECT k.* FROM pg_constraint k WHERE k.conrelid = relation AND k.contype IN ('p', 'u') ORDER BY k.contype, k.conname LOOP
-        cols := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.i)
-                 FROM unnest(con.conkey) WITH ORDINALITY u(n, i) JOIN pg_attribute a ON a.attrelid = relation AND a.attnum = u.n);
-        IF NOT time_att.attnum = ANY (con.conkey) THEN
-            cols := cols || ', ' || quote_ident(time_column_name);
+    IF run_online THEN
+        worker_pid := analytics._start_conversion_worker(relation, time_column_name, chunk_time_interval, chunks_ahead,
+                                                         extend_unique, replace_foreign_keys, create_default_indexes, migrate_data);
+        LOOP
+            SELECT * INTO c FROM analytics.hypertable_conversions t
+            WHERE t.caller_pid = pg_backend_pid() AND t.relation = create_hypertable.relation AND t.started_at >= started
+            ORDER BY t.conversion_id DESC LIMIT 1;
+            EXIT WHEN c.status IN ('done', 'failed');
+            -- pg_stat_activity is read once per transaction unless told otherwise
+            PERFORM pg_stat_clear_snapshot();
+            IF NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = worker_pid) THEN
+                gone := gone + 1;
+            ELSE
+                gone := 0;
+            END IF;
+            IF gone >= 10 THEN
+                -- it may have finished between the two reads
+                SELECT * INTO c FROM analytics.hypertable_conversions t
+                WHERE t.caller_pid = pg_backend_pid() AND t.relation = create_hypertable.relation AND t.started_at >= started
+                ORDER BY t.conversion_id DESC LIMIT 1;
+                EXIT WHEN c.status IN ('done', 'failed');
+                RAISE EXCEPTION 'the conversion of % stopped (its background worker ended)', relation
+                    USING HINT = 'See analytics.hypertable_conversions and the server log; the table is unchanged until the swap.';
+            END IF;
+            PERFORM pg_sleep(0.05);
+        END LOOP;
+        IF c.status = 'failed' THEN
+            RAISE EXCEPTION '%', c.error USING ERRCODE = coalesce(c.sqlstate, 'XX000'),
+                HINT = format('Nothing was changed (conversion %s in analytics.hypertable_conversions).', c.conversion_id);
         END IF;
-        statements := statements || format('ALTER TABLE %s ADD CONSTRAINT %I %s (%s)', qualified, con.conname,
-                                           CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, cols);
-    END LOOP;
-    statements := statements || ARRAY(
-        SELECT format('ALTER TABLE %s ADD CONSTRAINT %I %s', qualified, k.conname, pg_get_constraintdef(k.oid))
-        FROM pg_constraint k WHERE k.conrelid = relation AND k.contype = 'f' ORDER BY k.conname);
-    IF create_default_indexes AND NOT EXISTS (
-        SELECT 1 FROM pg_index i WHERE i.indrelid = relation AND i.indkey[0] = time_att.attnum) THEN
-        statements := statements || format('CREATE INDEX %I ON %s (%I DESC)', left(rel.relname, 40) || '_' || left(time_column_name, 15) || '_idx',
-                                           qualified, time_column_name);
+    ELSE
+        PERFORM analytics._lock_tables(analytics._conversion_lock_set(relation), 'ACCESS EXCLUSIVE');
+        c := analytics._request_conversion(relation, time_column_name, chunk_time_interval, chunks_ahead, extend_unique,
+                                           replace_foreign_keys, create_default_indexes, migrate_data, false, pg_backend_pid());
+        WHILE analytics._conversion_step(c.conversion_id) <> 'done' LOOP
+        END LOOP;
+        SELECT * INTO c FROM analytics.hypertable_conversions t WHERE t.conversion_id = c.conversion_id;
     END IF;
-    statements := statements || ARRAY(
-        SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = relation AND NOT t.tgisinternal ORDER BY t.tgname);
-    statements := statements || ARRAY(
-        SELECT format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname, qualified,
-                      CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
-                      CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-                      (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(r::regrole::text) END, ', ') FROM unnest(p.polroles) r),
-                      ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
-                      ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')')
-        FROM pg_policy p WHERE p.polrelid = relation ORDER BY p.polname);
-    IF rel.relrowsecurity THEN
-        statements := statements || format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', qualified);
-    END IF;
-    IF rel.relforcerowsecurity THEN
-        statements := statements || format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', qualified);
-    END IF;
-    statements := statements || format('ALTER TABLE %s OWNER TO %I', qualified, rel.relowner::regrole::text);
-    statements := statements || ARRAY(
-        SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, qualified,
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END,
-                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
-        FROM aclexplode(rel.relacl) a WHERE a.grantee <> rel.relowner);
-    IF obj_description(relation, 'pg_class') IS NOT NULL THEN
-        statements := statements || format('COMMENT ON TABLE %s IS %L', qualified, obj_description(relation, 'pg_class'));
-    END IF;
-    -- Views over the table follow it to the new one (same definition, grants and owner kept).
-    after_drop := ARRAY(
-        SELECT format('CREATE OR REPLACE VIEW %s AS %s', v.oid::regclass, pg_get_viewdef(v.oid))
-        FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-        JOIN pg_class v ON v.oid = r.ev_class
-        WHERE d.refobjid = relation AND v.oid <> relation AND v.relkind = 'v'
-        GROUP BY v.oid ORDER BY v.oid);
-    -- serial columns keep their sequence (it would go with the old table)
-    statements := statements || ARRAY(
-        SELECT format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, qualified, a.attname)
-        FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-        JOIN pg_attribute a ON a.attrelid = relation AND a.attnum = d.refobjsubid
-        WHERE d.refobjid = relation AND d.classid = 'pg_class'::regclass AND d.deptype = 'a');
-    fk_constraints := ARRAY(SELECT k.oid FROM pg_constraint k WHERE k.confrelid = relation AND k.contype = 'f' AND k.conrelid <> relation);
-
-    -- The new table, its chunks and the data, under a staging name.
-    cols := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
-             WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '');
-    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY
-                    INCLUDING STORAGE INCLUDING COMMENTS INCLUDING STATISTICS) PARTITION BY RANGE (%I)',
-                   rel.nspname, staging, relation, time_column_name);
-    EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I SET NOT NULL', rel.nspname, staging, time_column_name);
-    h := analytics._register_hypertable(format('%I.%I', rel.nspname, staging)::regclass, time_column_name, time_att.type,
-                                        chunk_time_interval, chunks_ahead, rel.relname);
-    FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics._chunk_start($1, %s) FROM %s ORDER BY 1',
-                                      analytics._as_instant_sql(h, quote_ident(time_column_name)), relation) USING h
-    LOOP
-        PERFORM analytics._create_chunk(h, chunk_start);
-    END LOOP;
-    EXECUTE format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s', rel.nspname, staging, cols, cols, relation);
-
-    -- The swap.
-    EXECUTE format('ALTER TABLE %s RENAME TO %I', relation, retired);
-    EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', rel.nspname, staging, rel.relname);
-    FOREACH stmt IN ARRAY after_drop LOOP
-        EXECUTE stmt;
-    END LOOP;
-    -- identity columns continue from where the old table's sequence was
-    PERFORM setval(pg_get_serial_sequence(qualified, a.attname),
-                   (SELECT s.last_value FROM pg_sequences s WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass
-                        = pg_get_serial_sequence(format('%I.%I', rel.nspname, retired), a.attname)::regclass))
-    FROM pg_attribute a WHERE a.attrelid = relation AND a.attidentity <> '' AND NOT a.attisdropped;
-    FOREACH con IN ARRAY ARRAY(SELECT k FROM pg_constraint k WHERE k.oid = ANY (fk_constraints)) LOOP
-        replaced := replaced || analytics._replace_foreign_key(con.oid, qualified);
-    END LOOP;
-    FOREACH stmt IN ARRAY statements LOOP
-        IF stmt LIKE 'ALTER SEQUENCE%' THEN
-            EXECUTE stmt;
-        END IF;
-    END LOOP;
-    EXECUTE format('DROP TABLE %I.%I', rel.nspname, retired);
-    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', rel.nspname, analytics._default_partition_name(h), qualified);
-    FOREACH stmt IN ARRAY statements LOOP
-        CONTINUE WHEN stmt LIKE 'ALTER SEQUENCE%';
-        EXECUTE stmt;
-    END LOOP;
-    PERFORM analytics._bind_trigger_to_extension(h.relation::oid, t.tgname)
-    FROM pg_trigger t WHERE t.tgrelid = h.relation AND t.tgname LIKE 'lacaja\_analytics\_%';
-    PERFORM analytics._maintain_chunks(h);
-
-    job := analytics.add_job('analytics.policy_chunk_maintenance'::regproc, least(analytics._fixed_interval(chunk_time_interval), interval '1 hour'),
-                             jsonb_build_object('hypertable_id', h.hypertable_id));
-    PERFORM analytics._label_job(job, format('Chunk Maintenance [%s]', job), h.relation);
-    RAISE NOTICE 'converted % into a hypertable in % ms%', qualified,
+    RAISE NOTICE 'converted % into a hypertable in % ms (% rows%; longest hold on POS writes: % ms)', relation,
         round(extract(epoch FROM clock_timestamp() - started) * 1000),
-        CASE WHEN replaced <> '{}' THEN '; foreign keys now enforced by triggers: ' || array_to_string(replaced, ', ') ELSE '' END;
-    RETURN QUERY SELECT h.hypertable_id, rel.nspname, rel.relname, true;
+        c.rows_copied, CASE WHEN c.online THEN format(', %s changes made meanwhile applied', c.changes_applied) ELSE '' END,
+        coalesce(c.longest_lock_ms::text, 'all of it');
+    RETURN QUERY SELECT c.hypertable_id, rel.nspname, rel.relname, true;
 END
 $$;
 
@@ -646,6 +1051,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE analytics.jobs j SET application_name = _label_job.application_name, hypertable = _label_job.hypertable
     WHERE j.job_id = id AND pg_has_role(session_user, j.owner, 'MEMBER')
 $$;
+
 
 -- Chunks and retention --------------------------------------------------------------------
 

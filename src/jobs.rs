@@ -40,9 +40,9 @@ pub fn register_scheduler() {
 }
 
 /// What a failed statement reported.
-struct Failure {
-    sqlstate: String,
-    message: String,
+pub(crate) struct Failure {
+    pub sqlstate: String,
+    pub message: String,
 }
 
 fn sqlstate(code: PgSqlErrorCode) -> String {
@@ -52,7 +52,7 @@ fn sqlstate(code: PgSqlErrorCode) -> String {
 
 /// Runs `body` as one transaction; an error rolls it back and is returned, never raised.
 /// `timeout_ms` > 0 cancels the transaction's statements after that long.
-fn in_transaction<R>(timeout_ms: i32, body: impl FnOnce() -> Result<R, pgrx::spi::Error>) -> Result<R, Failure> {
+pub(crate) fn in_transaction<R>(timeout_ms: i32, body: impl FnOnce() -> Result<R, pgrx::spi::Error>) -> Result<R, Failure> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod guc;
+mod hypertable;
 mod indexes;
 mod jobs;
 mod rollups;
@@ -37,7 +38,14 @@ pgrx::extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["rollups
 pgrx::extension_sql_file!(
     "../sql/timeseries.sql",
     name = "timeseries",
-    requires = ["jobs", time_bucket::time_bucket_timestamp, time_bucket::time_bucket_timestamptz, time_bucket::time_bucket_date]
+    requires = [
+        "jobs",
+        time_bucket::time_bucket_timestamp,
+        time_bucket::time_bucket_timestamptz,
+        time_bucket::time_bucket_date,
+        hypertable::_in_transaction_block,
+        hypertable::_start_conversion_worker
+    ]
 );
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 

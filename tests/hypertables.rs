@@ -137,6 +137,17 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
         .unwrap()
         .get(0);
     assert_eq!(found as usize, counted.len(), "sales committed during the conversion were lost");
+    let conversion = db
+        .query_one(
+            "SELECT online, changes_applied, longest_lock_ms::float8 FROM analytics.hypertable_conversions
+             WHERE table_name = 'sales' AND status = 'done'",
+            &[],
+        )
+        .unwrap();
+    assert!(conversion.get::<_, bool>(0), "sales were converted online");
+    assert!(conversion.get::<_, i64>(1) > 0, "changes made during the copy were applied");
+    let longest_lock: f64 = conversion.get(2);
+    assert!(longest_lock < 2_000.0, "POS writes were held back {longest_lock} ms");
     for table in ["events", "sales", "inventory_movements", "real_time_metrics"] {
         assert_eq!(relkind(&mut db, table), "p", "{table} is partitioned");
     }
@@ -222,4 +233,35 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
     }
     let verify: i64 = db.query_one("SELECT count(*) FROM analytics.verify()", &[]).unwrap().get(0);
     assert_eq!(verify, 0, "rollups must stay exact after retention");
+}
+
+#[test]
+fn a_failed_online_conversion_leaves_the_table_as_it_was() {
+    let database = "lacaja_test_hypertable_failure";
+    let mut admin = connect("postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let mut db = connect(database);
+    db.batch_execute(
+        "CREATE EXTENSION lacaja_analytics;
+         CREATE TABLE readings (id bigint PRIMARY KEY, at timestamptz, value numeric);
+         INSERT INTO readings SELECT i, CASE WHEN i = 777 THEN NULL ELSE now() - i * interval '1 hour' END, i FROM generate_series(1, 2000) i;",
+    )
+    .unwrap();
+    let error = error_of(&mut db, "SELECT analytics.create_hypertable('readings', 'at', INTERVAL '1 day', migrate_data => true, extend_unique => true)");
+    assert!(error.contains("has NULL values"), "{error}");
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM pg_class WHERE relname LIKE 'readings%' AND relname <> 'readings' AND relname <> 'readings_pkey'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "nothing of the failed conversion may stay");
+    let triggers: i64 = db.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'readings'::regclass", &[]).unwrap().get(0);
+    assert_eq!(triggers, 0);
+    assert_eq!(relkind(&mut db, "readings"), "r");
+    let registered: i64 = db.query_one("SELECT count(*) FROM analytics.hypertables", &[]).unwrap().get(0);
+    assert_eq!(registered, 0);
+    db.batch_execute("UPDATE readings SET at = now() WHERE at IS NULL").unwrap();
+    db.batch_execute("SELECT analytics.create_hypertable('readings', 'at', INTERVAL '1 day', migrate_data => true, extend_unique => true)").unwrap();
+    let rows: i64 = db.query_one("SELECT count(*) FROM readings", &[]).unwrap().get(0);
+    assert_eq!(rows, 2000);
 }
