@@ -433,6 +433,7 @@ CREATE TABLE analytics.hypertable_conversions (
     staging                name,
     key_columns            name[],
     last_key               jsonb,
+    indexed                boolean     NOT NULL DEFAULT false,
     rows_copied            bigint      NOT NULL DEFAULT 0,
     changes_applied        bigint      NOT NULL DEFAULT 0,
     requested_by           name        NOT NULL DEFAULT session_user,
@@ -453,7 +454,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE analytics.hypertable_conversions t SET
         status = c.status, hypertable_id = c.hypertable_id, staging = c.staging, key_columns = c.key_columns,
-        last_key = c.last_key, rows_copied = c.rows_copied, changes_applied = c.changes_applied,
+        last_key = c.last_key, indexed = c.indexed, rows_copied = c.rows_copied, changes_applied = c.changes_applied,
         worker_pid = c.worker_pid, finished_at = c.finished_at, longest_lock_ms = c.longest_lock_ms,
         sqlstate = c.sqlstate, error = c.error
     WHERE t.conversion_id = c.conversion_id AND t.requested_by = session_user;
@@ -592,18 +593,28 @@ BEGIN
 END
 $$;
 
--- Step 2: copies the next `batch` rows in key order (all of them when NULL).
+-- The columns a copy writes (not generated ones), in table order, optionally qualified.
+CREATE FUNCTION analytics._stored_columns(relation oid, alias text DEFAULT NULL) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT string_agg(concat(alias || '.', quote_ident(a.attname)), ', ' ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+$$;
+
+-- Step 2: copies the next `batch` blocks of the old table in physical order (all of it when
+-- NULL): a TID range scan reads it sequentially. A row a POS session changes meanwhile may
+-- be copied twice (an old and a new version): its key is in the log, and applying the log
+-- replaces every copy by the current row before the keys are built.
 CREATE FUNCTION analytics._conversion_copy(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     names record := analytics._conversion_names(c);
-    columns text := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
-                     WHERE a.attrelid = c.relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '');
-    keys text := analytics._key_list(c.key_columns);
+    columns text := analytics._stored_columns(c.relation);
     copied bigint;
-    last jsonb;
+    first_block bigint := coalesce((c.last_key ->> 'next_block')::bigint, 0);
+    end_block bigint := coalesce((c.last_key ->> 'end_block')::bigint,
+                                 pg_relation_size(c.relation) / current_setting('block_size')::bigint);
 BEGIN
-    IF batch IS NULL OR c.key_columns IS NULL THEN
+    IF batch IS NULL THEN
         EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s', names.staging, columns, columns,
                        names.old_table);
         GET DIAGNOSTICS copied = ROW_COUNT;
@@ -611,26 +622,21 @@ BEGIN
         c.status := 'indexing';
         RETURN c;
     END IF;
-    EXECUTE format($q$WITH batch AS (
-                        SELECT %1$s FROM ONLY %2$s AS o
-                        WHERE $1 IS NULL OR (%3$s) > (SELECT %4$s FROM jsonb_populate_record(NULL::%2$s, $1) AS l)
-                        ORDER BY %3$s LIMIT $2),
-                      copied AS (INSERT INTO %5$s (%1$s) OVERRIDING SYSTEM VALUE SELECT * FROM batch RETURNING %6$s)
-                    SELECT count(*), (SELECT to_jsonb(k) FROM (SELECT %6$s FROM batch ORDER BY %6$s DESC LIMIT 1) AS k)
-                    FROM copied$q$,
-                   columns, names.old_table, analytics._key_list(c.key_columns, 'o'), analytics._key_list(c.key_columns, 'l'),
-                   names.staging, keys)
-       INTO copied, last USING c.last_key, batch;
+    -- Rows written before the log existed are within the blocks the table had once it did.
+    EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s
+                    WHERE ctid >= format(''(%%s,0)'', $1::bigint)::tid AND ctid < format(''(%%s,0)'', $2::bigint)::tid',
+                   names.staging, columns, columns, names.old_table)
+       USING first_block, first_block + batch;
+    GET DIAGNOSTICS copied = ROW_COUNT;
     c.rows_copied := c.rows_copied + copied;
-    c.last_key := coalesce(last, c.last_key);
-    IF copied < batch THEN
-        c.status := 'indexing';
+    c.last_key := jsonb_build_object('next_block', first_block + batch, 'end_block', end_block);
+    IF first_block + batch >= end_block THEN
+        c.status := 'catching_up';  -- then indexing, then catching up again before the swap
     END IF;
     RETURN c;
 END
 $$;
-
--- Step 3: indexes, keys (with the time column added where extend_unique allows) and
+-- Step 4: indexes, keys (with the time column added where extend_unique allows) and
 -- outbound foreign keys, built on the new table while the POS still writes the old one.
 -- Index-backed names are taken at the swap.
 CREATE FUNCTION analytics._conversion_index(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
@@ -671,6 +677,7 @@ BEGIN
         EXECUTE format('CREATE INDEX %I ON %s (%I DESC)', left(c.table_name, 40) || '_' || left(c.time_column, 15) || '_idx',
                        names.staging, c.time_column);
     END IF;
+    c.indexed := true;
     c.status := CASE WHEN c.online THEN 'catching_up' ELSE 'swapping' END;
     RETURN c;
 END
@@ -681,14 +688,13 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT left(name, 45) || '_lacaja_' || conversion_id
 $$;
 
--- Step 4 (online): applies up to `batch` logged changes (all when NULL) to the new table:
--- each changed key is deleted there and copied again from the old table as it is now.
+-- Step 3 and 5 (online): applies up to `batch` logged changes (all when NULL) to the new
+-- table: each changed key is deleted there and copied again from the old table as it is now.
 CREATE FUNCTION analytics._conversion_apply_log(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     names record := analytics._conversion_names(c);
-    columns text := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
-                     WHERE a.attrelid = c.relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '');
+    columns text := analytics._stored_columns(c.relation);
     keys text := analytics._key_list(c.key_columns);
     applied bigint;
     remaining bigint;
@@ -701,13 +707,14 @@ BEGIN
     EXECUTE format('DELETE FROM %s AS s USING lacaja_changed AS k WHERE (%s) = (%s)', names.staging,
                    analytics._key_list(c.key_columns, 's'), analytics._key_list(c.key_columns, 'k'));
     EXECUTE format('INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM ONLY %4$s AS o JOIN lacaja_changed AS k ON (%5$s) = (%6$s)',
-                   names.staging, columns, (SELECT string_agg('o.' || quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
-                                            WHERE a.attrelid = c.relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                   names.staging, columns, analytics._stored_columns(c.relation, 'o'),
                    names.old_table, analytics._key_list(c.key_columns, 'o'), analytics._key_list(c.key_columns, 'k'));
     DROP TABLE lacaja_changed;
     c.changes_applied := c.changes_applied + applied;
     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT 5001) AS l', names.log_table) INTO remaining;
-    IF remaining <= 5000 THEN
+    IF NOT c.indexed THEN
+        c.status := 'indexing';  -- every change made during the copy is applied: no key has two rows
+    ELSIF remaining <= 5000 THEN
         c.status := 'swapping';
     END IF;
     RETURN c;
@@ -753,7 +760,7 @@ LANGUAGE sql STABLE AS $$
               WHERE d.refobjid = relation AND r.ev_class <> relation) AS t
 $$;
 
--- Step 5: the swap. With every lock taken at once, applies the last logged changes, puts
+-- Step 6: the swap. With every lock taken at once, applies the last logged changes, puts
 -- the new table in the old one's place with its name, indexes, keys, triggers (ours
 -- included), policies, grants, owner, comment, views over it and sequences, replaces the
 -- foreign keys that pointed at it, drops the old table and schedules chunk maintenance.
@@ -880,7 +887,7 @@ END
 $$;
 
 -- One step of conversion `id`, as its own transaction in online mode; returns the status
--- reached. A step copies or applies at most `batch` rows.
+-- reached. A step copies about `batch` rows (batch / 50 blocks) or applies `batch` changes.
 CREATE FUNCTION analytics._conversion_step(id int, batch int DEFAULT 50000) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -889,9 +896,10 @@ BEGIN
     SELECT * INTO STRICT c FROM analytics.hypertable_conversions WHERE conversion_id = id;
     c := CASE c.status
         WHEN 'starting' THEN analytics._conversion_start(c)
-        WHEN 'copying' THEN analytics._conversion_copy(c, CASE WHEN c.online THEN batch END)
+        WHEN 'copying' THEN analytics._conversion_copy(c, CASE WHEN c.online THEN greatest(batch / 50, 1) END)
         WHEN 'indexing' THEN analytics._conversion_index(c)
-        WHEN 'catching_up' THEN analytics._conversion_apply_log(c, batch)
+        -- before the keys are built, all changes logged during the copy at once
+        WHEN 'catching_up' THEN analytics._conversion_apply_log(c, CASE WHEN c.indexed THEN batch END)
         WHEN 'swapping' THEN analytics._conversion_swap(c)
         ELSE c END;
     PERFORM analytics._save_conversion(c);
