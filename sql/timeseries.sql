@@ -502,6 +502,12 @@ LANGUAGE sql STABLE AS $$
     LIMIT 1
 $$;
 
+-- What the log records of a changed row: its key and its time (where its copy is).
+CREATE FUNCTION analytics._logged_columns(c analytics.hypertable_conversions) RETURNS name[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN c.time_column = ANY (c.key_columns) THEN c.key_columns ELSE c.key_columns || c.time_column END
+$$;
+
 CREATE FUNCTION analytics._key_list(columns name[], alias text DEFAULT NULL) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT string_agg(CASE WHEN alias IS NULL THEN quote_ident(c) ELSE alias || '.' || quote_ident(c) END, ', ')
@@ -570,20 +576,20 @@ BEGIN
                    (SELECT relowner::regrole::text FROM pg_class WHERE oid = c.relation));
     PERFORM analytics._maintain_chunks(h);
     IF c.online THEN
-        EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', names.log_table, analytics._key_list(c.key_columns),
+        EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', names.log_table, analytics._key_list(analytics._logged_columns(c)),
                        names.old_table);
         -- CREATE TRIGGER holds POS writes back until this step commits: measured.
         locked_at := clock_timestamp();
         PERFORM analytics._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
         EXECUTE format('CREATE TRIGGER lacaja_conversion_log_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
                         FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
-                       names.old_table, names.log_table, analytics._key_list(c.key_columns));
+                       names.old_table, names.log_table, analytics._key_list(analytics._logged_columns(c)));
         EXECUTE format('CREATE TRIGGER lacaja_conversion_log_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
                         FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
-                       names.old_table, names.log_table, analytics._key_list(c.key_columns));
+                       names.old_table, names.log_table, analytics._key_list(analytics._logged_columns(c)));
         EXECUTE format('CREATE TRIGGER lacaja_conversion_log_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
                         FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
-                       names.old_table, names.log_table, analytics._key_list(c.key_columns));
+                       names.old_table, names.log_table, analytics._key_list(analytics._logged_columns(c)));
         c.longest_lock_ms := round(extract(epoch FROM clock_timestamp() - locked_at) * 1000, 1);
     END IF;
     c.hypertable_id := h.hypertable_id;
@@ -696,25 +702,39 @@ DECLARE
     names record := analytics._conversion_names(c);
     columns text := analytics._stored_columns(c.relation);
     keys text := analytics._key_list(c.key_columns);
+    logged text := analytics._key_list(analytics._logged_columns(c));
+    h analytics.hypertables := (SELECT t FROM analytics.hypertables t WHERE t.hypertable_id = c.hypertable_id);
+    part text;
     applied bigint;
     remaining bigint;
 BEGIN
     EXECUTE format($q$CREATE TEMP TABLE lacaja_changed ON COMMIT DROP AS
                       WITH taken AS (DELETE FROM %1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s %3$s)) RETURNING %2$s)
                       SELECT DISTINCT %2$s FROM taken$q$,
-                   names.log_table, keys, CASE WHEN batch IS NULL THEN '' ELSE 'LIMIT ' || batch END);
+                   names.log_table, logged, CASE WHEN batch IS NULL THEN '' ELSE 'LIMIT ' || batch END);
     GET DIAGNOSTICS applied = ROW_COUNT;
-    EXECUTE format('DELETE FROM %s AS s USING lacaja_changed AS k WHERE (%s) = (%s)', names.staging,
-                   analytics._key_list(c.key_columns, 's'), analytics._key_list(c.key_columns, 'k'));
-    EXECUTE format('INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM ONLY %4$s AS o JOIN lacaja_changed AS k ON (%5$s) = (%6$s)',
+    ANALYZE lacaja_changed;
+    -- Chunk by chunk, by key and time: a statement on the parent would plan every chunk.
+    FOR part IN EXECUTE format(
+        $q$SELECT ch.chunk::text FROM analytics.chunks ch
+           WHERE ch.hypertable_id = $1 AND EXISTS (SELECT 1 FROM lacaja_changed k WHERE %1$s >= ch.range_start AND %1$s < ch.range_end)
+           UNION ALL SELECT format('%%I.%%I', $2, $3)$q$,
+        analytics._as_instant_sql(h, 'k.' || quote_ident(c.time_column)))
+        USING c.hypertable_id, c.schema_name, analytics._default_partition_name(h)
+    LOOP
+        EXECUTE format('DELETE FROM %s AS s USING lacaja_changed AS k WHERE (%s) = (%s)', part,
+                       analytics._key_list(analytics._logged_columns(c), 's'), analytics._key_list(analytics._logged_columns(c), 'k'));
+    END LOOP;
+    EXECUTE format('INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM ONLY %4$s AS o
+                    WHERE (%5$s) IN (SELECT %6$s FROM lacaja_changed)',
                    names.staging, columns, analytics._stored_columns(c.relation, 'o'),
-                   names.old_table, analytics._key_list(c.key_columns, 'o'), analytics._key_list(c.key_columns, 'k'));
+                   names.old_table, analytics._key_list(c.key_columns, 'o'), keys);
     DROP TABLE lacaja_changed;
     c.changes_applied := c.changes_applied + applied;
-    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT 5001) AS l', names.log_table) INTO remaining;
+    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT 1001) AS l', names.log_table) INTO remaining;
     IF NOT c.indexed THEN
         c.status := 'indexing';  -- every change made during the copy is applied: no key has two rows
-    ELSIF remaining <= 5000 THEN
+    ELSIF remaining <= 1000 THEN
         c.status := 'swapping';
     END IF;
     RETURN c;

@@ -7,6 +7,8 @@
 //! plain SQL over LA-CAJA's tables for the dashboard, the same POS transactions with the
 //! capture triggers detached for the write path, REFRESH MATERIALIZED VIEW for freshness.
 
+mod timeseries;
+
 use postgres::{Client, NoTls};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -28,6 +30,7 @@ struct Args {
     output: String,
     server: String,
     command: String,
+    events: Option<u64>,
 }
 
 fn parse_count(text: &str) -> u64 {
@@ -44,7 +47,9 @@ fn parse_count(text: &str) -> u64 {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: scripts/bench.sh [--sales 100k|1M|10M] [--stores N] [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
-         Builds the database lacaja_bench on the local cluster and rewrites docs/benchmarks.md (or FILE)."
+         \x20      scripts/bench.sh --events 50M [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
+         Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\
+         (or FILE; --events rewrites only its own section)."
     );
     std::process::exit(2)
 }
@@ -56,7 +61,7 @@ impl Args {
         let mut i = 0;
         while i < raw.len() {
             let key = raw[i].trim_start_matches("--").to_string();
-            if !["sales", "stores", "days", "duration", "runs", "output"].contains(&key.as_str()) {
+            if !["sales", "stores", "days", "duration", "runs", "output", "events"].contains(&key.as_str()) {
                 usage(&format!("unknown option {}", raw[i]));
             }
             let value = raw.get(i + 1).unwrap_or_else(|| usage(&format!("{} needs a value", raw[i])));
@@ -76,6 +81,7 @@ impl Args {
             server: std::env::var("LACAJA_BENCH_SERVER")
                 .unwrap_or_else(|_| "host=127.0.0.1 port=55432 user=postgres".into()),
             command: format!("scripts/bench.sh {}", raw.join(" ")).trim().to_string(),
+            events: given.get("events").map(|s| parse_count(s)),
         }
     }
 }
@@ -425,6 +431,10 @@ fn machine(db: &mut Client) -> String {
 
 fn main() {
     let args = Args::parse();
+    if let Some(events) = args.events {
+        timeseries::run(&args.server, events, args.days, args.duration, args.runs, &args.command, &args.output);
+        return;
+    }
     let started = Instant::now();
     let mut admin = connect(&args.server, "postgres");
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
@@ -623,6 +633,10 @@ fn main() {
     md.push_str(LIMITS);
 
     let output = bench.args.output.clone();
+    // The events benchmark is its own command; its section stays as it last wrote it.
+    if let Some(section) = timeseries::current_section(&output) {
+        let _ = write!(md, "\n{section}\n");
+    }
     std::fs::write(&output, md).unwrap_or_else(|e| panic!("cannot write {output}: {e}"));
     eprintln!("==> {output} rewritten ({:.0} s in all)", started.elapsed().as_secs_f64());
 }
