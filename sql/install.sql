@@ -6,7 +6,7 @@ SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.compat_replaced', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.jobs', 'WHERE job_id >= 1000');
 SELECT pg_catalog.pg_extension_config_dump('analytics.jobs_job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables', '');
@@ -29,6 +29,12 @@ REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics
     analytics._claim_due_job(), analytics._record_job_run(int, text, text), analytics._recover_crashed_runs(),
     analytics._execute_job(int), analytics.run_pending_jobs(), analytics._fk_check_parent(), analytics._fk_parent_action() FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE analytics.run_job(int) FROM PUBLIC;
+
+-- The extension's own job: fold the parts writing sessions leave, every 10 minutes.
+INSERT INTO analytics.jobs (job_id, application_name, proc, schedule_interval, retry_period, fixed_schedule, initial_start, next_start)
+VALUES (1, 'Compact Rollup Parts [1]', 'analytics.policy_compact_parts'::regproc, interval '10 minutes', interval '1 minute',
+        true, now(), now() + interval '10 minutes');
+INSERT INTO analytics.job_run_state (job_id) VALUES (1);
 
 -- Attach at once when LA-CAJA's tables are already there.
 DO $$

@@ -24,6 +24,7 @@ CREATE TABLE analytics.jobs (
     hypertable        regclass,
     next_start        timestamptz NOT NULL
 );
+-- Jobs below 1000 are the extension's own (created at install, not dumped); users' start at 1000.
 ALTER SEQUENCE analytics.jobs_job_id_seq RESTART WITH 1000;
 COMMENT ON TABLE analytics.jobs IS 'Scheduled jobs (TimescaleDB''s add_job API); the scheduler worker runs the due ones.';
 
@@ -109,30 +110,52 @@ BEGIN
         RAISE EXCEPTION 'job procedure % must take (job_id int, config jsonb)', proc
             USING HINT = 'Declare it as CREATE PROCEDURE name(job_id int, config jsonb) (or a function with those arguments).';
     END IF;
-    IF NOT has_function_privilege(proc, 'EXECUTE') THEN
-        RAISE EXCEPTION 'permission denied to execute %', proc;
+    IF NOT has_function_privilege(session_user, proc, 'EXECUTE') THEN
+        RAISE EXCEPTION 'permission denied to execute %', proc USING ERRCODE = 'insufficient_privilege';
     END IF;
 END
 $$;
 
+-- add_job and alter_job run as the caller (a check_config function is the caller's code);
+-- only the writes to analytics.jobs go through the SECURITY DEFINER functions below.
 CREATE FUNCTION analytics.add_job(proc regproc, schedule_interval interval, config jsonb DEFAULT NULL,
                                   initial_start timestamptz DEFAULT NULL, scheduled boolean DEFAULT true,
                                   check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT true,
                                   timezone text DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM analytics._check_job_settings(proc, schedule_interval, timezone);
+    IF check_config IS NOT NULL THEN
+        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING config;
+    END IF;
+    RETURN analytics._insert_job(proc, schedule_interval, config, initial_start, scheduled, fixed_schedule, timezone);
+END
+$$;
+
+CREATE FUNCTION analytics._check_job_settings(proc regproc, schedule_interval interval, timezone text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM analytics._check_job_proc(proc);
+    IF schedule_interval IS NULL OR schedule_interval <= interval '0' THEN
+        RAISE EXCEPTION 'schedule_interval must be positive, not %', coalesce(schedule_interval::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timezone IS NOT NULL AND NOT analytics.is_valid_timezone(timezone) THEN
+        RAISE EXCEPTION 'unknown time zone: %', timezone USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use a name from pg_timezone_names.';
+    END IF;
+END
+$$;
+
+-- The job runs as the role that logged in (session_user): a job never runs with more rights
+-- than its author had.
+CREATE FUNCTION analytics._insert_job(proc regproc, schedule_interval interval, config jsonb, initial_start timestamptz,
+                                      scheduled boolean, fixed_schedule boolean, timezone text)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id int;
 BEGIN
-    PERFORM analytics._check_job_proc(proc);
-    IF schedule_interval IS NULL OR schedule_interval <= interval '0' THEN
-        RAISE EXCEPTION 'schedule_interval must be positive, not %', coalesce(schedule_interval::text, 'NULL');
-    END IF;
-    IF timezone IS NOT NULL AND NOT analytics.is_valid_timezone(timezone) THEN
-        RAISE EXCEPTION 'unknown time zone: %', timezone USING HINT = 'Use a name from pg_timezone_names.';
-    END IF;
-    IF check_config IS NOT NULL THEN
-        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING config;
-    END IF;
+    PERFORM analytics._check_job_settings(proc, schedule_interval, timezone);
     INSERT INTO analytics.jobs (application_name, proc, owner, schedule_interval, retry_period, config, scheduled,
                                 fixed_schedule, initial_start, timezone, next_start)
     VALUES ('', proc, session_user::regrole, schedule_interval, least(schedule_interval, interval '5 minutes'), config,
@@ -147,7 +170,7 @@ $$;
 
 -- Jobs a role may change: its own, unless it is a superuser.
 CREATE FUNCTION analytics._owned_job(id int, if_exists boolean DEFAULT false) RETURNS analytics.jobs
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j analytics.jobs;
 BEGIN
@@ -181,34 +204,43 @@ CREATE FUNCTION analytics.alter_job(job_id int, schedule_interval interval DEFAU
                                     check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT NULL,
                                     initial_start timestamptz DEFAULT NULL, timezone text DEFAULT NULL)
 RETURNS SETOF analytics.job_settings
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j analytics.jobs := analytics._owned_job(alter_job.job_id, if_exists);
 BEGIN
     IF j.job_id IS NULL THEN
         RETURN;
     END IF;
-    IF alter_job.timezone IS NOT NULL AND NOT analytics.is_valid_timezone(alter_job.timezone) THEN
-        RAISE EXCEPTION 'unknown time zone: %', alter_job.timezone;
-    END IF;
+    j.schedule_interval := coalesce(alter_job.schedule_interval, j.schedule_interval);
+    j.max_runtime := coalesce(alter_job.max_runtime, j.max_runtime);
+    j.max_retries := coalesce(alter_job.max_retries, j.max_retries);
+    j.retry_period := coalesce(alter_job.retry_period, j.retry_period);
+    j.scheduled := coalesce(alter_job.scheduled, j.scheduled);
+    j.config := coalesce(alter_job.config, j.config);
+    j.fixed_schedule := coalesce(alter_job.fixed_schedule, j.fixed_schedule);
+    j.initial_start := coalesce(alter_job.initial_start, j.initial_start);
+    j.timezone := coalesce(alter_job.timezone, j.timezone);
+    j.next_start := coalesce(alter_job.next_start, alter_job.initial_start, j.next_start);
+    PERFORM analytics._check_job_settings(j.proc, j.schedule_interval, j.timezone);
     IF check_config IS NOT NULL THEN
-        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING coalesce(alter_job.config, j.config);
+        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING j.config;
     END IF;
+    PERFORM analytics._save_job(j);
+    RETURN QUERY SELECT j.job_id, j.schedule_interval, j.max_runtime, j.max_retries, j.retry_period, j.scheduled, j.config,
+                        j.next_start, check_config::text, j.fixed_schedule, j.initial_start, j.timezone;
+END
+$$;
+
+-- Writes the settings of a job its caller may change (never its procedure or owner).
+CREATE FUNCTION analytics._save_job(j analytics.jobs) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM analytics._owned_job(j.job_id);
     UPDATE analytics.jobs AS t SET
-        schedule_interval = coalesce(alter_job.schedule_interval, t.schedule_interval),
-        max_runtime = coalesce(alter_job.max_runtime, t.max_runtime),
-        max_retries = coalesce(alter_job.max_retries, t.max_retries),
-        retry_period = coalesce(alter_job.retry_period, t.retry_period),
-        scheduled = coalesce(alter_job.scheduled, t.scheduled),
-        config = coalesce(alter_job.config, t.config),
-        fixed_schedule = coalesce(alter_job.fixed_schedule, t.fixed_schedule),
-        initial_start = coalesce(alter_job.initial_start, t.initial_start),
-        timezone = coalesce(alter_job.timezone, t.timezone),
-        next_start = coalesce(alter_job.next_start, alter_job.initial_start, t.next_start)
+        schedule_interval = j.schedule_interval, max_runtime = j.max_runtime, max_retries = j.max_retries,
+        retry_period = j.retry_period, scheduled = j.scheduled, config = j.config, fixed_schedule = j.fixed_schedule,
+        initial_start = j.initial_start, timezone = j.timezone, next_start = j.next_start
     WHERE t.job_id = j.job_id;
-    RETURN QUERY SELECT t.job_id, t.schedule_interval, t.max_runtime, t.max_retries, t.retry_period, t.scheduled, t.config,
-                        t.next_start, check_config::text, t.fixed_schedule, t.initial_start, t.timezone
-                 FROM analytics.jobs t WHERE t.job_id = j.job_id;
 END
 $$;
 
@@ -226,6 +258,8 @@ $$;
 -- before the job runs, so that a crash during the job is seen afterwards.
 CREATE FUNCTION analytics._claim_due_job() RETURNS int
 LANGUAGE sql AS $$
+    -- jobs restored by pg_restore come without their run state
+    INSERT INTO analytics.job_run_state (job_id) SELECT j.job_id FROM analytics.jobs j ON CONFLICT DO NOTHING;
     WITH due AS (
         SELECT j.job_id FROM analytics.jobs j
         JOIN analytics.job_run_state s USING (job_id)
@@ -357,6 +391,7 @@ DECLARE
     message text;
 BEGIN
     PERFORM analytics._recover_crashed_runs();
+    INSERT INTO analytics.job_run_state (job_id) SELECT j.job_id FROM analytics.jobs j ON CONFLICT DO NOTHING;
     LOOP
         SELECT j.job_id INTO id FROM analytics.jobs j JOIN analytics.job_run_state s USING (job_id)
         WHERE j.scheduled AND j.next_start <= now() AND s.running_pid IS NULL

@@ -863,6 +863,43 @@ BEGIN
 END
 $$;
 
+-- Folds the parts that writing sessions left (shards > 0) into shard 0, so that readers sum
+-- one row per key again. The sums never change: each statement deletes parts and adds them to
+-- shard 0 in one transaction. Parts a session is writing right now are skipped (SKIP LOCKED),
+-- so no sale waits for it, and a session whose part was folded simply starts a new one.
+-- At most `max_rows` parts per rollup per call; the compaction job calls it every few minutes.
+CREATE FUNCTION analytics.compact_parts(max_rows int DEFAULT 200000) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c analytics.rollup_catalog;
+    folded jsonb := '{}';
+    n bigint;
+BEGIN
+    -- shard 0 has one writer at a time: repairs and this
+    PERFORM pg_advisory_xact_lock(1279345482, 1);
+    FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+        EXECUTE format('WITH moved AS (DELETE FROM %1$s AS m
+                                       WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM %1$s WHERE shard <> 0 LIMIT %2$s FOR UPDATE SKIP LOCKED))
+                                       RETURNING m.*) %3$s',
+            c.parts, max_rows,
+            analytics._add_to_parts_sql(c, format('SELECT %s, %s FROM moved GROUP BY %s',
+                (SELECT string_agg(format('%I', k), ', ') FROM unnest(c.keys) AS k),
+                (SELECT string_agg(format('sum(%1$I) AS %1$I', v), ', ') FROM unnest(c.vals) AS v),
+                (SELECT string_agg(format('%I', k), ', ') FROM unnest(c.keys) AS k)), '0', false));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        folded := folded || jsonb_build_object(c.name, n);
+    END LOOP;
+    RETURN jsonb_build_object('keys_folded', folded);
+END
+$$;
+
+CREATE PROCEDURE analytics.policy_compact_parts(job_id int, config jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM analytics.compact_parts(coalesce((config ->> 'max_rows')::int, 200000));
+END
+$$;
+
 CREATE FUNCTION analytics.refresh_all() RETURNS jsonb
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT analytics._repair(NULL)

@@ -447,7 +447,6 @@ CREATE TABLE analytics.hypertable_conversions (
 );
 COMMENT ON TABLE analytics.hypertable_conversions IS
     'Every create_hypertable: how far it got, rows copied, changes applied while copying, the longest time it held POS writes back.';
-GRANT SELECT ON analytics.hypertable_conversions TO PUBLIC;
 
 CREATE FUNCTION analytics._save_conversion(c analytics.hypertable_conversions) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -914,6 +913,11 @@ DECLARE
     c analytics.hypertable_conversions;
 BEGIN
     SELECT * INTO STRICT c FROM analytics.hypertable_conversions WHERE conversion_id = id;
+    -- A caller that gave up (cancelled, disconnected) takes the conversion with it.
+    IF c.online AND c.status NOT IN ('done', 'failed')
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.caller_pid AND a.state = 'active') THEN
+        RAISE EXCEPTION 'create_hypertable(%) was cancelled by its caller', c.table_name USING ERRCODE = 'query_canceled';
+    END IF;
     c := CASE c.status
         WHEN 'starting' THEN analytics._conversion_start(c)
         WHEN 'copying' THEN analytics._conversion_copy(c, CASE WHEN c.online THEN greatest(batch / 50, 1) END)

@@ -832,4 +832,99 @@ mod tests {
         // unrelated parents delete freely; the row with no children too
         run("DELETE FROM fk.parent WHERE id = 6");
     }
+
+    #[pg_test]
+    fn create_hypertable_keeps_what_the_table_had() {
+        outcome_helper();
+        run("CREATE ROLE lacaja_ht_reader; CREATE ROLE lacaja_ht_clerk;
+             CREATE SCHEMA ht;
+             CREATE TABLE ht.shops (id int PRIMARY KEY);
+             INSERT INTO ht.shops VALUES (1), (2);
+             CREATE TABLE ht.readings (
+                 id bigserial PRIMARY KEY,
+                 shop int NOT NULL REFERENCES ht.shops,
+                 at timestamptz NOT NULL DEFAULT now(),
+                 value numeric NOT NULL CHECK (value >= 0),
+                 doubled numeric GENERATED ALWAYS AS (value * 2) STORED,
+                 note text DEFAULT 'none');
+             COMMENT ON TABLE ht.readings IS 'meter readings';
+             CREATE INDEX readings_shop_at ON ht.readings (shop, at DESC) WHERE value > 0;
+             GRANT SELECT ON ht.readings TO lacaja_ht_reader;
+             GRANT INSERT, SELECT ON ht.readings TO lacaja_ht_clerk;
+             ALTER TABLE ht.readings ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY shop_one ON ht.readings FOR SELECT TO lacaja_ht_reader USING (shop = 1);
+             CREATE POLICY clerk_all ON ht.readings TO lacaja_ht_clerk USING (true) WITH CHECK (value < 1000);
+             CREATE VIEW ht.big_readings AS SELECT id, value FROM ht.readings WHERE value > 5;
+             GRANT SELECT ON ht.big_readings TO lacaja_ht_reader;
+             GRANT USAGE ON SCHEMA ht TO lacaja_ht_reader, lacaja_ht_clerk;
+             GRANT USAGE ON SEQUENCE ht.readings_id_seq TO lacaja_ht_clerk;
+             INSERT INTO ht.readings (shop, at, value) SELECT 1 + i % 2, '2026-01-01'::timestamptz + i * interval '5 hours', i
+             FROM generate_series(1, 40) i;");
+        // In a transaction block the conversion runs in place (online needs its own transactions).
+        run("SELECT analytics.create_hypertable('ht.readings', 'at', INTERVAL '1 day', migrate_data => true, extend_unique => true)");
+        let kind: String = scalar("SELECT relkind::text FROM pg_class WHERE oid = 'ht.readings'::regclass").unwrap();
+        assert_eq!(kind, "p");
+        let count: i64 = scalar("SELECT count(*) FROM ht.readings").unwrap();
+        assert_eq!(count, 40);
+        // defaults, serial, generated column, check constraint, outbound foreign key
+        run("INSERT INTO ht.readings (shop, value) VALUES (2, 3)");
+        let (next_id, doubled, note): (Option<i64>, Option<pgrx::AnyNumeric>, Option<String>) =
+            Spi::get_three("SELECT id, doubled, note FROM ht.readings WHERE value = 3 AND at > '2026-06-01'").unwrap();
+        assert_eq!(next_id, Some(41), "the serial keeps counting");
+        assert_eq!(doubled.unwrap().to_string(), "6");
+        assert_eq!(note.as_deref(), Some("none"));
+        assert_fails("INSERT INTO ht.readings (shop, value) VALUES (1, -1)", "23514");
+        assert_fails("INSERT INTO ht.readings (shop, value) VALUES (9, 1)", "23503");
+        assert_fails("INSERT INTO ht.readings (id, shop, at, value) SELECT id, shop, at, 1 FROM ht.readings LIMIT 1", "23505");
+        // indexes (partial, descending), the key extended by the time column, the default time index
+        let indexes: String = scalar(
+            "SELECT string_agg(pg_get_indexdef(indexrelid), ' | ' ORDER BY indexrelid::regclass::text) FROM pg_index
+             WHERE indrelid = 'ht.readings'::regclass",
+        )
+        .unwrap();
+        assert!(indexes.contains("readings_shop_at ON ONLY ht.readings USING btree (shop, at DESC) WHERE (value > (0)::numeric)"), "{indexes}");
+        assert!(indexes.contains("readings_pkey ON ONLY ht.readings USING btree (id, at)"), "{indexes}");
+        assert!(indexes.contains("(at DESC)"), "{indexes}");
+        // grants, row-level security and its policies, comment, owner, the view over it
+        let comment: String = scalar("SELECT obj_description('ht.readings'::regclass, 'pg_class')").unwrap();
+        assert_eq!(comment, "meter readings");
+        run("SET LOCAL ROLE lacaja_ht_reader");
+        let visible: i64 = scalar("SELECT count(*) FROM ht.readings").unwrap();
+        let through_view: i64 = scalar("SELECT count(*) FROM ht.big_readings").unwrap();
+        run("RESET ROLE");
+        let shop_one: i64 = scalar("SELECT count(*) FROM ht.readings WHERE shop = 1").unwrap();
+        assert_eq!(visible, shop_one, "the policy still filters the reader");
+        assert!(through_view > 0, "the view reads the new table");
+        run("SET LOCAL ROLE lacaja_ht_clerk");
+        run("INSERT INTO ht.readings (shop, value) VALUES (1, 10)");
+        let refused: String = scalar("SELECT pg_temp.analytics_test_outcome('INSERT INTO ht.readings (shop, value) VALUES (1, 5000)')").unwrap();
+        run("RESET ROLE");
+        assert_eq!(refused, "42501", "the clerk's WITH CHECK policy still applies");
+        let view_reads_new: bool = scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON d.objid = r.oid
+                            WHERE r.ev_class = 'ht.big_readings'::regclass AND d.refobjid = 'ht.readings'::regclass)",
+        )
+        .unwrap();
+        assert!(view_reads_new);
+        let leftovers: i64 = scalar(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'ht'::regnamespace AND relname LIKE '%lacaja%'",
+        )
+        .unwrap();
+        assert_eq!(leftovers, 0);
+        // retention: refused where it would be wrong, allowed and said elsewhere
+        lacaja_pos();
+        run("SELECT analytics.create_hypertable('pos.inventory_movements', 'happened_at', INTERVAL '1 day', extend_unique => true)");
+        let refusal: String = scalar(
+            "SELECT pg_temp.analytics_test_message('SELECT analytics.add_retention_policy(''pos.inventory_movements'', INTERVAL ''1 year'')')",
+        )
+        .unwrap();
+        assert!(refusal.contains("stock"), "{refusal}");
+        let job: i32 = scalar("SELECT analytics.add_retention_policy('ht.readings', INTERVAL '30 days')").unwrap();
+        assert!(job >= 1000);
+        assert_fails("SELECT analytics.add_retention_policy('ht.readings', INTERVAL '30 days')", "42710");
+        let dropped: i64 = scalar("SELECT count(*) FROM analytics.drop_chunks('ht.readings', '2026-01-05'::timestamptz)").unwrap();
+        assert!(dropped >= 3);
+        let left: i64 = scalar("SELECT count(*) FROM ht.readings WHERE at < '2026-01-05'").unwrap();
+        assert_eq!(left, 0);
+    }
 }

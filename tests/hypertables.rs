@@ -217,6 +217,35 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
         .get(0);
     assert_eq!(orphans, 0, "ON DELETE CASCADE must still remove a deleted sale's items");
 
+    // Sales written with the triggers off (a restore) are found and repaired by a
+    // continuous-aggregate policy over its window.
+    let mut blind = connect(database);
+    blind
+        .batch_execute(&format!(
+            "SET session_replication_role = replica;
+             INSERT INTO sales (id, store_id, sold_at, totals, payment)
+             SELECT gen_random_uuid(), '{a}', now() - i * interval '7 hours', '{{\"total_bs\": 12.5}}', '{{\"method\": \"CASH_BS\"}}'
+             FROM generate_series(1, 20) i;",
+            a = STORES[1].0
+        ))
+        .unwrap();
+    let broken: i64 = db.query_one("SELECT count(*) FROM analytics.verify()", &[]).unwrap().get(0);
+    assert!(broken > 0, "verify() must see the blind writes");
+    let policy: i32 = db
+        .query_one(
+            "SELECT analytics.add_continuous_aggregate_policy('analytics.sales_daily', INTERVAL '10 days', INTERVAL '0 hours', INTERVAL '1 hour')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.execute("CALL analytics.run_job($1)", &[&policy]).unwrap();
+    assert_exact(&mut db, seed, "after the continuous-aggregate policy repaired its window");
+    let refused = error_of(
+        &mut db,
+        "SELECT analytics.add_continuous_aggregate_policy('analytics.sales_daily', INTERVAL '1 hour', INTERVAL '2 hours', INTERVAL '1 hour')",
+    );
+    assert!(refused.contains("already exists") || refused.contains("window too small"), "{refused}");
+
     // Retention drops whole chunks of sales; every rollup keeps those days.
     let whole = rollup_fingerprint(&mut db);
     let dropped: i64 = db

@@ -52,6 +52,8 @@ fn randomised_concurrent_workload_matches_oracle() {
     let writers = run_sessions(database, seed ^ 0x5EED, 3, 1_500, &shared);
     for round in 0..3 {
         thread::sleep(std::time::Duration::from_millis(300));
+        // The compaction job's work, while sessions keep writing their parts.
+        db.execute("SELECT analytics.compact_parts(2000)", &[]).unwrap();
         if round == 1 {
             db.execute("SELECT analytics.refresh_store($1::text::uuid)", &[&STORES[1].0]).unwrap();
         } else {
@@ -61,7 +63,14 @@ fn randomised_concurrent_workload_matches_oracle() {
     for handle in writers {
         handle.join().expect("a POS session failed during refresh");
     }
-    assert_exact(&mut db, seed, "after refresh_all() ran while sessions kept writing");
+    assert_exact(&mut db, seed, "after refresh_all() and compact_parts() ran while sessions kept writing");
+    db.execute("SELECT analytics.compact_parts()", &[]).unwrap();
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM analytics.sales_daily_parts WHERE shard <> 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "with no session writing, compaction folds every part into shard 0");
+    assert_exact(&mut db, seed, "after compacting every part");
 }
 
 #[test]
