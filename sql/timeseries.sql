@@ -380,6 +380,12 @@ LANGUAGE sql STABLE AS $$
         WHERE d.refobjid = relation AND v.oid <> relation AND v.relkind = 'm'
         GROUP BY v.oid
         UNION ALL
+        SELECT format('temporary view %s of another session reads %s; wait for that session to end', v.oid::regclass, relation)
+        FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+        JOIN pg_class v ON v.oid = r.ev_class
+        WHERE d.refobjid = relation AND v.relkind = 'v' AND v.relpersistence = 't' AND v.relnamespace <> pg_my_temp_schema()
+        GROUP BY v.oid
+        UNION ALL
         SELECT format('function %s has a SQL body that reads %s; drop it and create it again afterwards', p.oid::regprocedure, relation)
         FROM pg_depend d JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
         WHERE d.refobjid = relation
@@ -836,11 +842,12 @@ BEGIN
     END IF;
     -- Views over the table follow it to the new one (same definition, grants and owner kept).
     views := ARRAY(
-        SELECT format('CREATE OR REPLACE VIEW %s AS %s', v.oid::regclass, pg_get_viewdef(v.oid))
+        SELECT format('CREATE OR REPLACE VIEW %I.%I%s AS %s', n.nspname, v.relname,
+                      ' WITH (' || array_to_string(v.reloptions, ', ') || ')', pg_get_viewdef(v.oid))
         FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-        JOIN pg_class v ON v.oid = r.ev_class
+        JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
         WHERE d.refobjid = c.relation AND v.oid <> c.relation AND v.relkind = 'v'
-        GROUP BY v.oid ORDER BY v.oid);
+        GROUP BY v.oid, n.nspname ORDER BY v.oid);
     fk_constraints := ARRAY(SELECT k.oid FROM pg_constraint k WHERE k.confrelid = c.relation AND k.contype = 'f'
                             AND k.conrelid <> c.relation);
 
@@ -1070,10 +1077,10 @@ BEGIN
         END LOOP;
         SELECT * INTO c FROM analytics.hypertable_conversions t WHERE t.conversion_id = c.conversion_id;
     END IF;
-    RAISE NOTICE 'converted % into a hypertable in % ms (% rows%; longest hold on POS writes: % ms)', relation,
+    RAISE NOTICE 'converted %.% into a hypertable in % ms (% rows%; POS writes held back: %)', quote_ident(rel.nspname), quote_ident(rel.relname),
         round(extract(epoch FROM clock_timestamp() - started) * 1000),
         c.rows_copied, CASE WHEN c.online THEN format(', %s changes made meanwhile applied', c.changes_applied) ELSE '' END,
-        coalesce(c.longest_lock_ms::text, 'all of it');
+        coalesce(c.longest_lock_ms::text || ' ms', 'until this transaction commits');
     RETURN QUERY SELECT c.hypertable_id, rel.nspname, rel.relname, true;
 END
 $$;

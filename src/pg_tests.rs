@@ -835,6 +835,7 @@ mod tests {
 
     #[pg_test]
     fn create_hypertable_keeps_what_the_table_had() {
+        lacaja_pos();
         outcome_helper();
         run("CREATE ROLE lacaja_ht_reader; CREATE ROLE lacaja_ht_clerk;
              CREATE SCHEMA ht;
@@ -861,7 +862,10 @@ mod tests {
              INSERT INTO ht.readings (shop, at, value) SELECT 1 + i % 2, '2026-01-01'::timestamptz + i * interval '5 hours', i
              FROM generate_series(1, 40) i;");
         // In a transaction block the conversion runs in place (online needs its own transactions).
+        let path_before: String = scalar("SELECT current_setting('search_path')").unwrap();
         run("SELECT analytics.create_hypertable('ht.readings', 'at', INTERVAL '1 day', migrate_data => true, extend_unique => true)");
+        let path_after: String = scalar("SELECT current_setting('search_path')").unwrap();
+        assert_eq!(path_before, path_after);
         let kind: String = scalar("SELECT relkind::text FROM pg_class WHERE oid = 'ht.readings'::regclass").unwrap();
         assert_eq!(kind, "p");
         let count: i64 = scalar("SELECT count(*) FROM ht.readings").unwrap();
@@ -912,7 +916,6 @@ mod tests {
         .unwrap();
         assert_eq!(leftovers, 0);
         // retention: refused where it would be wrong, allowed and said elsewhere
-        lacaja_pos();
         run("SELECT analytics.create_hypertable('pos.inventory_movements', 'happened_at', INTERVAL '1 day', extend_unique => true)");
         let refusal: String = scalar(
             "SELECT pg_temp.analytics_test_message('SELECT analytics.add_retention_policy(''pos.inventory_movements'', INTERVAL ''1 year'')')",
