@@ -54,13 +54,14 @@ q -At -c "INSERT INTO sales (id, store_id, sold_at, totals, payment)
           SELECT gen_random_uuid(), id, now() - interval '400 days', '{\"total_bs\": 36.5, \"total_usd\": 1}', '{\"method\": \"CASH_BS\"}'
           FROM stores ORDER BY id LIMIT 1;
           SELECT '    rows waiting in sales_default: ' || count(*) FROM sales_default"
-q -At -c "SELECT '    jobs run now (the scheduler does it when lacaja_analytics.database names this database): ' || analytics.run_pending_jobs()"
+q -At -c "SELECT '    jobs run now (the scheduler does it when lacaja_analytics.database names this database): ' || analytics.run_pending_jobs()::text"
 q -At -c "SELECT '    rows waiting in sales_default: ' || count(*) FROM sales_default"
 q -c "SELECT job_id, application_name, last_run_status, next_start::timestamp(0) FROM analytics.job_stats ORDER BY job_id"
 echo "==> weekly sales per store with analytics.time_bucket (local weeks, Monday to Sunday)"
-q -c "SELECT s.name AS store, analytics.time_bucket('1 week', x.sold_at, analytics.store_timezone(x.store_id))::date AS week,
+q -c "SELECT s.name AS store, (analytics.time_bucket('1 week', x.sold_at, z.tz) AT TIME ZONE z.tz)::date AS week,
              count(*) AS sales
       FROM sales x JOIN stores s ON s.id = x.store_id
+      CROSS JOIN LATERAL (SELECT analytics.store_timezone(x.store_id) AS tz) z
       WHERE x.voided_at IS NULL AND x.sold_at >= now() - interval '21 days'
       GROUP BY 1, 2 ORDER BY 1, 2"
 q -At -c "SELECT 'analytics.verify() after the conversion: ' || count(*) || ' differences' FROM analytics.verify()"
