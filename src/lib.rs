@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod anomaly;
 mod guc;
 mod hypertable;
 mod indexes;
@@ -47,6 +48,7 @@ pgrx::extension_sql_file!(
         hypertable::_start_conversion_worker
     ]
 );
+pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires = ["timeseries"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]

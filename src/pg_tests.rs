@@ -930,4 +930,111 @@ mod tests {
         let left: i64 = scalar("SELECT count(*) FROM ht.readings WHERE at < '2026-01-05'").unwrap();
         assert_eq!(left, 0);
     }
+
+    // Anomalies ------------------------------------------------------------------------
+
+    /// Sales of `store` (Caracas time) on every day from `from` to `to` inclusive, hours 8–19:
+    /// `weekday` sales an hour Monday to Saturday, `sunday` on Sundays, 100 bs each; on the
+    /// last day only until `until_hour`, with `last_day_share` of the usual volume.
+    fn trade(store: &str, from: &str, to: &str, weekday: i32, sunday: i32, until_hour: i32, last_day_share: f64) {
+        run(&format!(
+            "INSERT INTO pos.sales (id, store_id, sold_at, totals, payment)
+             SELECT gen_random_uuid(), '{store}',
+                    (d + make_interval(hours => h, secs => i * 3600.0 / n.per_hour))::timestamp AT TIME ZONE 'America/Caracas',
+                    jsonb_build_object('total_bs', 100, 'total_usd', 2.5), jsonb_build_object('method', 'CASH_BS')
+             FROM generate_series(date '{from}', date '{to}', interval '1 day') AS d
+             CROSS JOIN generate_series(8, 19) AS h
+             CROSS JOIN LATERAL (SELECT round(CASE WHEN extract(dow FROM d) = 0 THEN {sunday} ELSE {weekday} END
+                                              * CASE WHEN d = date '{to}' THEN {last_day_share} ELSE 1 END)::int AS per_hour) AS n
+             CROSS JOIN LATERAL generate_series(0, n.per_hour - 1) AS i
+             WHERE d < date '{to}' OR h < {until_hour}"
+        ));
+    }
+
+    fn anomalies(store: &str, at: &str, method: &str) -> Vec<(String, String, f64)> {
+        Spi::connect(|client| {
+            client
+                .select(
+                    &format!(
+                        "SELECT metric_name, severity, z_score::float8 FROM analytics.detect_anomalies('{store}', '{at}', '{method}')
+                         ORDER BY metric_name"
+                    ),
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|r| (r.get::<String>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap(), r.get::<f64>(3).unwrap().unwrap()))
+                .collect()
+        })
+    }
+
+    #[pg_test]
+    fn anomalies_respect_weekdays_partial_days_and_history() {
+        lacaja_pos();
+        // 2026-03-15 is a Sunday; ten weeks of history before it.
+        trade(STORE_A, "2026-01-04", "2026-03-15", 10, 4, 18, 1.0);
+        // A normal Sunday evening: the original z-score cries "drop", ours is quiet.
+        let sunday = "2026-03-15 18:00 America/Caracas";
+        assert!(anomalies(STORE_A, sunday, "seasonal").is_empty(), "{:?}", anomalies(STORE_A, sunday, "seasonal"));
+        assert!(!anomalies(STORE_A, sunday, "zscore").is_empty(), "the original method fires on a normal Sunday");
+        // A normal Monday morning, two hours after opening.
+        trade(STORE_A, "2026-03-16", "2026-03-16", 10, 4, 10, 1.0);
+        let morning = "2026-03-16 10:00 America/Caracas";
+        assert!(anomalies(STORE_A, morning, "seasonal").is_empty(), "{:?}", anomalies(STORE_A, morning, "seasonal"));
+        assert!(!anomalies(STORE_A, morning, "zscore").is_empty(), "the original method fires every morning");
+
+        // A real drop: Tuesday at 15 % of its usual volume until 15:00.
+        trade(STORE_A, "2026-03-17", "2026-03-17", 10, 4, 15, 0.15);
+        let found = anomalies(STORE_A, "2026-03-17 15:00 America/Caracas", "seasonal");
+        let count = found.iter().find(|(m, _, _)| m == "daily_sales_count").expect("the drop in sales is found");
+        assert_eq!(count.1, "high", "{found:?}");
+        assert!(count.2 < -6.0);
+        assert!(found.iter().any(|(m, s, _)| m == "daily_revenue_bs" && s == "high"));
+        assert!(!found.iter().any(|(m, _, _)| m == "avg_ticket_bs"), "tickets did not change: {found:?}");
+        // Severity between the thresholds: half the usual volume is medium (z ≈ −4.2 with a
+        // spread of √n on 70 sales).
+        trade(STORE_A, "2026-03-18", "2026-03-18", 10, 4, 15, 0.5);
+        let found = anomalies(STORE_A, "2026-03-18 15:00 America/Caracas", "seasonal");
+        let count = found.iter().find(|(m, _, _)| m == "daily_sales_count").expect("a medium drop");
+        assert_eq!(count.1, "medium", "{found:?}");
+
+        // Stored once per store, metric and period; resolved when back to normal.
+        let stored: i64 = scalar(&format!(
+            "SELECT count(*) FROM analytics.anomaly_predictions WHERE store_id = '{STORE_A}' AND method = 'seasonal'
+               AND period_start = '2026-03-18 00:00 America/Caracas' AND metric_name = 'daily_sales_count'"
+        ))
+        .unwrap();
+        assert_eq!(stored, 1);
+        anomalies(STORE_A, "2026-03-18 15:00 America/Caracas", "seasonal");
+        let again: i64 = scalar("SELECT count(*) FROM analytics.anomaly_predictions WHERE method = 'seasonal'").unwrap();
+        let distinct: i64 = scalar(
+            "SELECT count(DISTINCT (store_id, metric_name, period_start)) FROM analytics.anomaly_predictions WHERE method = 'seasonal'",
+        )
+        .unwrap();
+        assert_eq!(again, distinct, "a second run adds no duplicate");
+        // the late sales of an offline register arrive: the day is normal again
+        trade(STORE_A, "2026-03-18", "2026-03-18", 5, 0, 15, 1.0);
+        assert!(anomalies(STORE_A, "2026-03-18 15:00 America/Caracas", "seasonal").iter().all(|(m, _, _)| m != "daily_sales_count"));
+        let open: i64 = scalar(&format!(
+            "SELECT count(*) FROM analytics.anomaly_predictions WHERE store_id = '{STORE_A}' AND method = 'seasonal'
+               AND metric_name = 'daily_sales_count' AND resolved_at IS NULL"
+        ))
+        .unwrap();
+        assert_eq!(open, 0, "back to normal resolves the open anomalies of that metric");
+
+        // Too little history: two weeks of a new store say nothing, even on a dead day.
+        trade(STORE_B, "2026-03-04", "2026-03-17", 10, 4, 15, 0.1);
+        assert!(anomalies(STORE_B, "2026-03-17 15:00 America/Caracas", "seasonal").is_empty());
+        // A holiday is not judged.
+        run("INSERT INTO analytics.holidays (day, name) VALUES ('2026-03-17', 'test holiday')");
+        assert!(anomalies(STORE_A, "2026-03-17 15:00 America/Caracas", "seasonal").is_empty());
+        // Columns do not overflow: a 5,000 % spike is stored.
+        run("DELETE FROM analytics.holidays");
+        trade(STORE_A, "2026-03-19", "2026-03-19", 10, 4, 15, 50.0);
+        let spike: f64 = scalar(
+            "SELECT max(deviation_percentage)::float8 FROM analytics.detect_anomalies(NULL, '2026-03-19 15:00 America/Caracas')",
+        )
+        .unwrap();
+        assert!(spike > 4_000.0, "{spike}");
+    }
 }

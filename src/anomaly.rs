@@ -1,0 +1,358 @@
+//! `analytics.detect_anomalies`: alerts a store owner acts on.
+//!
+//! The original design's plain z-score (today against the last 30 days) fires every morning (a
+//! partial day looks like a collapse), every quiet weekday (weekly seasonality) and on small
+//! stores (a spread of almost nothing). The default method, `seasonal`, compares like with
+//! like and resists outliers:
+//! - today until the last full local hour against the *same part* of the *same weekday* in the
+//!   previous weeks, and the last full hour against the same hour of the week;
+//! - the baseline is the median, the spread 1.4826 × MAD, floored by the noise a count of that
+//!   size has anyway (Poisson: √n), so a store of ten sales a day is not alarmed by one more;
+//! - no verdict without `MIN_HISTORY` comparable days, or before the day has reached
+//!   `MIN_EXPECTED` sales; closed days (no sale at all) and holidays are no baseline, and a
+//!   holiday is not judged;
+//! - confidence is the normal CDF of the robust z-score (statrs).
+//! `method => 'zscore'` keeps the original design for comparison.
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Value};
+use statrs::distribution::{ContinuousCDF, Normal};
+use std::collections::BTreeMap;
+
+const WEEKS: i32 = 8;
+const MIN_HISTORY: usize = 4;
+const MIN_EXPECTED_DAY: f64 = 8.0;
+const MIN_EXPECTED_HOUR: f64 = 6.0;
+const MEDIUM: f64 = 4.0;
+const HIGH: f64 = 6.0;
+
+#[derive(Clone, Default)]
+struct Sample {
+    k: i32,
+    start: String,
+    end: String,
+    count: f64,
+    bs: f64,
+    usd: f64,
+    day_sales: f64,
+    holiday: bool,
+}
+
+impl Sample {
+    fn value(&self, metric: Metric) -> Option<f64> {
+        match metric {
+            Metric::Count => Some(self.count),
+            Metric::RevenueBs => Some(self.bs),
+            Metric::RevenueUsd => Some(self.usd),
+            Metric::TicketBs => (self.count > 0.0).then(|| self.bs / self.count),
+            Metric::TicketUsd => (self.count > 0.0).then(|| self.usd / self.count),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Metric {
+    Count,
+    RevenueBs,
+    RevenueUsd,
+    TicketBs,
+    TicketUsd,
+}
+
+impl Metric {
+    fn names(self, hourly: bool) -> (&'static str, &'static str) {
+        match (self, hourly) {
+            (Metric::Count, true) => ("sales", "hourly_sales_count"),
+            (Metric::Count, false) => ("sales", "daily_sales_count"),
+            (Metric::RevenueBs, _) => ("revenue", "daily_revenue_bs"),
+            (Metric::RevenueUsd, _) => ("revenue", "daily_revenue_usd"),
+            (Metric::TicketBs, _) => ("sales", "avg_ticket_bs"),
+            (Metric::TicketUsd, _) => ("sales", "avg_ticket_usd"),
+        }
+    }
+
+    /// Relative noise a value has anyway when it sums `n` sales (a ticket average moves less
+    /// than a total).
+    fn noise(self, n: f64) -> f64 {
+        let per_sale = match self {
+            Metric::TicketBs | Metric::TicketUsd => 0.5,
+            _ => 1.0,
+        };
+        (per_sale / n.max(1.0).sqrt()).max(0.05)
+    }
+}
+
+const DAILY_METRICS: [Metric; 5] = [Metric::RevenueBs, Metric::RevenueUsd, Metric::Count, Metric::TicketBs, Metric::TicketUsd];
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// A verdict on one value against its baseline: None when there is nothing to say.
+struct Judgement {
+    expected: f64,
+    sigma: f64,
+    z: f64,
+}
+
+fn seasonal(actual: f64, history: &[f64], expected_sales: f64, metric: Metric) -> Judgement {
+    let mut values = history.to_vec();
+    let expected = median(&mut values);
+    let mut deviations: Vec<f64> = history.iter().map(|v| (v - expected).abs()).collect();
+    let mad = median(&mut deviations);
+    let sigma = (1.4826 * mad).max(expected.abs() * metric.noise(expected_sales)).max(f64::EPSILON);
+    Judgement { expected, sigma, z: (actual - expected) / sigma }
+}
+
+fn plain_zscore(actual: f64, history: &[f64]) -> Option<Judgement> {
+    let n = history.len() as f64;
+    if n < 2.0 {
+        return None;
+    }
+    let mean = history.iter().sum::<f64>() / n;
+    let sd = (history.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    (sd > 0.0).then(|| Judgement { expected: mean, sigma: sd, z: (actual - mean) / sd })
+}
+
+fn round(v: f64, digits: i32) -> Value {
+    if !v.is_finite() {
+        return Value::Null;
+    }
+    let f = 10f64.powi(digits);
+    json!((v * f).round() / f)
+}
+
+struct Verdicts<'a> {
+    store: &'a str,
+    method: &'a str,
+    medium: f64,
+    high: f64,
+    out: Vec<Value>,
+}
+
+impl Verdicts<'_> {
+    /// Records the verdict on one metric of one period (normal ones too: they resolve).
+    fn push(&mut self, metric: Metric, hourly: bool, now: &Sample, actual: f64, j: Judgement, history_days: usize) {
+        let (metric_type, metric_name) = metric.names(hourly);
+        let severity = if j.z.abs() >= self.high {
+            Some("high")
+        } else if j.z.abs() >= self.medium {
+            Some("medium")
+        } else {
+            None
+        };
+        let normal = Normal::standard();
+        let confidence = 2.0 * normal.cdf(j.z.abs()) - 1.0;
+        self.out.push(json!({
+            "store_id": self.store,
+            "metric_type": metric_type,
+            "metric_name": metric_name,
+            "period_type": if hourly { "hour" } else { "day" },
+            "period_start": now.start,
+            "period_end": now.end,
+            "predicted_value": round(j.expected, 4),
+            "actual_value": round(actual, 4),
+            "deviation_percentage": if j.expected.abs() > 0.0 { round((actual - j.expected) / j.expected * 100.0, 2) } else { Value::Null },
+            "confidence_score": round(confidence, 6),
+            "z_score": round(j.z, 3),
+            "severity": severity,
+            "anomaly_type": if j.z < 0.0 { "drop" } else { "spike" },
+            "method": self.method,
+            "expected_low": round((j.expected - self.medium * j.sigma).max(0.0), 4),
+            "expected_high": round(j.expected + self.medium * j.sigma, 4),
+            "metadata": { "history_days": history_days, "sigma": round(j.sigma, 4) },
+        }));
+    }
+}
+
+/// The seasonal verdicts of one store.
+fn judge_seasonal(v: &mut Verdicts, days: &[Sample], hours: &[Sample]) {
+    for (samples, hourly) in [(days, false), (hours, true)] {
+        let Some(now) = samples.iter().find(|s| s.k == 0) else { continue };
+        if now.holiday {
+            continue;
+        }
+        // comparable past periods: not a holiday, and the store traded that day
+        let past: Vec<&Sample> = samples.iter().filter(|s| s.k > 0 && !s.holiday && s.day_sales > 0.0).collect();
+        if past.len() < MIN_HISTORY {
+            continue;
+        }
+        let mut counts: Vec<f64> = past.iter().map(|s| s.count).collect();
+        let expected_sales = median(&mut counts);
+        if expected_sales < if hourly { MIN_EXPECTED_HOUR } else { MIN_EXPECTED_DAY } {
+            continue; // too early in the day, or too small a store, to tell
+        }
+        let metrics: &[Metric] = if hourly { &[Metric::Count] } else { &DAILY_METRICS };
+        for &metric in metrics {
+            let history: Vec<f64> = past.iter().filter_map(|s| s.value(metric)).collect();
+            let Some(actual) = now.value(metric) else { continue };
+            if history.len() < MIN_HISTORY || (matches!(metric, Metric::TicketBs | Metric::TicketUsd) && now.count < 5.0) {
+                continue;
+            }
+            let j = seasonal(actual, &history, expected_sales, metric);
+            v.push(metric, hourly, now, actual, j, history.len());
+        }
+    }
+}
+
+/// The original design: today's value so far against the mean and standard deviation of the
+/// last 30 full days.
+fn judge_zscore(v: &mut Verdicts, daily: &[Sample]) {
+    let Some(now) = daily.iter().find(|s| s.k == 0) else { return };
+    let past: Vec<&Sample> = daily.iter().filter(|s| s.k > 0).collect();
+    for metric in [Metric::RevenueBs, Metric::RevenueUsd, Metric::Count, Metric::TicketBs] {
+        let history: Vec<f64> = past.iter().filter_map(|s| s.value(metric)).collect();
+        let (Some(actual), Some(j)) = (now.value(metric), plain_zscore(now.value(metric).unwrap_or(0.0), &history)) else {
+            continue;
+        };
+        v.push(metric, false, now, actual, j, history.len());
+    }
+}
+
+fn text(row: &pgrx::spi::SpiHeapTupleData, i: usize) -> String {
+    row.get::<String>(i).ok().flatten().unwrap_or_default()
+}
+
+fn number(row: &pgrx::spi::SpiHeapTupleData, i: usize) -> f64 {
+    row.get::<pgrx::AnyNumeric>(i)
+        .ok()
+        .flatten()
+        .and_then(|n| n.to_string().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn detect_anomalies(
+    store_id: default!(Option<Uuid>, "NULL"),
+    at: default!(Option<TimestampWithTimeZone>, "now()"),
+    method: default!(&str, "'seasonal'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(store_id, Uuid),
+        name!(metric_type, String),
+        name!(metric_name, String),
+        name!(period_type, String),
+        name!(period_start, TimestampWithTimeZone),
+        name!(period_end, TimestampWithTimeZone),
+        name!(predicted_value, pgrx::AnyNumeric),
+        name!(actual_value, pgrx::AnyNumeric),
+        name!(deviation_percentage, Option<pgrx::AnyNumeric>),
+        name!(confidence_score, pgrx::AnyNumeric),
+        name!(z_score, pgrx::AnyNumeric),
+        name!(severity, String),
+        name!(anomaly_type, String),
+        name!(method, String),
+        name!(expected_low, pgrx::AnyNumeric),
+        name!(expected_high, pgrx::AnyNumeric),
+    ),
+> {
+    let (medium, high) = match method {
+        "seasonal" => (MEDIUM, HIGH),
+        "zscore" => (2.0, 3.0),
+        other => pgrx::error!("unknown anomaly method {other:?}; use 'seasonal' (the default) or 'zscore'"),
+    };
+    let at = at.unwrap_or_else(|| unsafe { TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp()).unwrap() });
+    let verdicts: Vec<Value> = Spi::connect_mut(|client| {
+        let stores: Vec<Uuid> = match store_id {
+            Some(s) => vec![s],
+            None => client
+                .select("SELECT unnest(analytics._active_stores($1))", None, &[at.into()])?
+                .filter_map(|r| r.get::<Uuid>(1).ok().flatten())
+                .collect(),
+        };
+        let rows = client.select(
+            "SELECT store_id::text, kind, k, period_start::text, period_end::text, sales_count::numeric, total_bs, total_usd,
+                    day_sales::numeric, holiday
+             FROM analytics._anomaly_samples($1, $2, $3) ORDER BY store_id, kind, k",
+            None,
+            &[stores.into(), at.into(), WEEKS.into()],
+        )?;
+        let mut by_store: BTreeMap<String, BTreeMap<String, Vec<Sample>>> = BTreeMap::new();
+        for row in rows {
+            let sample = Sample {
+                k: row.get::<i32>(3)?.unwrap_or(0),
+                start: text(&row, 4),
+                end: text(&row, 5),
+                count: number(&row, 6),
+                bs: number(&row, 7),
+                usd: number(&row, 8),
+                day_sales: number(&row, 9),
+                holiday: row.get::<bool>(10)?.unwrap_or(false),
+            };
+            by_store.entry(text(&row, 1)).or_default().entry(text(&row, 2)).or_default().push(sample);
+        }
+        let mut all = Vec::new();
+        for (store, kinds) in &by_store {
+            let mut v = Verdicts { store, method, medium, high, out: Vec::new() };
+            let empty = Vec::new();
+            if method == "zscore" {
+                judge_zscore(&mut v, kinds.get("daily").unwrap_or(&empty));
+            } else {
+                judge_seasonal(&mut v, kinds.get("day").unwrap_or(&empty), kinds.get("hour").unwrap_or(&empty));
+            }
+            all.extend(v.out);
+        }
+        for verdict in &all {
+            client.update("SELECT analytics._record_anomaly_verdict($1)", None, &[JsonB(verdict.clone()).into()])?;
+        }
+        Ok::<_, pgrx::spi::Error>(all)
+    })
+    .unwrap_or_else(|e| pgrx::error!("detect_anomalies: {e}"));
+
+    let numeric = |v: &Value| -> pgrx::AnyNumeric {
+        pgrx::AnyNumeric::try_from(v.as_f64().unwrap_or(0.0)).unwrap_or_default()
+    };
+    let timestamp = |v: &Value| -> TimestampWithTimeZone {
+        let text = std::ffi::CString::new(v.as_str().unwrap_or("")).unwrap_or_default();
+        unsafe {
+            pgrx::direct_function_call::<TimestampWithTimeZone>(
+                pg_sys::timestamptz_in,
+                &[Some(pg_sys::Datum::from(text.as_ptr())), Some(pg_sys::Datum::from(pg_sys::InvalidOid)), Some(pg_sys::Datum::from(-1i32))],
+            )
+        }
+        .unwrap()
+    };
+    let rows: Vec<_> = verdicts
+        .into_iter()
+        .filter(|v| v["severity"].is_string())
+        .map(|v| {
+            (
+                Uuid::from_slice(&uuid_bytes(v["store_id"].as_str().unwrap_or(""))).unwrap(),
+                v["metric_type"].as_str().unwrap_or("").to_string(),
+                v["metric_name"].as_str().unwrap_or("").to_string(),
+                v["period_type"].as_str().unwrap_or("").to_string(),
+                timestamp(&v["period_start"]),
+                timestamp(&v["period_end"]),
+                numeric(&v["predicted_value"]),
+                numeric(&v["actual_value"]),
+                v["deviation_percentage"].as_f64().map(|_| numeric(&v["deviation_percentage"])),
+                numeric(&v["confidence_score"]),
+                numeric(&v["z_score"]),
+                v["severity"].as_str().unwrap_or("").to_string(),
+                v["anomaly_type"].as_str().unwrap_or("").to_string(),
+                v["method"].as_str().unwrap_or("").to_string(),
+                numeric(&v["expected_low"]),
+                numeric(&v["expected_high"]),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+fn uuid_bytes(text: &str) -> [u8; 16] {
+    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    bytes
+}
