@@ -18,15 +18,17 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{json, Value};
-use statrs::distribution::{ContinuousCDF, Normal};
+use statrs::distribution::{ContinuousCDF, DiscreteCDF, Normal, Poisson};
 use std::collections::BTreeMap;
 
 const WEEKS: i32 = 8;
 const MIN_HISTORY: usize = 4;
 const MIN_EXPECTED_DAY: f64 = 8.0;
 const MIN_EXPECTED_HOUR: f64 = 6.0;
-const MEDIUM: f64 = 4.0;
-const HIGH: f64 = 6.0;
+/// An alert needs both: a deviation the history cannot explain (robust z) and one an owner
+/// cares about (the change relative to the expected value).
+const MEDIUM: (f64, f64) = (3.5, 0.30);
+const HIGH: (f64, f64) = (5.0, 0.50);
 
 #[derive(Clone, Default)]
 struct Sample {
@@ -107,9 +109,32 @@ fn seasonal(actual: f64, history: &[f64], expected_sales: f64, metric: Metric) -
     let mut values = history.to_vec();
     let expected = median(&mut values);
     let mut deviations: Vec<f64> = history.iter().map(|v| (v - expected).abs()).collect();
-    let mad = median(&mut deviations);
-    let sigma = (1.4826 * mad).max(expected.abs() * metric.noise(expected_sales)).max(f64::EPSILON);
+    let spread = 1.4826 * median(&mut deviations);
+    let floor = expected.abs() * metric.noise(expected_sales);
+    let sigma = spread.max(floor).max(f64::EPSILON);
+    // A count whose history varies no more than chance does is judged by the Poisson tail:
+    // small counts are skewed, and the normal approximation would flag every busy morning of
+    // a small store and miss its dead ones.
+    if metric == Metric::Count && spread <= 1.2 * expected.sqrt() && expected > 0.0 {
+        if let Some(z) = poisson_z(actual, expected) {
+            return Judgement { expected, sigma, z };
+        }
+    }
     Judgement { expected, sigma, z: (actual - expected) / sigma }
+}
+
+/// The z-score with the same tail probability as `actual` under Poisson(`expected`).
+fn poisson_z(actual: f64, expected: f64) -> Option<f64> {
+    let poisson = Poisson::new(expected).ok()?;
+    let normal = Normal::standard();
+    let x = actual.max(0.0).round() as u64;
+    let z = if actual < expected {
+        normal.inverse_cdf(poisson.cdf(x).clamp(1e-300, 0.5))
+    } else {
+        let above = if x == 0 { 1.0 } else { 1.0 - poisson.cdf(x - 1) };
+        -normal.inverse_cdf(above.clamp(1e-300, 0.5))
+    };
+    Some(if z.is_finite() { z } else { (actual - expected) / expected.sqrt() })
 }
 
 fn plain_zscore(actual: f64, history: &[f64]) -> Option<Judgement> {
@@ -120,6 +145,11 @@ fn plain_zscore(actual: f64, history: &[f64]) -> Option<Judgement> {
     let mean = history.iter().sum::<f64>() / n;
     let sd = (history.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
     (sd > 0.0).then(|| Judgement { expected: mean, sigma: sd, z: (actual - mean) / sd })
+}
+
+/// Half-width of the normal band: what a value may deviate before it is an anomaly.
+fn band(j: &Judgement, (z, relative): (f64, f64)) -> f64 {
+    (z * j.sigma).max(relative * j.expected.abs())
 }
 
 fn round(v: f64, digits: i32) -> Value {
@@ -133,8 +163,9 @@ fn round(v: f64, digits: i32) -> Value {
 struct Verdicts<'a> {
     store: &'a str,
     method: &'a str,
-    medium: f64,
-    high: f64,
+    /// (|z| at least, |relative change| at least)
+    medium: (f64, f64),
+    high: (f64, f64),
     out: Vec<Value>,
 }
 
@@ -142,9 +173,11 @@ impl Verdicts<'_> {
     /// Records the verdict on one metric of one period (normal ones too: they resolve).
     fn push(&mut self, metric: Metric, hourly: bool, now: &Sample, actual: f64, j: Judgement, history_days: usize) {
         let (metric_type, metric_name) = metric.names(hourly);
-        let severity = if j.z.abs() >= self.high {
+        let change = if j.expected.abs() > 0.0 { ((actual - j.expected) / j.expected).abs() } else { f64::INFINITY };
+        let beyond = |(z, relative): (f64, f64)| j.z.abs() >= z && change >= relative;
+        let severity = if beyond(self.high) {
             Some("high")
-        } else if j.z.abs() >= self.medium {
+        } else if beyond(self.medium) {
             Some("medium")
         } else {
             None
@@ -166,8 +199,8 @@ impl Verdicts<'_> {
             "severity": severity,
             "anomaly_type": if j.z < 0.0 { "drop" } else { "spike" },
             "method": self.method,
-            "expected_low": round((j.expected - self.medium * j.sigma).max(0.0), 4),
-            "expected_high": round(j.expected + self.medium * j.sigma, 4),
+            "expected_low": round((j.expected - band(&j, self.medium)).max(0.0), 4),
+            "expected_high": round(j.expected + band(&j, self.medium), 4),
             "metadata": { "history_days": history_days, "sigma": round(j.sigma, 4) },
         }));
     }
@@ -257,7 +290,7 @@ fn detect_anomalies(
 > {
     let (medium, high) = match method {
         "seasonal" => (MEDIUM, HIGH),
-        "zscore" => (2.0, 3.0),
+        "zscore" => ((2.0, 0.0), (3.0, 0.0)),
         other => pgrx::error!("unknown anomaly method {other:?}; use 'seasonal' (the default) or 'zscore'"),
     };
     let at = at.unwrap_or_else(|| unsafe { TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp()).unwrap() });

@@ -992,7 +992,7 @@ mod tests {
         assert!(found.iter().any(|(m, s, _)| m == "daily_revenue_bs" && s == "high"));
         assert!(!found.iter().any(|(m, _, _)| m == "avg_ticket_bs"), "tickets did not change: {found:?}");
         // Severity between the thresholds: half the usual volume is medium (z ≈ −4.2 with a
-        // spread of √n on 70 sales).
+        // spread of √n on 70 sales: beyond 3 and 30 %, not beyond 5).
         trade(STORE_A, "2026-03-18", "2026-03-18", 10, 4, 15, 0.5);
         let found = anomalies(STORE_A, "2026-03-18 15:00 America/Caracas", "seasonal");
         let count = found.iter().find(|(m, _, _)| m == "daily_sales_count").expect("a medium drop");

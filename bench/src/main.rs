@@ -7,6 +7,7 @@
 //! plain SQL over LA-CAJA's tables for the dashboard, the same POS transactions with the
 //! capture triggers detached for the write path, REFRESH MATERIALIZED VIEW for freshness.
 
+mod anomalies;
 mod timeseries;
 
 use postgres::{Client, NoTls};
@@ -31,6 +32,7 @@ struct Args {
     server: String,
     command: String,
     events: Option<u64>,
+    anomalies: bool,
 }
 
 fn parse_count(text: &str) -> u64 {
@@ -48,6 +50,7 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: scripts/bench.sh [--sales 100k|1M|10M] [--stores N] [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --events 50M [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
+         \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--output FILE]\n\
          Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\
          (or FILE; --events rewrites only its own section)."
     );
@@ -61,6 +64,11 @@ impl Args {
         let mut i = 0;
         while i < raw.len() {
             let key = raw[i].trim_start_matches("--").to_string();
+            if key == "anomalies" {
+                given.insert(key, String::new());
+                i += 1;
+                continue;
+            }
             if !["sales", "stores", "days", "duration", "runs", "output", "events"].contains(&key.as_str()) {
                 usage(&format!("unknown option {}", raw[i]));
             }
@@ -82,6 +90,7 @@ impl Args {
                 .unwrap_or_else(|_| "host=127.0.0.1 port=55432 user=postgres".into()),
             command: format!("scripts/bench.sh {}", raw.join(" ")).trim().to_string(),
             events: given.get("events").map(|s| parse_count(s)),
+            anomalies: given.contains_key("anomalies"),
         }
     }
 }
@@ -321,6 +330,24 @@ impl Bench {
     }
 }
 
+/// Replaces the section between `begin` and `end` of `output` (or appends it), leaving the
+/// rest of the file as it is.
+fn write_section(output: &str, begin: &str, end: &str, section: &str) {
+    let current = std::fs::read_to_string(output).unwrap_or_default();
+    let updated = match (current.find(begin), current.find(end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &current[..a], section.trim_end(), &current[b + end.len()..]),
+        _ => format!("{}\n\n{}", current.trim_end(), section),
+    };
+    std::fs::write(output, updated).unwrap_or_else(|e| panic!("cannot write {output}: {e}"));
+}
+
+/// The section between `begin` and `end` as it is in `output`.
+fn current_section(output: &str, begin: &str, end: &str) -> Option<String> {
+    let current = std::fs::read_to_string(output).ok()?;
+    let (a, b) = (current.find(begin)?, current.find(end)?);
+    (b > a).then(|| current[a..b + end.len()].to_string())
+}
+
 fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -431,6 +458,12 @@ fn machine(db: &mut Client) -> String {
 
 fn main() {
     let args = Args::parse();
+    if args.anomalies {
+        let stores = if args.stores == 10 || args.stores == 100 { 100 } else { args.stores };
+        let days = if args.days == 730 { 120 } else { args.days };
+        anomalies::run(&args.server, stores, days, &args.command, &args.output);
+        return;
+    }
     if let Some(events) = args.events {
         timeseries::run(&args.server, events, args.days, args.duration, args.runs, &args.command, &args.output);
         return;
@@ -633,9 +666,12 @@ fn main() {
     md.push_str(LIMITS);
 
     let output = bench.args.output.clone();
-    // The events benchmark is its own command; its section stays as it last wrote it.
-    if let Some(section) = timeseries::current_section(&output) {
-        let _ = write!(md, "\n{section}\n");
+    // The events and anomaly benchmarks are commands of their own; their sections stay as
+    // they last wrote them.
+    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (anomalies::BEGIN, anomalies::END)] {
+        if let Some(section) = current_section(&output, begin, end) {
+            let _ = write!(md, "\n{section}\n");
+        }
     }
     std::fs::write(&output, md).unwrap_or_else(|e| panic!("cannot write {output}: {e}"));
     eprintln!("==> {output} rewritten ({:.0} s in all)", started.elapsed().as_secs_f64());

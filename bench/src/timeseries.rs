@@ -259,23 +259,7 @@ pub fn run(server: &str, events: u64, days: u64, duration: u64, runs: u64, comma
         hyper_inserts.p99_ms
     );
     let _ = writeln!(md, "\n{END}");
-    write_section(output, &md);
+    super::write_section(output, BEGIN, END, &md);
     eprintln!("==> {output}: events section rewritten ({:.0} s in all)", started.elapsed().as_secs_f64());
 }
 
-/// Replaces this benchmark's section of `output` (or appends it), leaving the rest as it is.
-pub fn write_section(output: &str, section: &str) {
-    let current = std::fs::read_to_string(output).unwrap_or_default();
-    let updated = match (current.find(BEGIN), current.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &current[..a], section.trim_end(), &current[b + END.len()..]),
-        _ => format!("{}\n{}", current.trim_end(), section),
-    };
-    std::fs::write(output, updated).unwrap_or_else(|e| panic!("cannot write {output}: {e}"));
-}
-
-/// The section as it is in `output`, for the main benchmark to keep when it rewrites the file.
-pub fn current_section(output: &str) -> Option<String> {
-    let current = std::fs::read_to_string(output).ok()?;
-    let (a, b) = (current.find(BEGIN)?, current.find(END)?);
-    (b > a).then(|| current[a..b + END.len()].to_string())
-}
