@@ -78,9 +78,11 @@ impl Metric {
     /// Relative noise a value has anyway when it sums `n` sales (a ticket average moves less
     /// than a total).
     fn noise(self, n: f64) -> f64 {
+        // a total also carries the spread of its tickets (skewed: a few large ones)
         let per_sale = match self {
             Metric::TicketBs | Metric::TicketUsd => 0.5,
-            _ => 1.0,
+            Metric::RevenueBs | Metric::RevenueUsd => 1.3,
+            Metric::Count => 1.0,
         };
         (per_sale / n.max(1.0).sqrt()).max(0.05)
     }
