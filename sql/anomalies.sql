@@ -49,6 +49,7 @@ COMMENT ON TABLE analytics.anomaly_predictions IS
 -- The samples of each store at `at`: kind 'day' (k = 0 today until the last full local hour,
 -- k = 1..weeks the same part of the same weekday k weeks before, with that whole day's sales
 -- to tell a closed day), kind 'hour' (the last full local hour and the same hour k weeks
+-- before), kind 'recent' (the last three full hours of today, and the same hours k weeks
 -- before), kind 'daily' (the last 30 full local days and today so far, k = days back).
 CREATE FUNCTION analytics._anomaly_samples(stores uuid[], at timestamptz, weeks int)
 RETURNS TABLE (store_id uuid, kind text, k int, period_start timestamptz, period_end timestamptz,
@@ -64,6 +65,11 @@ LANGUAGE sql STABLE AS $$
         UNION ALL
         SELECT c.store_id, c.tz, 'hour', w, c.cut - interval '1 hour' - 7 * w * interval '1 day', c.cut - 7 * w * interval '1 day',
                (c.cut - interval '1 hour')::date - 7 * w
+        FROM clock c, generate_series(0, weeks) AS w
+        UNION ALL
+        -- the last three full hours of today (a register that stopped selling)
+        SELECT c.store_id, c.tz, 'recent', w, greatest(c.cut - interval '3 hours', c.cut::date::timestamp) - 7 * w * interval '1 day',
+               c.cut - 7 * w * interval '1 day', c.cut::date - 7 * w
         FROM clock c, generate_series(0, weeks) AS w
         UNION ALL
         SELECT c.store_id, c.tz, 'daily', d, (c.cut::date - d)::timestamp,
@@ -142,6 +148,167 @@ BEGIN
     END IF;
     job := analytics.add_job('analytics.policy_detect_anomalies'::regproc, schedule_interval, jsonb_build_object('method', method));
     PERFORM analytics._label_job(job, format('Anomaly Detection [%s]', job), NULL);
+    RETURN job;
+END
+$$;
+
+-- Real-time metrics for LA-CAJA's own tables (opt-in) ------------------------------------
+--
+-- LA-CAJA recomputes public.real_time_metrics by scanning sales. A job can write them from
+-- the rollups instead, under LA-CAJA's metric names, and evaluate public.alert_thresholds
+-- into public.real_time_alerts. Incremental: a metric is written only when its value
+-- changed since the last snapshot; an alert is raised once when its condition starts to
+-- hold, and again only after it stopped holding.
+
+-- The last value written per store and metric, and which thresholds currently hold.
+CREATE TABLE analytics.real_time_metric_state (
+    store_id     uuid        NOT NULL,
+    metric_name  text        NOT NULL,
+    period_start timestamptz NOT NULL,
+    value        numeric,
+    written_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (store_id, metric_name)
+);
+CREATE TABLE analytics.alert_state (
+    threshold_id uuid        PRIMARY KEY,
+    holding      boolean     NOT NULL,
+    since        timestamptz NOT NULL DEFAULT now()
+);
+
+-- A value as LA-CAJA's columns can hold it: numeric(18,2) for values, numeric(5,2) for the
+-- change in percent (a 5,000 % jump is written as 999.99 and said in metadata).
+CREATE FUNCTION analytics._clamp(value numeric, digits int, scale int) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT least(greatest(round(value, scale), -(10::numeric ^ (digits - scale) - 10::numeric ^ (-scale))),
+                 10::numeric ^ (digits - scale) - 10::numeric ^ (-scale))
+$$;
+
+-- Every store's metrics now: today's (store-local) sales figures against yesterday's, and the
+-- inventory figures.
+CREATE FUNCTION analytics.current_metrics(at timestamptz DEFAULT now())
+RETURNS TABLE (store_id uuid, metric_type text, metric_name text, period_type text, period_start timestamptz,
+               period_end timestamptz, metric_value numeric, previous_value numeric)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH stores AS (
+        SELECT s AS store_id, analytics.store_timezone(s) AS tz FROM unnest(analytics._active_stores(at)) AS s),
+    days AS (
+        SELECT st.store_id, st.tz, (at AT TIME ZONE st.tz)::date AS today FROM stores st),
+    figures AS (
+        SELECT d.store_id, d.tz, d.today,
+               coalesce(sum(p.total_bs) FILTER (WHERE p.day = d.today), 0) AS bs,
+               coalesce(sum(p.total_usd) FILTER (WHERE p.day = d.today), 0) AS usd,
+               coalesce(sum(p.sales_count) FILTER (WHERE p.day = d.today), 0) AS n,
+               coalesce(sum(p.total_bs) FILTER (WHERE p.day = d.today - 1), 0) AS bs_before,
+               coalesce(sum(p.total_usd) FILTER (WHERE p.day = d.today - 1), 0) AS usd_before,
+               coalesce(sum(p.sales_count) FILTER (WHERE p.day = d.today - 1), 0) AS n_before
+        FROM days d LEFT JOIN analytics.sales_daily_parts p ON p.store_id = d.store_id AND p.day BETWEEN d.today - 1 AND d.today
+        GROUP BY d.store_id, d.tz, d.today)
+    SELECT f.store_id, m.metric_type, m.metric_name, 'daily', f.today::timestamp AT TIME ZONE f.tz, at, m.value, m.before
+    FROM figures f
+    CROSS JOIN LATERAL (VALUES
+        ('revenue', 'daily_revenue_bs', f.bs, f.bs_before),
+        ('revenue', 'daily_revenue_usd', f.usd, f.usd_before),
+        ('sales', 'daily_sales_count', f.n::numeric, f.n_before::numeric),
+        ('sales', 'avg_ticket_bs', f.bs / nullif(f.n, 0), f.bs_before / nullif(f.n_before, 0)),
+        ('sales', 'avg_ticket_usd', f.usd / nullif(f.n, 0), f.usd_before / nullif(f.n_before, 0))) AS m (metric_type, metric_name, value, before)
+    UNION ALL
+    SELECT i.store_id, 'inventory', m.metric_name, 'snapshot', date_trunc('day', at), at, m.value, NULL
+    FROM analytics._inventory_figures() i
+    CROSS JOIN LATERAL (VALUES
+        ('low_stock_count', i.low_stock_count::numeric), ('out_of_stock_count', i.out_of_stock_count::numeric),
+        ('total_products', i.total_products::numeric), ('stock_value_bs', i.stock_value_bs),
+        ('stock_value_usd', i.stock_value_usd)) AS m (metric_name, value)
+    WHERE i.store_id = ANY (analytics._active_stores(at))
+$$;
+
+-- Writes changed metrics into <schema>.real_time_metrics and raises the alerts of
+-- <schema>.alert_thresholds that start to hold. Returns what it wrote.
+CREATE FUNCTION analytics.refresh_real_time_metrics(at timestamptz DEFAULT now()) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    schema_name name := (SELECT c.source_schema FROM analytics.source_config c);
+    metrics regclass := to_regclass(format('%I.real_time_metrics', schema_name));
+    thresholds regclass := to_regclass(format('%I.alert_thresholds', schema_name));
+    alerts regclass := to_regclass(format('%I.real_time_alerts', schema_name));
+    written bigint := 0;
+    raised bigint := 0;
+BEGIN
+    IF metrics IS NULL THEN
+        RAISE EXCEPTION 'no table real_time_metrics in schema %', coalesce(schema_name, '(not attached)')
+            USING HINT = 'This job keeps LA-CAJA''s own real_time_metrics; attach to the schema that has it.';
+    END IF;
+    CREATE TEMP TABLE lacaja_metrics_now ON COMMIT DROP AS SELECT * FROM analytics.current_metrics(at);
+    -- only what changed since the last snapshot
+    CREATE TEMP TABLE lacaja_metrics_changed ON COMMIT DROP AS
+    SELECT m.* FROM lacaja_metrics_now m
+    LEFT JOIN analytics.real_time_metric_state s ON s.store_id = m.store_id AND s.metric_name = m.metric_name
+    WHERE s.store_id IS NULL OR s.period_start <> m.period_start OR s.value IS DISTINCT FROM m.metric_value;
+    EXECUTE format($q$INSERT INTO %s (store_id, metric_type, metric_name, metric_value, previous_value, change_percentage,
+                                      period_type, period_start, period_end, metadata)
+        SELECT m.store_id, m.metric_type, m.metric_name, analytics._clamp(coalesce(m.metric_value, 0), 18, 2),
+               analytics._clamp(m.previous_value, 18, 2),
+               analytics._clamp(c.change, 5, 2), m.period_type, m.period_start, m.period_end,
+               jsonb_build_object('source', 'lacaja_analytics', 'exact_value', m.metric_value, 'exact_change_percentage', c.change)
+        FROM lacaja_metrics_changed m
+        CROSS JOIN LATERAL (SELECT (m.metric_value - m.previous_value) / nullif(m.previous_value, 0) * 100 AS change) c$q$, metrics);
+    GET DIAGNOSTICS written = ROW_COUNT;
+    INSERT INTO analytics.real_time_metric_state AS s (store_id, metric_name, period_start, value, written_at)
+    SELECT store_id, metric_name, period_start, metric_value, now() FROM lacaja_metrics_changed
+    ON CONFLICT (store_id, metric_name) DO UPDATE SET period_start = excluded.period_start, value = excluded.value,
+        written_at = excluded.written_at;
+
+    IF thresholds IS NOT NULL AND alerts IS NOT NULL THEN
+        EXECUTE format($q$CREATE TEMP TABLE lacaja_thresholds ON COMMIT DROP AS
+            SELECT t.id, t.store_id, t.alert_type, t.metric_name, t.threshold_value, t.comparison_operator, t.severity,
+                   m.metric_value AS current_value,
+                   CASE t.comparison_operator
+                        WHEN 'less_than' THEN m.metric_value < t.threshold_value
+                        WHEN 'greater_than' THEN m.metric_value > t.threshold_value
+                        WHEN 'equals' THEN m.metric_value = t.threshold_value
+                        WHEN 'not_equals' THEN m.metric_value <> t.threshold_value END AS holds
+            FROM %s t JOIN lacaja_metrics_now m ON m.store_id = t.store_id AND m.metric_name = t.metric_name
+            WHERE t.is_active$q$, thresholds);
+        EXECUTE format($q$INSERT INTO %s (store_id, threshold_id, alert_type, severity, title, message, metric_name,
+                                          current_value, threshold_value, metadata)
+            SELECT t.store_id, t.id, t.alert_type, t.severity,
+                   format('%%s %%s', t.metric_name, replace(t.comparison_operator, '_', ' ')),
+                   format('%%s is %%s, %%s the threshold of %%s', t.metric_name, round(t.current_value, 2),
+                          replace(t.comparison_operator, '_', ' '), t.threshold_value),
+                   t.metric_name, analytics._clamp(t.current_value, 18, 2), t.threshold_value,
+                   jsonb_build_object('source', 'lacaja_analytics', 'exact_value', t.current_value)
+            FROM lacaja_thresholds t
+            LEFT JOIN analytics.alert_state a ON a.threshold_id = t.id
+            WHERE t.holds AND NOT coalesce(a.holding, false)$q$, alerts);
+        GET DIAGNOSTICS raised = ROW_COUNT;
+        INSERT INTO analytics.alert_state AS a (threshold_id, holding, since)
+        SELECT id, coalesce(holds, false), now() FROM lacaja_thresholds
+        ON CONFLICT (threshold_id) DO UPDATE SET holding = excluded.holding,
+            since = CASE WHEN a.holding = excluded.holding THEN a.since ELSE excluded.since END;
+        DROP TABLE lacaja_thresholds;
+    END IF;
+    DROP TABLE lacaja_metrics_now, lacaja_metrics_changed;
+    RETURN jsonb_build_object('metrics_written', written, 'alerts_raised', raised);
+END
+$$;
+
+CREATE PROCEDURE analytics.policy_real_time_metrics(job_id int, config jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM analytics.refresh_real_time_metrics();
+END
+$$;
+
+CREATE FUNCTION analytics.add_real_time_metrics_policy(schedule_interval interval DEFAULT interval '1 minute') RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics.policy_real_time_metrics'::regproc);
+BEGIN
+    IF job IS NOT NULL THEN
+        RAISE NOTICE 'real-time metrics are already scheduled as job %', job;
+        RETURN job;
+    END IF;
+    job := analytics.add_job('analytics.policy_real_time_metrics'::regproc, schedule_interval);
+    PERFORM analytics._label_job(job, format('Real-Time Metrics [%s]', job), NULL);
     RETURN job;
 END
 $$;

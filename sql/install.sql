@@ -27,7 +27,8 @@ REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics
     analytics._repair_item_facts(uuid, date, date), analytics.install_compat(boolean), analytics.uninstall_compat(),
     analytics.create_recommended_indexes(boolean), analytics._index_plan(), analytics._start_index_builder(),
     analytics._claim_due_job(), analytics._record_job_run(int, text, text), analytics._recover_crashed_runs(),
-    analytics._execute_job(int), analytics.run_pending_jobs(), analytics._fk_check_parent(), analytics._fk_parent_action() FROM PUBLIC;
+    analytics._execute_job(int), analytics.run_pending_jobs(), analytics._fk_check_parent(),
+    analytics.refresh_real_time_metrics(timestamptz), analytics.current_metrics(timestamptz), analytics._fk_parent_action() FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE analytics.run_job(int) FROM PUBLIC;
 
 -- The extension's own job: fold the parts writing sessions leave, every 10 minutes.

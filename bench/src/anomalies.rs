@@ -111,6 +111,7 @@ pub fn run(server: &str, stores: u64, days: u64, command: &str, output: &str) {
         progress("days", done.min(days as i32) as u64, days, load_started);
     }
     eprintln!();
+    let load_s = ms(load_started.elapsed()) / 1000.0;
     db.batch_execute("ANALYZE").unwrap();
     let sales: i64 = db.query_one("SELECT count(*) FROM sales", &[]).unwrap().get(0);
 
@@ -193,7 +194,7 @@ pub fn run(server: &str, stores: u64, days: u64, command: &str, output: &str) {
          check reports an anomaly on it.\n",
         started.elapsed().as_secs_f64() / 60.0,
         thousands(sales as u64),
-        ms(load_started.elapsed()) / 1000.0,
+        load_s,
         positives.len(),
         CHECK_HOURS.iter().map(|h| format!("{h}:00")).collect::<Vec<_>>().join(", ")
     );
