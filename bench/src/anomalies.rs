@@ -21,7 +21,7 @@ const EVALUATED_DAYS: i32 = 60;
 const CHECK_HOURS: [i32; 4] = [11, 14, 17, 21];
 
 const SETUP: &str = r#"
-SELECT setseed(0.42);
+SELECT setseed(:seed / 1000.0 - floor(:seed / 1000.0));
 CREATE TABLE bench_stores AS
 SELECT n, md5('anomaly store ' || n)::uuid AS id,
        CASE WHEN n % 10 < 3 THEN 'small' WHEN n % 10 < 8 THEN 'medium' ELSE 'large' END AS size,
@@ -90,7 +90,7 @@ struct Score {
     detect_ms: Vec<f64>,
 }
 
-pub fn run(server: &str, stores: u64, days: u64, command: &str, output: &str) {
+pub fn run(server: &str, stores: u64, days: u64, seed: u64, command: &str, output: &str) {
     let started = Instant::now();
     let mut admin = connect(server, "postgres");
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
@@ -98,7 +98,10 @@ pub fn run(server: &str, stores: u64, days: u64, command: &str, output: &str) {
     let mut db = connect(server, DATABASE);
     db.batch_execute(FIXTURE).unwrap();
     db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
-    db.batch_execute(&SETUP.replace(":stores", &stores.to_string()).replace(":days", &days.to_string())).unwrap();
+    db.batch_execute(
+        &SETUP.replace(":stores", &stores.to_string()).replace(":days", &days.to_string()).replace(":seed", &seed.to_string()),
+    )
+    .unwrap();
 
     eprintln!("==> {stores} stores trading {days} days, loaded through the capture triggers");
     let load_started = Instant::now();
@@ -219,7 +222,12 @@ pub fn run(server: &str, stores: u64, days: u64, command: &str, output: &str) {
             kind("price")
         );
     }
-    let _ = writeln!(md, "\nAims: F1 ≥ 0.9 and at most one false alert per store per month; detection for 100 stores under 1 s.\n\n{END}");
+    let _ = writeln!(
+        md,
+        "\nAims: F1 ≥ 0.9 and at most one false alert per store per month; detection for 100 stores under 1 s. \
+         The thresholds of `seasonal` were chosen on another draw of the same generator (`setseed(0.42)`); \
+         the draw of this run (`--seed {seed}`) is new to them.\n\n{END}"
+    );
     super::write_section(output, BEGIN, END, &md);
     eprintln!("==> {output}: anomaly section rewritten ({:.0} s in all)", started.elapsed().as_secs_f64());
 }

@@ -33,6 +33,7 @@ struct Args {
     command: String,
     events: Option<u64>,
     anomalies: bool,
+    seed: u64,
 }
 
 fn parse_count(text: &str) -> u64 {
@@ -50,7 +51,7 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: scripts/bench.sh [--sales 100k|1M|10M] [--stores N] [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --events 50M [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
-         \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--output FILE]\n\
+         \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--seed N] [--output FILE]\n\
          Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\
          (or FILE; --events rewrites only its own section)."
     );
@@ -69,7 +70,7 @@ impl Args {
                 i += 1;
                 continue;
             }
-            if !["sales", "stores", "days", "duration", "runs", "output", "events"].contains(&key.as_str()) {
+            if !["sales", "stores", "days", "duration", "runs", "output", "events", "seed"].contains(&key.as_str()) {
                 usage(&format!("unknown option {}", raw[i]));
             }
             let value = raw.get(i + 1).unwrap_or_else(|| usage(&format!("{} needs a value", raw[i])));
@@ -91,6 +92,7 @@ impl Args {
             command: format!("scripts/bench.sh {}", raw.join(" ")).trim().to_string(),
             events: given.get("events").map(|s| parse_count(s)),
             anomalies: given.contains_key("anomalies"),
+            seed: given.get("seed").map(|s| parse_count(s)).unwrap_or(42),
         }
     }
 }
@@ -461,7 +463,7 @@ fn main() {
     if args.anomalies {
         let stores = if args.stores == 10 || args.stores == 100 { 100 } else { args.stores };
         let days = if args.days == 730 { 120 } else { args.days };
-        anomalies::run(&args.server, stores, days, &args.command, &args.output);
+        anomalies::run(&args.server, stores, days, args.seed, &args.command, &args.output);
         return;
     }
     if let Some(events) = args.events {
