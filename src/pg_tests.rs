@@ -1036,6 +1036,13 @@ mod tests {
         )
         .unwrap();
         assert!(spike > 4_000.0, "{spike}");
+        // The detection job runs it for every store.
+        let job: i32 = scalar("SELECT analytics.add_anomaly_detection_policy('5 minutes')").unwrap();
+        let same: i32 = scalar("SELECT analytics.add_anomaly_detection_policy('5 minutes')").unwrap();
+        assert_eq!(job, same, "scheduled once");
+        run(&format!("CALL analytics.run_job({job})"));
+        let status: String = scalar(&format!("SELECT last_run_status FROM analytics.job_stats WHERE job_id = {job}")).unwrap();
+        assert_eq!(status, "Success");
     }
 
     #[pg_test]
