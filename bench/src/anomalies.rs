@@ -9,7 +9,7 @@
 //! anomaly. Reports precision, recall, F1 and false alerts per store per month, per method,
 //! and how long detection takes for all stores.
 
-use super::{connect, ms, progress, spread, thousands, FIXTURE};
+use super::{ms, progress, spread, thousands};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -92,12 +92,7 @@ struct Score {
 
 pub fn run(server: &str, stores: u64, days: u64, seed: u64, command: &str, output: &str) {
     let started = Instant::now();
-    let mut admin = connect(server, "postgres");
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).unwrap();
-    let mut db = connect(server, DATABASE);
-    db.batch_execute(FIXTURE).unwrap();
-    db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
+    let mut db = super::fresh_lacaja_database(server, DATABASE);
     db.batch_execute(
         &SETUP.replace(":stores", &stores.to_string()).replace(":days", &days.to_string()).replace(":seed", &seed.to_string()),
     )

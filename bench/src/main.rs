@@ -32,7 +32,8 @@ struct Args {
     server: String,
     command: String,
     events: Option<u64>,
-    anomalies: bool,
+    /// `--anomalies`: (stores, days), defaults 100 stores over 120 days
+    anomalies: Option<(u64, u64)>,
     seed: u64,
 }
 
@@ -91,7 +92,9 @@ impl Args {
                 .unwrap_or_else(|_| "host=127.0.0.1 port=55432 user=postgres".into()),
             command: format!("scripts/bench.sh {}", raw.join(" ")).trim().to_string(),
             events: given.get("events").map(|s| parse_count(s)),
-            anomalies: given.contains_key("anomalies"),
+            anomalies: given.contains_key("anomalies").then(|| {
+                (given.get("stores").map(|s| parse_count(s)).unwrap_or(100), given.get("days").map(|s| parse_count(s)).unwrap_or(120))
+            }),
             seed: given.get("seed").map(|s| parse_count(s)).unwrap_or(42),
         }
     }
@@ -102,6 +105,17 @@ fn connect(server: &str, database: &str) -> Client {
         eprintln!("cannot reach PostgreSQL ({server} dbname={database}): {e}\nscripts/bench.sh starts the local cluster");
         std::process::exit(1)
     })
+}
+
+/// A new database `name` with LA-CAJA's schema and the extension installed.
+fn fresh_lacaja_database(server: &str, name: &str) -> Client {
+    let mut admin = connect(server, "postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let mut db = connect(server, name);
+    db.batch_execute(FIXTURE).unwrap();
+    db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
+    db
 }
 
 /// Median and 95th percentile, in milliseconds.
@@ -460,9 +474,7 @@ fn machine(db: &mut Client) -> String {
 
 fn main() {
     let args = Args::parse();
-    if args.anomalies {
-        let stores = if args.stores == 10 || args.stores == 100 { 100 } else { args.stores };
-        let days = if args.days == 730 { 120 } else { args.days };
+    if let Some((stores, days)) = args.anomalies {
         anomalies::run(&args.server, stores, days, args.seed, &args.command, &args.output);
         return;
     }

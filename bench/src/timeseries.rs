@@ -7,7 +7,7 @@
 //! the longest time POS writes were held back, what the register felt), and insert throughput
 //! into the plain and the partitioned table. Writes its section of docs/benchmarks.md.
 
-use super::{connect, ms, progress, spread, thousands, FIXTURE};
+use super::{connect, ms, progress, spread, thousands};
 use postgres::Client;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,14 +112,9 @@ fn one_store_one_day(db: &mut Client, days: u64, runs: u64) -> (f64, f64, String
 
 pub fn run(server: &str, events: u64, days: u64, duration: u64, runs: u64, command: &str, output: &str) {
     let started = Instant::now();
-    let mut admin = connect(server, "postgres");
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).unwrap();
-    let mut db = connect(server, DATABASE);
-    db.batch_execute(FIXTURE).unwrap();
+    let mut db = super::fresh_lacaja_database(server, DATABASE);
     db.batch_execute(
-        "CREATE EXTENSION lacaja_analytics;
-         CREATE TABLE bench_event_stores AS SELECT n, md5('store' || n)::uuid AS id FROM generate_series(0, 99) n;
+        "CREATE TABLE bench_event_stores AS SELECT n, md5('store' || n)::uuid AS id FROM generate_series(0, 99) n;
          INSERT INTO stores (id, name) SELECT id, 'Store ' || n FROM bench_event_stores;
          ALTER TABLE events DROP CONSTRAINT events_pkey;",
     )
