@@ -78,13 +78,14 @@ fn scheduler_runs_jobs_on_time_retries_and_survives_kill_9() {
     )
     .unwrap();
     let every_second: i32 = db.query_one("SELECT analytics.add_job('log_run', '1 second')", &[]).unwrap().get(0);
-    let failing: i32 = db.query_one("SELECT analytics.add_job('fail_run', '1 hour')", &[]).unwrap().get(0);
-    db.execute("SELECT analytics.alter_job($1, retry_period => '500 milliseconds')", &[&failing]).unwrap();
+    // Added paused and configured before they may run: the scheduler picks a due job at once.
+    let failing: i32 = db.query_one("SELECT analytics.add_job('fail_run', '1 hour', scheduled => false)", &[]).unwrap().get(0);
+    db.execute("SELECT analytics.alter_job($1, retry_period => '500 milliseconds', scheduled => true)", &[&failing]).unwrap();
     let timed_out: i32 = db
-        .query_one("SELECT analytics.add_job('long_run', '1 hour', '{\"seconds\": 30}')", &[])
+        .query_one("SELECT analytics.add_job('long_run', '1 hour', '{\"seconds\": 30}', scheduled => false)", &[])
         .unwrap()
         .get(0);
-    db.execute("SELECT analytics.alter_job($1, max_runtime => '1 second')", &[&timed_out]).unwrap();
+    db.execute("SELECT analytics.alter_job($1, max_runtime => '1 second', scheduled => true)", &[&timed_out]).unwrap();
 
     // On time: a 1-second job runs about once a second, on its fixed schedule.
     std::thread::sleep(Duration::from_secs(6));
