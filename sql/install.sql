@@ -12,6 +12,7 @@ SELECT pg_catalog.pg_extension_config_dump('analytics.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables_hypertable_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.replaced_foreign_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.holidays', '');
 
 -- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
 -- by PUBLIC, and the upkeep functions are for the DBA.

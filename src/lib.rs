@@ -49,6 +49,7 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires = ["timeseries"]);
+pgrx::extension_sql_file!("../sql/warehouse.sql", name = "warehouse", requires = ["anomalies"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]

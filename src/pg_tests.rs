@@ -1090,4 +1090,38 @@ mod tests {
         assert_eq!(raised.len(), 3);
         assert!(raised.contains(&"not_equals".to_string()) && !raised.contains(&"less_than".to_string()), "{raised:?}");
     }
+
+    // Warehouse ------------------------------------------------------------------------
+
+    #[pg_test]
+    fn time_dimension_and_venezuelan_holidays() {
+        for (year, easter) in [(2000, "2000-04-23"), (2019, "2019-04-21"), (2024, "2024-03-31"), (2025, "2025-04-20"), (2026, "2026-04-05")] {
+            let got: String = scalar(&format!("SELECT analytics.easter_sunday({year})::text")).unwrap();
+            assert_eq!(got, easter, "Easter {year}");
+        }
+        let added: i32 = scalar("SELECT analytics.load_venezuela_holidays(2025, 2026)").unwrap();
+        assert_eq!(added, 28);
+        let again: i32 = scalar("SELECT analytics.load_venezuela_holidays(2025, 2026)").unwrap();
+        assert_eq!(again, 0, "loading twice adds nothing");
+        let carnival: String = scalar(
+            "SELECT string_agg(day::text, ',' ORDER BY day) FROM analytics.holidays WHERE name LIKE '%Carnaval' AND day >= '2026-01-01'",
+        )
+        .unwrap();
+        assert_eq!(carnival, "2026-02-16,2026-02-17");
+        let (holiday, dow, week): (Option<bool>, Option<i32>, Option<i32>) =
+            Spi::get_three("SELECT is_holiday, day_of_week, iso_week FROM analytics.dim_time WHERE date_key = '2026-04-03'").unwrap();
+        assert_eq!((holiday, dow, week), (Some(true), Some(5), Some(14)), "Good Friday 2026");
+        let (weekend, quarter, name): (Option<bool>, Option<i32>, Option<String>) =
+            Spi::get_three("SELECT is_weekend, quarter, holiday_name FROM analytics.dim_time WHERE date_key = '2026-07-05'").unwrap();
+        assert_eq!((weekend, quarter, name.as_deref()), (Some(true), Some(3), Some("Día de la Independencia")));
+        let days: i64 = scalar("SELECT count(*) FROM analytics.dim_time WHERE year = 2024").unwrap();
+        assert_eq!(days, 366);
+        // anomaly detection does not judge them
+        let not_judged: bool = scalar(
+            "SELECT bool_and(holiday) FROM analytics._anomaly_samples(ARRAY['a0000000-0000-4000-8000-000000000001'::uuid],
+                                                                     '2026-12-25 15:00 America/Caracas', 1) WHERE k = 0 AND kind = 'day'",
+        )
+        .unwrap();
+        assert!(not_judged);
+    }
 }
