@@ -126,6 +126,27 @@ BEGIN
 END
 $$;
 
+-- Judges every store (or one) at `at` (src/anomaly.rs), records every verdict (anomalies once
+-- per store, metric, period and method; normal ones resolve) and returns the anomalies.
+CREATE TYPE analytics.anomaly AS (
+    store_id uuid, metric_type text, metric_name text, period_type text, period_start timestamptz,
+    period_end timestamptz, predicted_value numeric, actual_value numeric, deviation_percentage numeric,
+    confidence_score numeric, z_score numeric, severity text, anomaly_type text, method text,
+    expected_low numeric, expected_high numeric);
+
+CREATE FUNCTION analytics.detect_anomalies(store_id uuid DEFAULT NULL, at timestamptz DEFAULT now(),
+                                           method text DEFAULT 'seasonal')
+RETURNS SETOF analytics.anomaly
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    verdicts jsonb := analytics._anomaly_verdicts(detect_anomalies.store_id, coalesce(at, now()), detect_anomalies.method);
+BEGIN
+    PERFORM analytics._record_anomaly_verdict(v) FROM jsonb_array_elements(verdicts) AS v;
+    RETURN QUERY
+    SELECT r.* FROM jsonb_populate_recordset(NULL::analytics.anomaly, verdicts) AS r WHERE r.severity IS NOT NULL;
+END
+$$;
+
 -- The detection job (config: {"method": "seasonal"}): every store, now.
 CREATE PROCEDURE analytics.policy_detect_anomalies(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$

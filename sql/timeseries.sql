@@ -51,6 +51,22 @@ CREATE TABLE analytics.replaced_foreign_keys (
     PRIMARY KEY (child, constraint_name)
 );
 
+-- Whether the role that logged in owns `relation` (or is a member of its owner): what the
+-- SECURITY DEFINER helpers below check, since inside them current_user is the extension's owner.
+CREATE FUNCTION analytics._session_owns(relation oid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT pg_has_role(session_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relation), 'MEMBER')
+$$;
+
+CREATE FUNCTION analytics._require_owner(relation oid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT analytics._session_owns(relation) THEN
+        RAISE EXCEPTION 'must be owner of table %', relation::regclass USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
 -- The chunk interval as the fixed length TimescaleDB uses (a month counts 30 days).
 CREATE FUNCTION analytics._fixed_interval(i interval) RETURNS interval
 LANGUAGE sql IMMUTABLE AS $$
@@ -143,9 +159,7 @@ DECLARE
 BEGIN
     -- SECURITY DEFINER (moving rows needs session_replication_role): only for the table's owner.
     SELECT * INTO STRICT h FROM analytics.hypertables t WHERE t.hypertable_id = h.hypertable_id;
-    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = h.relation), 'MEMBER') THEN
-        RAISE EXCEPTION 'must be owner of table %', h.relation USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM analytics._require_owner(h.relation);
     IF EXISTS (SELECT 1 FROM analytics.chunks c WHERE c.hypertable_id = h.hypertable_id
                AND c.range_start < chunk_end AND c.range_end > chunk_start) THEN
         RETURN NULL;
@@ -405,9 +419,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h analytics.hypertables;
 BEGIN
-    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = relation), 'MEMBER') THEN
-        RAISE EXCEPTION 'must be owner of table %', relation USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM analytics._require_owner(relation);
     INSERT INTO analytics.hypertables (relation, time_column, time_type, chunk_interval, chunks_ahead, chunk_prefix)
     VALUES (relation, time_column, time_type, chunk_interval, chunks_ahead, chunk_prefix)
     RETURNING * INTO h;
@@ -476,9 +488,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c analytics.hypertable_conversions;
 BEGIN
-    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = relation), 'MEMBER') THEN
-        RAISE EXCEPTION 'must be owner of table %', relation USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM analytics._require_owner(relation);
     INSERT INTO analytics.hypertable_conversions (relation, schema_name, table_name, time_column, time_type, chunk_interval,
         chunks_ahead, extend_unique, replace_foreign_keys, create_default_indexes, migrate_data, online, key_columns,
         caller_pid, worker_pid)
@@ -972,7 +982,7 @@ CREATE FUNCTION analytics._forget_hypertable(id int) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM analytics.hypertables h WHERE h.hypertable_id = id
       AND (to_regclass(h.relation::text) IS NULL
-           OR pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = h.relation), 'MEMBER'))
+           OR analytics._session_owns(h.relation))
 $$;
 
 CREATE FUNCTION analytics.create_hypertable(relation regclass, time_column_name name,
@@ -1152,7 +1162,7 @@ $$;
 CREATE FUNCTION analytics._set_dropped_before(id int, horizon timestamptz) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE analytics.hypertables h SET dropped_before = greatest(h.dropped_before, horizon)
-    WHERE h.hypertable_id = id AND pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = h.relation), 'MEMBER')
+    WHERE h.hypertable_id = id AND analytics._session_owns(h.relation)
 $$;
 
 -- What retention on `relation` would do wrong, if anything: an error to refuse, warnings to

@@ -294,39 +294,16 @@ fn number(row: &pgrx::spi::SpiHeapTupleData, i: usize) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
-fn detect_anomalies(
-    store_id: default!(Option<Uuid>, "NULL"),
-    at: default!(Option<TimestampWithTimeZone>, "now()"),
-    method: default!(&str, "'seasonal'"),
-) -> TableIterator<
-    'static,
-    (
-        name!(store_id, Uuid),
-        name!(metric_type, String),
-        name!(metric_name, String),
-        name!(period_type, String),
-        name!(period_start, TimestampWithTimeZone),
-        name!(period_end, TimestampWithTimeZone),
-        name!(predicted_value, pgrx::AnyNumeric),
-        name!(actual_value, pgrx::AnyNumeric),
-        name!(deviation_percentage, Option<pgrx::AnyNumeric>),
-        name!(confidence_score, pgrx::AnyNumeric),
-        name!(z_score, pgrx::AnyNumeric),
-        name!(severity, String),
-        name!(anomaly_type, String),
-        name!(method, String),
-        name!(expected_low, pgrx::AnyNumeric),
-        name!(expected_high, pgrx::AnyNumeric),
-    ),
-> {
+/// Every verdict on every store at `at` (normal ones too: they resolve), as JSON objects;
+/// `analytics.detect_anomalies` records them and returns the anomalies.
+#[pg_extern(stable, parallel_safe)]
+fn _anomaly_verdicts(store_id: Option<Uuid>, at: TimestampWithTimeZone, method: &str) -> JsonB {
     let (medium, high) = match method {
         "seasonal" => (MEDIUM, HIGH),
         "zscore" => ((2.0, 0.0), (3.0, 0.0)),
         other => pgrx::error!("unknown anomaly method {other:?}; use 'seasonal' (the default) or 'zscore'"),
     };
-    let at = at.unwrap_or_else(|| unsafe { TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp()).unwrap() });
-    let verdicts: Vec<Value> = Spi::connect_mut(|client| {
+    let verdicts: Vec<Value> = Spi::connect(|client| {
         let stores: Vec<Uuid> = match store_id {
             Some(s) => vec![s],
             None => client
@@ -371,58 +348,8 @@ fn detect_anomalies(
             }
             all.extend(v.out);
         }
-        for verdict in &all {
-            client.update("SELECT analytics._record_anomaly_verdict($1)", None, &[JsonB(verdict.clone()).into()])?;
-        }
         Ok::<_, pgrx::spi::Error>(all)
     })
     .unwrap_or_else(|e| pgrx::error!("detect_anomalies: {e}"));
-
-    let numeric = |v: &Value| -> pgrx::AnyNumeric {
-        pgrx::AnyNumeric::try_from(v.as_f64().unwrap_or(0.0)).unwrap_or_default()
-    };
-    let timestamp = |v: &Value| -> TimestampWithTimeZone {
-        let text = std::ffi::CString::new(v.as_str().unwrap_or("")).unwrap_or_default();
-        unsafe {
-            pgrx::direct_function_call::<TimestampWithTimeZone>(
-                pg_sys::timestamptz_in,
-                &[Some(pg_sys::Datum::from(text.as_ptr())), Some(pg_sys::Datum::from(pg_sys::InvalidOid)), Some(pg_sys::Datum::from(-1i32))],
-            )
-        }
-        .unwrap()
-    };
-    let rows: Vec<_> = verdicts
-        .into_iter()
-        .filter(|v| v["severity"].is_string())
-        .map(|v| {
-            (
-                Uuid::from_slice(&uuid_bytes(v["store_id"].as_str().unwrap_or(""))).unwrap(),
-                v["metric_type"].as_str().unwrap_or("").to_string(),
-                v["metric_name"].as_str().unwrap_or("").to_string(),
-                v["period_type"].as_str().unwrap_or("").to_string(),
-                timestamp(&v["period_start"]),
-                timestamp(&v["period_end"]),
-                numeric(&v["predicted_value"]),
-                numeric(&v["actual_value"]),
-                v["deviation_percentage"].as_f64().map(|_| numeric(&v["deviation_percentage"])),
-                numeric(&v["confidence_score"]),
-                numeric(&v["z_score"]),
-                v["severity"].as_str().unwrap_or("").to_string(),
-                v["anomaly_type"].as_str().unwrap_or("").to_string(),
-                v["method"].as_str().unwrap_or("").to_string(),
-                numeric(&v["expected_low"]),
-                numeric(&v["expected_high"]),
-            )
-        })
-        .collect();
-    TableIterator::new(rows)
-}
-
-fn uuid_bytes(text: &str) -> [u8; 16] {
-    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let mut bytes = [0u8; 16];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
-    }
-    bytes
+    JsonB(Value::Array(verdicts))
 }

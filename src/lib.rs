@@ -48,7 +48,7 @@ pgrx::extension_sql_file!(
         hypertable::_start_conversion_worker
     ]
 );
-pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires = ["timeseries"]);
+pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires = ["timeseries", anomaly::_anomaly_verdicts]);
 pgrx::extension_sql_file!("../sql/warehouse.sql", name = "warehouse", requires = ["anomalies"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 

@@ -39,9 +39,25 @@ fn scheduler_pid(db: &mut Client) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
+/// Whether the scheduler is connected to the test database.
+fn scheduler_in_database(db: &mut Client) -> bool {
+    db.query_opt("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'lacaja_analytics scheduler' AND datname = $1", &[&DATABASE])
+        .ok()
+        .flatten()
+        .is_some()
+}
+
 fn kill_9(pid: i32) {
     let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill -9 {pid}");
+}
+
+fn reset_scheduler_settings() {
+    let mut admin = connect("postgres");
+    for statement in ["ALTER SYSTEM RESET lacaja_analytics.database", "ALTER SYSTEM RESET lacaja_analytics.scheduler_naptime",
+                      "SELECT pg_reload_conf()"] {
+        admin.batch_execute(statement).unwrap();
+    }
 }
 
 fn set_scheduler_database(name: &str) {
@@ -60,10 +76,7 @@ fn scheduler_runs_jobs_on_time_retries_and_survives_kill_9() {
     // A database without the extension: the scheduler connects and waits.
     set_scheduler_database(DATABASE);
     eventually("the scheduler to connect to the database", Duration::from_secs(30), |db| {
-        db.query_opt("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'lacaja_analytics scheduler' AND datname = $1", &[&DATABASE])
-            .ok()
-            .flatten()
-            .is_some()
+        scheduler_in_database(db)
     });
     let mut db = connect(DATABASE);
     db.batch_execute(
@@ -188,16 +201,9 @@ fn scheduler_runs_jobs_on_time_retries_and_survives_kill_9() {
     assert_eq!(scheduler_pid(&mut db), pid, "the same scheduler process carried on");
 
     // Without the scheduler, run_pending_jobs() runs what is due, in the caller's session.
-    let mut admin = connect("postgres");
-    for statement in ["ALTER SYSTEM RESET lacaja_analytics.database", "ALTER SYSTEM RESET lacaja_analytics.scheduler_naptime",
-                      "SELECT pg_reload_conf()"] {
-        admin.batch_execute(statement).unwrap();
-    }
+    reset_scheduler_settings();
     eventually("the scheduler to leave the database", Duration::from_secs(30), |db| {
-        db.query_opt("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'lacaja_analytics scheduler' AND datname = $1", &[&DATABASE])
-            .ok()
-            .flatten()
-            .is_none()
+        !scheduler_in_database(db)
     });
     let mut db = connect(DATABASE);
     db.batch_execute("SELECT analytics.delete_job(job_id) FROM analytics.jobs; TRUNCATE job_log;").unwrap();
