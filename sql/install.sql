@@ -13,6 +13,9 @@ SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables_hypertable_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.replaced_foreign_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.holidays', '');
+-- Product versions are history the source does not keep; facts are reloaded after a restore.
+SELECT pg_catalog.pg_extension_config_dump('analytics.dim_product', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics.dim_product_product_key_seq', '');
 
 -- Privileges: the POS writes through SECURITY DEFINER triggers; nothing here is writable
 -- by PUBLIC, and the upkeep functions are for the DBA.
@@ -29,7 +32,15 @@ REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics
     analytics.create_recommended_indexes(boolean), analytics._index_plan(), analytics._start_index_builder(),
     analytics._claim_due_job(), analytics._record_job_run(int, text, text), analytics._recover_crashed_runs(),
     analytics._execute_job(int), analytics.run_pending_jobs(), analytics._fk_check_parent(),
-    analytics.refresh_real_time_metrics(timestamptz), analytics.current_metrics(timestamptz), analytics._fk_parent_action() FROM PUBLIC;
+    analytics.refresh_real_time_metrics(timestamptz), analytics.current_metrics(timestamptz), analytics._fk_parent_action(),
+    analytics.enable_warehouse(interval), analytics.disable_warehouse(), analytics.etl_load_sales(boolean),
+    analytics._attach_warehouse(name), analytics._detach_warehouse(), analytics._warehouse_detached(),
+    analytics._warehouse_reattached(name, boolean), analytics._etl_products(name), analytics._etl_stores(name),
+    analytics._etl_customers(name, uuid[]), analytics._etl_facts(uuid[]), analytics._etl_repoint(uuid[]),
+    analytics._capture_warehouse_sales(), analytics._capture_warehouse_items(),
+    analytics._capture_warehouse_item_returns(), analytics._capture_warehouse_products(),
+    analytics.load_venezuela_holidays(int, int) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE analytics.policy_etl_load_sales(int, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE analytics.run_job(int) FROM PUBLIC;
 
 -- The extension's own job: fold the parts writing sessions leave, every 10 minutes.

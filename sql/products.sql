@@ -95,8 +95,9 @@ HAVING sum(p.lines) <> 0;
 
 -- Item facts of the sales matching `filter` (aliases: i item, r sale), recomputed from the
 -- source tables; captured unit costs are taken from `captured` (a relation shaped like
--- item_facts) and captured from products now for items that have none.
-CREATE FUNCTION analytics._item_facts_sql(captured text, filter text) RETURNS text
+-- item_facts) and captured from products now for items that have none. `warehouse` adds
+-- what the warehouse's facts carry besides (sale time, customer, payment method, ...).
+CREATE FUNCTION analytics._item_facts_sql(captured text, filter text, warehouse boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     cfg analytics.source_config;
@@ -136,7 +137,7 @@ BEGIN
                coalesce(c.unit_cost_bs, %4$s, 0) AS unit_cost_bs,
                coalesce(c.unit_cost_usd, %5$s, 0) AS unit_cost_usd,
                coalesce(ret.qty, 0) AS returned_qty, coalesce(ret.total_bs, 0) AS returned_bs,
-               coalesce(ret.total_usd, 0) AS returned_usd
+               coalesce(ret.total_usd, 0) AS returned_usd%12$s
         FROM %6$s AS i
         JOIN %7$I.sales AS r ON r.id = i.sale_id
         LEFT JOIN analytics.store_settings AS st ON st.store_id = r.store_id
@@ -154,7 +155,16 @@ BEGIN
             'LEFT JOIN LATERAL (SELECT sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
                                 FROM %s AS x WHERE x.sale_item_id = i.id) AS ret ON true', returns)
              ELSE 'LEFT JOIN (SELECT NULL::numeric AS qty, NULL::numeric AS total_bs, NULL::numeric AS total_usd) AS ret ON true' END,
-        filter);
+        filter,
+        CASE WHEN warehouse THEN format($c$,
+               r.customer_id, r.sold_at,
+               (r.sold_at AT TIME ZONE coalesce(st.timezone, analytics.default_timezone()))::time AS sale_time,
+               analytics.payment_method(r.payment) AS payment_method, %s AS exchange_rate,
+               coalesce(%s, false) AS is_weight_product, NOT coalesce((%s), false) AS is_voided$c$,
+            CASE WHEN analytics._has_columns(format('%I.sales', cfg.source_schema)::regclass, '{exchange_rate}')
+                 THEN 'r.exchange_rate::numeric' ELSE 'NULL::numeric' END,
+            weight, cfg.valid_sale)
+        ELSE '' END);
 END
 $$;
 

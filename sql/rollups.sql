@@ -524,6 +524,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r analytics.rollup_catalog;
 BEGIN
+    IF TG_ARGV[0] LIKE 'warehouse\_%' THEN
+        -- What the table held is gone without a trace in the change log: reload it all.
+        UPDATE analytics.warehouse_state SET full_load_pending = true;
+        RETURN NULL;
+    END IF;
     IF TG_ARGV[0] = 'item_returns' THEN
         -- Returned quantities are part of the item facts: recompute the sales that had any.
         PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics.item_facts f
@@ -612,6 +617,7 @@ BEGIN
     PERFORM analytics._set_capture_body('sales', 'BEGIN RETURN NULL; END');
     PERFORM analytics._set_capture_body('stock', 'BEGIN RETURN NULL; END');
     PERFORM analytics._detach_items();
+    PERFORM analytics._warehouse_detached();
     RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
 END
 $$;
@@ -642,6 +648,9 @@ DECLARE
     found_tables text[];
     stock_source text;
     triggers text[];
+    -- Re-attaching in one transaction misses no change: the warehouse needs no reload then.
+    warehouse_reload constant boolean := (SELECT w.full_load_pending FROM analytics.warehouse_state w)
+        OR (SELECT c.source_schema FROM analytics.source_config c) IS DISTINCT FROM source_schema;
 BEGIN
     IF sales IS NULL THEN
         RAISE EXCEPTION 'no table "sales" in schema "%"', source_schema
@@ -694,6 +703,7 @@ BEGIN
             'stock');
     END IF;
     triggers := triggers || analytics._attach_items(source_schema, valid_sale);
+    triggers := triggers || analytics._warehouse_reattached(source_schema, warehouse_reload);
 
     optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
                              'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
