@@ -7,6 +7,7 @@ mod tests {
 
     const SCHEMA: &str = include_str!("../sql/fixtures/lacaja_schema.sql");
     const ORACLE: &str = include_str!("../tests/sql/oracle.sql");
+    const WAREHOUSE_ORACLE: &str = include_str!("../tests/sql/warehouse_oracle.sql");
 
     const STORE_A: &str = "a0000000-0000-4000-8000-000000000001";
     const STORE_B: &str = "b0000000-0000-4000-8000-000000000002";
@@ -1123,5 +1124,161 @@ mod tests {
         )
         .unwrap();
         assert!(not_judged);
+    }
+
+    fn etl() -> serde_json::Value {
+        scalar::<pgrx::JsonB>("SELECT analytics.etl_load_sales()").unwrap().0
+    }
+
+    fn assert_warehouse_exact(when: &str) {
+        let facts: i64 = scalar("SELECT count(*) FROM oracle_fact_differences").unwrap();
+        let sample: Option<String> = scalar("SELECT string_agg(d::text, E'\\n') FROM (SELECT * FROM oracle_fact_differences LIMIT 4) d");
+        assert_eq!(facts, 0, "{when}: facts differ from their definition:\n{}", sample.unwrap_or_default());
+        let reports: Option<String> = scalar("SELECT string_agg(report || ' of ' || store_id, ', ') FROM oracle_report_differences");
+        assert_eq!(reports, None, "{when}: reports differ from the same questions over the source tables");
+    }
+
+    fn product(n: u32) -> String {
+        format!("('f0000000-0000-4000-8000-' || lpad('{n}', 12, '0'))::uuid")
+    }
+
+    #[pg_test]
+    fn warehouse_loads_every_change_once_and_keeps_product_history() {
+        outcome_helper();
+        lacaja_pos();
+        run(&format!(
+            "INSERT INTO products (id, store_id, name, category, price_bs, price_usd, cost_bs, cost_usd, cost_per_weight_bs, cost_per_weight_usd, is_weight_product)
+             VALUES ({p1}, '{STORE_A}', 'Harina PAN', 'víveres', 40, 1.10, 30, 0.80, NULL, NULL, false),
+                    ({p2}, '{STORE_A}', 'Queso', 'charcutería', 0, 0, 200, 5.40, 180.5, 4.9, true),
+                    ({p3}, '{STORE_A}', 'Malta', NULL, 25, 0.70, 18, 0.50, NULL, NULL, false),
+                    ({p4}, '{STORE_B}', 'Café', 'víveres', 90, 2.50, 60, 1.60, NULL, NULL, false)",
+            p1 = product(1), p2 = product(2), p3 = product(3), p4 = product(4)
+        ));
+        let item = |sale: u32, n: u32, prod: u32, qty: &str, price: &str, discount: &str, weight: bool| {
+            format!(
+                "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd, discount_bs, discount_usd, is_weight_product)
+                 VALUES (('e0000000-0000-4000-8000-' || lpad('{}', 12, '0'))::uuid, {}, {}, {qty}, {price}, round({price} / 36.5, 4), {discount}, 0, {weight})",
+                sale * 10 + n, sale_id(sale), product(prod)
+            )
+        };
+        for (id, store, at, method, customer) in [
+            (1, STORE_A, "2026-10-03 09:15-04", "CASH_BS", Some(1)),
+            (2, STORE_A, "2026-10-31 23:30-04", "PAGO_MOVIL", None),
+            (3, STORE_A, "2026-11-01 00:10-04", "SPLIT", Some(2)),
+            (4, STORE_B, "2026-11-02 12:00-04", "CASH_USD", None),
+        ] {
+            run(&sale(id, store, at, "100", method, customer));
+        }
+        for statement in [
+            item(1, 1, 1, "2", "40", "0", false),
+            item(1, 2, 2, "0.750", "260", "5", true),
+            item(2, 1, 1, "1", "40", "0", false),
+            item(2, 2, 3, "6", "25", "1.50", false),
+            item(3, 1, 3, "3", "25", "0", false),
+            item(4, 1, 4, "1", "90", "0", false),
+        ] {
+            run(&statement);
+        }
+        run(&format!(
+            "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+             VALUES ('a1000000-0000-4000-8000-000000000001', '{STORE_A}', {s2}, 50, 1.37);
+             INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+             VALUES ('a2000000-0000-4000-8000-000000000001', 'a1000000-0000-4000-8000-000000000001',
+                     ('e0000000-0000-4000-8000-' || lpad('22', 12, '0'))::uuid, {p3}, 2, 50, 1.37)",
+            s2 = sale_id(2), p3 = product(3)
+        ));
+        run(WAREHOUSE_ORACLE);
+
+        let refused: String = scalar("SELECT pg_temp.analytics_test_message('SELECT analytics.etl_load_sales()')").unwrap();
+        assert!(refused.contains("not enabled") && refused.contains("enable_warehouse()"), "{refused}");
+        let enabled: pgrx::JsonB = scalar("SELECT analytics.enable_warehouse(NULL)").unwrap();
+        assert_eq!(enabled.0["full_load_pending"], true, "{}", enabled.0);
+
+        let first = etl();
+        assert_eq!((first["mode"].as_str(), first["facts_inserted"].as_i64()), (Some("full"), Some(6)), "{first}");
+        assert_warehouse_exact("after the first load");
+        // The category × month report is the plain question over LA-CAJA's tables (no
+        // product has changed yet, so today's category is the one at the time of sale).
+        let plain: Option<String> = scalar(&format!(
+            "SELECT string_agg(concat_ws(' ', month, category, n, revenue), '; ' ORDER BY month, category) FROM (
+                 SELECT date_trunc('month', s.sold_at AT TIME ZONE 'America/Caracas')::date AS month, p.category,
+                        count(DISTINCT s.id) AS n,
+                        sum(i.unit_price_bs * i.qty - i.discount_bs - coalesce((SELECT sum(x.total_bs) FROM sale_return_items x
+                                                                                 WHERE x.sale_item_id = i.id), 0)) AS revenue
+                 FROM sales s JOIN sale_items i ON i.sale_id = s.id JOIN products p ON p.id = i.product_id
+                 WHERE s.voided_at IS NULL AND s.store_id = '{STORE_A}' GROUP BY 1, 2) q"
+        ));
+        let report: Option<String> = scalar(&format!(
+            "SELECT string_agg(concat_ws(' ', month, category, sales_count, revenue_bs), '; ' ORDER BY month, category)
+             FROM analytics.report_sales_by_category_month('{STORE_A}')"
+        ));
+        assert_eq!(report, plain);
+        assert!(report.unwrap().contains("2026-10-01 víveres 2 120"), "Harina PAN: 2×40 + 1×40");
+
+        let again = etl();
+        assert_eq!(
+            (again["changes"].as_i64(), again["facts_inserted"].as_i64(), again["facts_updated"].as_i64(), again["facts_deleted"].as_i64()),
+            (Some(0), Some(0), Some(0), Some(0)),
+            "a second run changes nothing: {again}"
+        );
+
+        // A rename and a category change open a version at that moment. A sale an offline
+        // register made before it, synced after, belongs to the old version; one made after
+        // it, to the new one.
+        run(&format!("UPDATE products SET name = 'Harina P.A.N. 1kg', category = 'harinas' WHERE id = {}", product(1)));
+        run(&format!(
+            "INSERT INTO sales (id, store_id, sold_at, exchange_rate, totals, payment)
+             VALUES ({late}, '{STORE_A}', clock_timestamp() - interval '2 hours', 36.5, '{{\"total_bs\": 40}}', '{{\"method\": \"CASH_BS\"}}'),
+                    ({after}, '{STORE_A}', clock_timestamp() + interval '1 second', 36.5, '{{\"total_bs\": 40}}', '{{\"method\": \"FIAO\"}}')",
+            late = sale_id(5), after = sale_id(6)
+        ));
+        run(&item(5, 1, 1, "1", "40", "0", false));
+        run(&item(6, 1, 1, "1", "40", "0", false));
+        // A void, a deleted sale, an item's quantity corrected, a sale moved to a past day.
+        run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(3)));
+        run(&format!("DELETE FROM sales WHERE id = {}", sale_id(4)));
+        run("UPDATE sale_items SET qty = 3 WHERE id = ('e0000000-0000-4000-8000-' || lpad('11', 12, '0'))::uuid");
+        run(&format!("UPDATE sales SET sold_at = sold_at - interval '40 days' WHERE id = {}", sale_id(2)));
+        // A totals rewrite alone (a return's) changes no fact: nothing is logged for it.
+        let logged: i64 = scalar("SELECT count(*) FROM analytics.warehouse_changes").unwrap();
+        run(&format!("UPDATE sales SET totals = totals || '{{\"total_bs\": 1}}' WHERE id = {}", sale_id(1)));
+        assert_eq!(scalar::<i64>("SELECT count(*) FROM analytics.warehouse_changes").unwrap(), logged);
+
+        let third = etl();
+        assert_eq!(third["product_versions_opened"].as_i64(), Some(1), "{third}");
+        assert_eq!(third["facts_deleted"].as_i64(), Some(1), "sale 4's item: {third}");
+        assert_warehouse_exact("after versions, a void, a delete, an edit and a moved sale");
+        let names: String = scalar(&format!(
+            "SELECT string_agg(v.name || '/' || v.version, ',' ORDER BY f.sale_id)
+             FROM analytics.fact_sales f JOIN analytics.dim_product v ON v.product_key = f.product_key
+             WHERE f.sale_id IN ({}, {})",
+            sale_id(5),
+            sale_id(6)
+        ))
+        .unwrap();
+        assert_eq!(names, "Harina PAN/1,Harina P.A.N. 1kg/2");
+        let voided: bool = scalar(&format!("SELECT bool_and(is_voided) FROM analytics.fact_sales WHERE sale_id = {}", sale_id(3))).unwrap();
+        assert!(voided, "a void flags the facts and keeps them");
+
+        // Un-void, a store's new zone (its facts are re-dated), and re-attaching: exact again,
+        // and no reload for an attach that missed nothing.
+        run(&format!("UPDATE sales SET voided_at = NULL WHERE id = {}", sale_id(3)));
+        run(&format!("SELECT analytics.set_store_timezone('{STORE_A}', 'America/Bogota')"));
+        run("SELECT analytics.attach('pos')");
+        let fourth = etl();
+        assert_eq!((fourth["mode"].as_str(), fourth["stores_rezoned"].as_i64()), (Some("incremental"), Some(1)), "{fourth}");
+        assert_warehouse_exact("after an un-void, a new zone and attach()");
+        let date: String = scalar(&format!("SELECT min(sale_date)::text FROM analytics.fact_sales WHERE sale_id = {}", sale_id(3))).unwrap();
+        assert_eq!(date, "2026-10-31", "00:10 in Caracas is 23:10 the day before in Bogotá");
+
+        // Detached, changes are not captured: the next run reloads everything.
+        run("SELECT analytics.detach()");
+        run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(1)));
+        run("SELECT analytics.attach('pos')");
+        let fifth = etl();
+        assert_eq!(fifth["mode"].as_str(), Some("full"), "{fifth}");
+        assert_warehouse_exact("after a reload");
+        let versions: i64 = scalar("SELECT count(*) FROM analytics.dim_product").unwrap();
+        assert_eq!(versions, 5, "a reload keeps the product history and adds no version");
     }
 }
