@@ -286,16 +286,18 @@ END$b$, items));
     IF analytics._has_columns(products, '{id}') THEN
         PERFORM analytics._set_capture_body('warehouse_products', format($b$
 BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    -- Each branch names only the transition tables its event has.
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO analytics.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
+        SELECT n.id, false, %1$s FROM new_rows n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO analytics.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o;
+    ELSE
+        INSERT INTO analytics.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o
+        WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id);
         INSERT INTO analytics.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
         SELECT n.id, false, %1$s FROM new_rows n
-        WHERE TG_OP = 'INSERT'
-           OR NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.id = n.id AND (%2$s) IS NOT DISTINCT FROM (%1$s));
-    END IF;
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        INSERT INTO analytics.warehouse_product_changes (product_id, deleted)
-        SELECT o.id, true FROM old_rows o
-        WHERE TG_OP = 'DELETE' OR NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id);
+        WHERE NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.id = n.id AND (%2$s) IS NOT DISTINCT FROM (%1$s));
     END IF;
     RETURN NULL;
 END$b$, analytics._product_attributes(products, 'n'), analytics._product_attributes(products, 'o')));
