@@ -151,7 +151,11 @@ BEGIN
         format(unit_cost, 'bs'), format(unit_cost, 'usd'),
         items, cfg.source_schema, captured,
         CASE WHEN products IS NOT NULL THEN format('LEFT JOIN %s AS p ON p.id = i.product_id', products) ELSE '' END,
-        CASE WHEN returns IS NOT NULL THEN format(
+        -- Returns: looked up per item for a few sales, aggregated once for all of them.
+        CASE WHEN returns IS NOT NULL AND filter = 'true' THEN format(
+            'LEFT JOIN (SELECT x.sale_item_id, sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
+                        FROM %s AS x GROUP BY x.sale_item_id) AS ret ON ret.sale_item_id = i.id', returns)
+             WHEN returns IS NOT NULL THEN format(
             'LEFT JOIN LATERAL (SELECT sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
                                 FROM %s AS x WHERE x.sale_item_id = i.id) AS ret ON true', returns)
              ELSE 'LEFT JOIN (SELECT NULL::numeric AS qty, NULL::numeric AS total_bs, NULL::numeric AS total_usd) AS ret ON true' END,

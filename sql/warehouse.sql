@@ -583,11 +583,27 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     columns constant text := array_to_string(analytics._fact_columns(), ', ');
     everything constant boolean := sale_ids IS NULL;
+    index_definitions text[];
+    index_names text[];
 BEGIN
     IF everything AND NOT EXISTS (SELECT 1 FROM analytics.fact_sales) THEN
-        -- The first load: nothing to compare with.
-        EXECUTE format('INSERT INTO analytics.fact_sales (%s) %s', columns, analytics._fact_sales_sql('true'));
+        -- The first load: nothing to compare with. The indexes are built once afterwards
+        -- (sorted, not entry by entry) and the facts go in store and day order, so that a
+        -- store's report reads neighbouring pages. Readers of the (empty) table wait for it.
+        SELECT array_agg(pg_get_indexdef(i.indexrelid)), array_agg(format('%s', i.indexrelid::regclass))
+          INTO index_definitions, index_names
+        FROM pg_index i WHERE i.indrelid = 'analytics.fact_sales'::regclass AND NOT i.indisprimary;
+        ALTER TABLE analytics.fact_sales DROP CONSTRAINT fact_sales_pkey;
+        IF index_names IS NOT NULL THEN
+            EXECUTE 'DROP INDEX ' || array_to_string(index_names, ', ');
+        END IF;
+        EXECUTE format('INSERT INTO analytics.fact_sales (%s) SELECT * FROM (%s) AS n ORDER BY n.store_id, n.sale_date',
+                       columns, analytics._fact_sales_sql('true'));
         GET DIAGNOSTICS inserted = ROW_COUNT;
+        ALTER TABLE analytics.fact_sales ADD CONSTRAINT fact_sales_pkey PRIMARY KEY (sale_item_id);
+        FOR i IN 1..coalesce(cardinality(index_definitions), 0) LOOP
+            EXECUTE index_definitions[i];
+        END LOOP;
         updated := 0;
         deleted := 0;
         RETURN;

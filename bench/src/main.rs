@@ -9,6 +9,7 @@
 
 mod anomalies;
 mod timeseries;
+mod warehouse;
 
 use postgres::{Client, NoTls};
 use std::fmt::Write as _;
@@ -32,6 +33,8 @@ struct Args {
     server: String,
     command: String,
     events: Option<u64>,
+    /// `--warehouse N`: sales in the warehouse benchmark's history
+    warehouse: Option<u64>,
     /// `--anomalies`: (stores, days), defaults 100 stores over 120 days
     anomalies: Option<(u64, u64)>,
     seed: u64,
@@ -53,8 +56,9 @@ fn usage(problem: &str) -> ! {
         "{problem}\nusage: scripts/bench.sh [--sales 100k|1M|10M] [--stores N] [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --events 50M [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--seed N] [--output FILE]\n\
+         \x20      scripts/bench.sh --warehouse 10M [--stores N] [--days N] [--runs N] [--output FILE]\n\
          Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\
-         (or FILE; --events rewrites only its own section)."
+         (or FILE; --events, --anomalies and --warehouse rewrite only their own section)."
     );
     std::process::exit(2)
 }
@@ -71,7 +75,7 @@ impl Args {
                 i += 1;
                 continue;
             }
-            if !["sales", "stores", "days", "duration", "runs", "output", "events", "seed"].contains(&key.as_str()) {
+            if !["sales", "stores", "days", "duration", "runs", "output", "events", "seed", "warehouse"].contains(&key.as_str()) {
                 usage(&format!("unknown option {}", raw[i]));
             }
             let value = raw.get(i + 1).unwrap_or_else(|| usage(&format!("{} needs a value", raw[i])));
@@ -79,7 +83,7 @@ impl Args {
             i += 2;
         }
         let sales = given.get("sales").map(|s| parse_count(s)).unwrap_or(1_000_000);
-        let quick = sales < 1_000_000;
+        let quick = given.get("warehouse").map(|s| parse_count(s)).unwrap_or(sales) < 1_000_000;
         let pick = |key: &str, default: u64| given.get(key).map(|s| parse_count(s)).unwrap_or(default);
         Args {
             sales,
@@ -92,6 +96,7 @@ impl Args {
                 .unwrap_or_else(|_| "host=127.0.0.1 port=55432 user=postgres".into()),
             command: format!("scripts/bench.sh {}", raw.join(" ")).trim().to_string(),
             events: given.get("events").map(|s| parse_count(s)),
+            warehouse: given.get("warehouse").map(|s| parse_count(s)),
             anomalies: given.contains_key("anomalies").then(|| {
                 (given.get("stores").map(|s| parse_count(s)).unwrap_or(100), given.get("days").map(|s| parse_count(s)).unwrap_or(120))
             }),
@@ -478,6 +483,10 @@ fn main() {
         anomalies::run(&args.server, stores, days, args.seed, &args.command, &args.output);
         return;
     }
+    if let Some(sales) = args.warehouse {
+        warehouse::run(&args.server, sales, args.stores, args.days, args.runs, &args.command, &args.output);
+        return;
+    }
     if let Some(events) = args.events {
         timeseries::run(&args.server, events, args.days, args.duration, args.runs, &args.command, &args.output);
         return;
@@ -682,7 +691,7 @@ fn main() {
     let output = bench.args.output.clone();
     // The events and anomaly benchmarks are commands of their own; their sections stay as
     // they last wrote them.
-    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (anomalies::BEGIN, anomalies::END)] {
+    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (anomalies::BEGIN, anomalies::END), (warehouse::BEGIN, warehouse::END)] {
         if let Some(section) = current_section(&output, begin, end) {
             let _ = write!(md, "\n{section}\n");
         }
