@@ -2,8 +2,8 @@
 # The main job: sets up the machine, builds and installs lacaja_analytics into a local
 # PostgreSQL 15 cluster (library preloaded), creates a LA-CAJA demo database with a generated
 # workload, installs the extension, backfills, shows live capture, converts sales and events
-# into hypertables online, runs the jobs, and prints each store's dashboard with the time of
-# every query.  DAYS=120 sets the history.  Idempotent.
+# into hypertables online, runs the jobs, loads the warehouse and prints reports from it, and
+# prints each store's dashboard with the time of every query.  DAYS=120 sets the history.  Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DAYS=${DAYS:-120}
@@ -79,6 +79,35 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 q -At -c "SELECT status || ': ' || count(*) FROM analytics.index_builds GROUP BY status ORDER BY status"
+
+echo "==> warehouse: change capture on, one load of all history, then only what changed (analytics.etl_load_sales)"
+q -At -c "SELECT '    ' || analytics.load_venezuela_holidays(2024, 2027) || ' national holidays loaded into analytics.holidays'"
+q -At -c "SELECT '    ETL scheduled as job ' || (analytics.enable_warehouse() ->> 'job_id')"
+q -At -c "SELECT '    first run: ' || analytics.etl_load_sales()::text"
+q -At -c "SELECT '    second run: ' || analytics.etl_load_sales()::text"
+echo "    a product renamed and recategorised, a sale of it now, one voided: the next run loads just that"
+q -At -c "UPDATE products SET name = name || ' (nuevo empaque)', category = 'Ofertas'
+          WHERE id = (SELECT product_id FROM analytics.fact_sales GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1)"
+q -At -c "WITH s AS (INSERT INTO sales (id, store_id, sold_at, exchange_rate, totals, payment)
+                     SELECT gen_random_uuid(), p.store_id, now(), 36.5, jsonb_build_object('total_bs', 2 * p.price_bs, 'total_usd', 2 * p.price_usd),
+                            '{\"method\": \"PAGO_MOVIL\"}'
+                     FROM products p WHERE p.name LIKE '%(nuevo empaque)' RETURNING id, store_id)
+          INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+          SELECT gen_random_uuid(), s.id, p.id, 2, p.price_bs, p.price_usd FROM s JOIN products p ON p.name LIKE '%(nuevo empaque)'"
+q -At -c "UPDATE sales SET voided_at = now()
+          WHERE id = (SELECT sale_id FROM analytics.fact_sales WHERE NOT is_voided ORDER BY sold_at DESC OFFSET 5 LIMIT 1)"
+q -At -c "SELECT '    third run: ' || analytics.etl_load_sales()::text"
+q -c "SELECT v.version, v.name, v.category, v.valid_from::timestamp(0), v.valid_to::timestamp(0), count(f.*) AS facts
+      FROM analytics.dim_product v LEFT JOIN analytics.fact_sales f ON f.product_key = v.product_key
+      WHERE v.product_id = (SELECT product_id FROM analytics.dim_product WHERE version = 2 LIMIT 1)
+      GROUP BY 1, 2, 3, 4, 5 ORDER BY 1"
+first_store=$(q -At -c "SELECT id FROM stores ORDER BY id LIMIT 1")
+echo "    the first store, last three months: sales and margin by category × month"
+q -c "SELECT month, coalesce(category, '(none)') AS category, sales_count, revenue_bs, profit_bs, margin_pct
+      FROM analytics.report_sales_by_category_month('$first_store', (date_trunc('month', current_date) - interval '2 months')::date)"
+echo "    its ABC analysis (top 8 of the last 30 days)"
+q -c "SELECT rank, name, category, revenue_bs, cumulative_share, class
+      FROM analytics.report_product_abc('$first_store', current_date - 30) LIMIT 8"
 
 for store in $(q -At -c "SELECT id FROM stores ORDER BY id"); do
   echo

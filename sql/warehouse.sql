@@ -732,7 +732,8 @@ $$;
 
 -- Reports --------------------------------------------------------------------------------------
 --
--- Over the facts of valid sales, net of returns: qty − returned, amount − returned, cost of
+-- Over the facts of valid sales, net of returns (money at the scale of its digits, at least
+-- cents, as the rollups give it): qty − returned, amount − returned, cost of
 -- what was kept, profit. A NULL store or day bound means no bound. Categories and names are
 -- the product's version at the time of sale. Plain SQL functions, inlined into the caller's
 -- query, so constant arguments reach the (store_id, sale_date) index.
@@ -743,9 +744,9 @@ RETURNS TABLE (month date, category text, sales_count bigint, qty numeric, reven
                cost_bs numeric, cost_usd numeric, profit_bs numeric, profit_usd numeric, margin_pct numeric)
 LANGUAGE sql STABLE AS $$
     SELECT date_trunc('month', f.sale_date)::date, v.category, count(DISTINCT f.sale_id),
-           sum(f.qty - f.returned_qty), sum(f.amount_bs - f.returned_bs), sum(f.amount_usd - f.returned_usd),
-           sum(f.cost_bs - f.returned_cost_bs), sum(f.cost_usd - f.returned_cost_usd),
-           sum(f.profit_bs), sum(f.profit_usd),
+           sum(f.qty - f.returned_qty), analytics.money(sum(f.amount_bs - f.returned_bs)), analytics.money(sum(f.amount_usd - f.returned_usd)),
+           analytics.money(sum(f.cost_bs - f.returned_cost_bs)), analytics.money(sum(f.cost_usd - f.returned_cost_usd)),
+           analytics.money(sum(f.profit_bs)), analytics.money(sum(f.profit_usd)),
            round(100 * sum(f.profit_bs) / nullif(sum(f.amount_bs - f.returned_bs), 0), 2)
     FROM analytics.fact_sales f
     LEFT JOIN analytics.dim_product v ON v.product_key = f.product_key
@@ -762,8 +763,8 @@ RETURNS TABLE (day_of_week int, hour int, sales_count bigint, qty numeric, reven
                profit_bs numeric, profit_usd numeric)
 LANGUAGE sql STABLE AS $$
     SELECT extract(dow FROM f.sale_date)::int, extract(hour FROM f.sale_time)::int, count(DISTINCT f.sale_id),
-           sum(f.qty - f.returned_qty), sum(f.amount_bs - f.returned_bs), sum(f.amount_usd - f.returned_usd),
-           sum(f.profit_bs), sum(f.profit_usd)
+           sum(f.qty - f.returned_qty), analytics.money(sum(f.amount_bs - f.returned_bs)), analytics.money(sum(f.amount_usd - f.returned_usd)),
+           analytics.money(sum(f.profit_bs)), analytics.money(sum(f.profit_usd))
     FROM analytics.fact_sales f
     WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
       AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
@@ -777,7 +778,7 @@ RETURNS TABLE (month date, payment_method text, sales_count bigint, revenue_bs n
                profit_bs numeric, profit_usd numeric)
 LANGUAGE sql STABLE AS $$
     SELECT date_trunc('month', f.sale_date)::date, f.payment_method, count(DISTINCT f.sale_id),
-           sum(f.amount_bs - f.returned_bs), sum(f.amount_usd - f.returned_usd), sum(f.profit_bs), sum(f.profit_usd)
+           analytics.money(sum(f.amount_bs - f.returned_bs)), analytics.money(sum(f.amount_usd - f.returned_usd)), analytics.money(sum(f.profit_bs)), analytics.money(sum(f.profit_usd))
     FROM analytics.fact_sales f
     WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
       AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
@@ -805,7 +806,8 @@ LANGUAGE sql STABLE AS $$
                sum(p.revenue_bs) OVER w AS running, sum(p.revenue_bs) OVER () AS total
         FROM per_product p
         WINDOW w AS (ORDER BY p.revenue_bs DESC, p.product_id ROWS UNBOUNDED PRECEDING))
-    SELECT r.rank, r.product_id, latest.name, latest.category, r.qty, r.revenue_bs, r.revenue_usd, r.profit_bs,
+    SELECT r.rank, r.product_id, latest.name, latest.category, r.qty, analytics.money(r.revenue_bs),
+           analytics.money(r.revenue_usd), analytics.money(r.profit_bs),
            round(r.revenue_bs / nullif(r.total, 0), 6), round(r.running / nullif(r.total, 0), 6),
            CASE WHEN r.total > 0 AND (r.running - r.revenue_bs) < 0.80 * r.total THEN 'A'
                 WHEN r.total > 0 AND (r.running - r.revenue_bs) < 0.95 * r.total THEN 'B'

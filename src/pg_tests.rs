@@ -1200,7 +1200,7 @@ mod tests {
         // The category × month report is the plain question over LA-CAJA's tables (no
         // product has changed yet, so today's category is the one at the time of sale).
         let plain: Option<String> = scalar(&format!(
-            "SELECT string_agg(concat_ws(' ', month, category, n, revenue), '; ' ORDER BY month, category) FROM (
+            "SELECT string_agg(concat_ws(' ', month, category, n, round(revenue, 4)), '; ' ORDER BY month, category) FROM (
                  SELECT date_trunc('month', s.sold_at AT TIME ZONE 'America/Caracas')::date AS month, p.category,
                         count(DISTINCT s.id) AS n,
                         sum(i.unit_price_bs * i.qty - i.discount_bs - coalesce((SELECT sum(x.total_bs) FROM sale_return_items x
@@ -1209,7 +1209,7 @@ mod tests {
                  WHERE s.voided_at IS NULL AND s.store_id = '{STORE_A}' GROUP BY 1, 2) q"
         ));
         let report: Option<String> = scalar(&format!(
-            "SELECT string_agg(concat_ws(' ', month, category, sales_count, revenue_bs), '; ' ORDER BY month, category)
+            "SELECT string_agg(concat_ws(' ', month, category, sales_count, round(revenue_bs, 4)), '; ' ORDER BY month, category)
              FROM analytics.report_sales_by_category_month('{STORE_A}')"
         ));
         assert_eq!(report, plain);
