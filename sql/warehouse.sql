@@ -732,26 +732,38 @@ $$;
 
 -- Reports --------------------------------------------------------------------------------------
 --
--- Over the facts of valid sales, net of returns (money at the scale of its digits, at least
--- cents, as the rollups give it): qty − returned, amount − returned, cost of
--- what was kept, profit. A NULL store or day bound means no bound. Categories and names are
--- the product's version at the time of sale. Plain SQL functions, inlined into the caller's
--- query, so constant arguments reach the (store_id, sale_date) index.
+-- Over the facts of valid sales, net of returns: qty − returned, amount − returned, cost of
+-- what was kept, profit; money at the scale of its digits (at least cents), as the rollups
+-- give it. A NULL store or day bound means no bound. Categories are the product's version at
+-- the time of sale. Plain SQL functions, inlined into the caller's query (and the helper into
+-- them), so constant arguments reach the (store_id, sale_date) index.
+
+-- The lines the reports count.
+CREATE FUNCTION analytics._report_lines(store_id uuid, from_day date, to_day date)
+RETURNS TABLE (sale_id uuid, product_id uuid, product_key bigint, sale_date date, sale_time time, payment_method text,
+               qty numeric, revenue_bs numeric, revenue_usd numeric, cost_bs numeric, cost_usd numeric,
+               profit_bs numeric, profit_usd numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT f.sale_id, f.product_id, f.product_key, f.sale_date, f.sale_time, f.payment_method,
+           f.qty - f.returned_qty, f.amount_bs - f.returned_bs, f.amount_usd - f.returned_usd,
+           f.cost_bs - f.returned_cost_bs, f.cost_usd - f.returned_cost_usd, f.profit_bs, f.profit_usd
+    FROM analytics.fact_sales f
+    WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
+      AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
+$$;
 
 CREATE FUNCTION analytics.report_sales_by_category_month(store_id uuid DEFAULT NULL, from_day date DEFAULT NULL,
                                                          to_day date DEFAULT NULL)
 RETURNS TABLE (month date, category text, sales_count bigint, qty numeric, revenue_bs numeric, revenue_usd numeric,
                cost_bs numeric, cost_usd numeric, profit_bs numeric, profit_usd numeric, margin_pct numeric)
 LANGUAGE sql STABLE AS $$
-    SELECT date_trunc('month', f.sale_date)::date, v.category, count(DISTINCT f.sale_id),
-           sum(f.qty - f.returned_qty), analytics.money(sum(f.amount_bs - f.returned_bs)), analytics.money(sum(f.amount_usd - f.returned_usd)),
-           analytics.money(sum(f.cost_bs - f.returned_cost_bs)), analytics.money(sum(f.cost_usd - f.returned_cost_usd)),
-           analytics.money(sum(f.profit_bs)), analytics.money(sum(f.profit_usd)),
-           round(100 * sum(f.profit_bs) / nullif(sum(f.amount_bs - f.returned_bs), 0), 2)
-    FROM analytics.fact_sales f
-    LEFT JOIN analytics.dim_product v ON v.product_key = f.product_key
-    WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
-      AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
+    SELECT date_trunc('month', l.sale_date)::date, v.category, count(DISTINCT l.sale_id), sum(l.qty),
+           analytics.money(sum(l.revenue_bs)), analytics.money(sum(l.revenue_usd)),
+           analytics.money(sum(l.cost_bs)), analytics.money(sum(l.cost_usd)),
+           analytics.money(sum(l.profit_bs)), analytics.money(sum(l.profit_usd)),
+           round(100 * sum(l.profit_bs) / nullif(sum(l.revenue_bs), 0), 2)
+    FROM analytics._report_lines($1, $2, $3) l
+    LEFT JOIN analytics.dim_product v ON v.product_key = l.product_key
     GROUP BY 1, 2
     ORDER BY 1, 2
 $$;
@@ -762,12 +774,10 @@ CREATE FUNCTION analytics.report_sales_by_weekday_hour(store_id uuid DEFAULT NUL
 RETURNS TABLE (day_of_week int, hour int, sales_count bigint, qty numeric, revenue_bs numeric, revenue_usd numeric,
                profit_bs numeric, profit_usd numeric)
 LANGUAGE sql STABLE AS $$
-    SELECT extract(dow FROM f.sale_date)::int, extract(hour FROM f.sale_time)::int, count(DISTINCT f.sale_id),
-           sum(f.qty - f.returned_qty), analytics.money(sum(f.amount_bs - f.returned_bs)), analytics.money(sum(f.amount_usd - f.returned_usd)),
-           analytics.money(sum(f.profit_bs)), analytics.money(sum(f.profit_usd))
-    FROM analytics.fact_sales f
-    WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
-      AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
+    SELECT extract(dow FROM l.sale_date)::int, extract(hour FROM l.sale_time)::int, count(DISTINCT l.sale_id), sum(l.qty),
+           analytics.money(sum(l.revenue_bs)), analytics.money(sum(l.revenue_usd)),
+           analytics.money(sum(l.profit_bs)), analytics.money(sum(l.profit_usd))
+    FROM analytics._report_lines($1, $2, $3) l
     GROUP BY 1, 2
     ORDER BY 1, 2
 $$;
@@ -777,11 +787,10 @@ CREATE FUNCTION analytics.report_sales_by_payment_month(store_id uuid DEFAULT NU
 RETURNS TABLE (month date, payment_method text, sales_count bigint, revenue_bs numeric, revenue_usd numeric,
                profit_bs numeric, profit_usd numeric)
 LANGUAGE sql STABLE AS $$
-    SELECT date_trunc('month', f.sale_date)::date, f.payment_method, count(DISTINCT f.sale_id),
-           analytics.money(sum(f.amount_bs - f.returned_bs)), analytics.money(sum(f.amount_usd - f.returned_usd)), analytics.money(sum(f.profit_bs)), analytics.money(sum(f.profit_usd))
-    FROM analytics.fact_sales f
-    WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
-      AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
+    SELECT date_trunc('month', l.sale_date)::date, l.payment_method, count(DISTINCT l.sale_id),
+           analytics.money(sum(l.revenue_bs)), analytics.money(sum(l.revenue_usd)),
+           analytics.money(sum(l.profit_bs)), analytics.money(sum(l.profit_usd))
+    FROM analytics._report_lines($1, $2, $3) l
     GROUP BY 1, 2
     ORDER BY 1, 2
 $$;
@@ -795,12 +804,10 @@ RETURNS TABLE (rank bigint, product_id uuid, name text, category text, qty numer
                revenue_usd numeric, profit_bs numeric, share numeric, cumulative_share numeric, class text)
 LANGUAGE sql STABLE AS $$
     WITH per_product AS (
-        SELECT f.product_id, sum(f.qty - f.returned_qty) AS qty, sum(f.amount_bs - f.returned_bs) AS revenue_bs,
-               sum(f.amount_usd - f.returned_usd) AS revenue_usd, sum(f.profit_bs) AS profit_bs
-        FROM analytics.fact_sales f
-        WHERE NOT f.is_voided AND ($1 IS NULL OR f.store_id = $1)
-          AND ($2 IS NULL OR f.sale_date >= $2) AND ($3 IS NULL OR f.sale_date <= $3)
-        GROUP BY f.product_id),
+        SELECT l.product_id, sum(l.qty) AS qty, sum(l.revenue_bs) AS revenue_bs, sum(l.revenue_usd) AS revenue_usd,
+               sum(l.profit_bs) AS profit_bs
+        FROM analytics._report_lines($1, $2, $3) l
+        GROUP BY l.product_id),
     ranked AS (
         SELECT p.*, row_number() OVER w AS rank,
                sum(p.revenue_bs) OVER w AS running, sum(p.revenue_bs) OVER () AS total
