@@ -1273,6 +1273,8 @@ mod tests {
 
         // Detached, changes are not captured: the next run reloads everything.
         run("SELECT analytics.detach()");
+        let detached: String = scalar("SELECT pg_temp.analytics_test_message('SELECT analytics.etl_load_sales()')").unwrap();
+        assert!(detached.contains("detached") && detached.contains("analytics.attach("), "{detached}");
         run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(1)));
         run("SELECT analytics.attach('pos')");
         let fifth = etl();
