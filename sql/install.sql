@@ -34,7 +34,7 @@ REVOKE EXECUTE ON FUNCTION analytics.attach(name), analytics.detach(), analytics
     analytics._execute_job(int), analytics.run_pending_jobs(), analytics._fk_check_parent(),
     analytics.refresh_real_time_metrics(timestamptz), analytics.current_metrics(timestamptz), analytics._fk_parent_action(),
     analytics.enable_warehouse(interval), analytics.disable_warehouse(), analytics.etl_load_sales(boolean),
-    analytics._attach_warehouse(name), analytics._detach_warehouse(), analytics._warehouse_detached(),
+    analytics._attach_warehouse(name), analytics._detach_warehouse(), analytics._drop_capture_triggers(text), analytics._warehouse_detached(),
     analytics._warehouse_reattached(name, boolean), analytics._etl_products(name), analytics._etl_stores(name),
     analytics._etl_customers(name, uuid[]), analytics._etl_facts(uuid[]), analytics._etl_repoint(uuid[]),
     analytics._capture_warehouse_sales(), analytics._capture_warehouse_items(),

@@ -598,7 +598,8 @@ LANGUAGE sql STABLE AS $$
                           WHERE a.attrelid = rel AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped))
 $$;
 
-CREATE FUNCTION analytics.detach() RETURNS jsonb
+-- Drops the capture triggers named `prefix`…, on whatever tables; returns table.trigger names.
+CREATE FUNCTION analytics._drop_capture_triggers(prefix text) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
@@ -607,12 +608,21 @@ BEGIN
     FOR t IN
         SELECT tg.tgname, tg.tgrelid::regclass AS rel
         FROM pg_trigger tg
-        WHERE tg.tgname LIKE 'lacaja\_analytics\_%' AND NOT tg.tgisinternal
+        WHERE starts_with(tg.tgname, prefix) AND NOT tg.tgisinternal
         ORDER BY 2, 1
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
         dropped := dropped || format('%s.%s', t.rel, t.tgname);
     END LOOP;
+    RETURN dropped;
+END
+$$;
+
+CREATE FUNCTION analytics.detach() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dropped constant text[] := analytics._drop_capture_triggers('lacaja_analytics_');
+BEGIN
     DELETE FROM analytics.source_config;
     PERFORM analytics._set_capture_body('sales', 'BEGIN RETURN NULL; END');
     PERFORM analytics._set_capture_body('stock', 'BEGIN RETURN NULL; END');

@@ -202,9 +202,6 @@ CREATE TABLE analytics.etl_runs (
 
 -- Capture -----------------------------------------------------------------------------------
 
-SELECT analytics._set_capture_body(source, 'BEGIN RETURN NULL; END')
-FROM unnest(ARRAY['warehouse_sales', 'warehouse_items', 'warehouse_item_returns', 'warehouse_products']) AS source;
-
 -- The product attributes the dimension versions (store_id, name, category, sku), as
 -- expressions over alias `alias`; NULL for a column the source lacks.
 CREATE FUNCTION analytics._product_attributes(products regclass, alias text, named boolean DEFAULT false) RETURNS text
@@ -307,19 +304,17 @@ END$b$, analytics._product_attributes(products, 'n'), analytics._product_attribu
 END
 $$;
 
+-- Drops the warehouse's capture triggers and empties its capture functions.
 CREATE FUNCTION analytics._detach_warehouse() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    t record;
 BEGIN
-    FOR t IN SELECT tg.tgname, tg.tgrelid::regclass AS rel FROM pg_trigger tg
-             WHERE tg.tgname LIKE 'lacaja\_analytics\_warehouse\_%' AND NOT tg.tgisinternal LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
-    END LOOP;
+    PERFORM analytics._drop_capture_triggers('lacaja_analytics_warehouse_');
     PERFORM analytics._set_capture_body(source, 'BEGIN RETURN NULL; END')
     FROM unnest(ARRAY['warehouse_sales', 'warehouse_items', 'warehouse_item_returns', 'warehouse_products']) AS source;
 END
 $$;
+-- The capture functions exist from install on, so that triggers and privileges can name them.
+SELECT analytics._detach_warehouse();
 
 -- detach() dropped the capture triggers: what changes from now on is not captured.
 CREATE FUNCTION analytics._warehouse_detached() RETURNS void

@@ -73,28 +73,18 @@ fn etl(db: &mut Client) -> serde_json::Value {
     serde_json::from_str(row.get::<_, &str>(0)).unwrap()
 }
 
+/// The first column of every row of `sql`, as text.
+fn texts(db: &mut Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[]).unwrap_or_else(|e| panic!("{e}\n---\n{sql}")).iter().map(|r| r.get(0)).collect()
+}
+
 fn assert_warehouse_exact(db: &mut Client, seed: u64, when: &str) {
     db.batch_execute("BEGIN").unwrap();
     db.batch_execute(WAREHOUSE_ORACLE).unwrap();
     let facts: i64 = db.query_one("SELECT count(*) FROM oracle_fact_differences", &[]).unwrap().get(0);
-    let sample: Vec<String> = db
-        .query("SELECT d::text FROM (SELECT * FROM oracle_fact_differences ORDER BY sale_item_id, side LIMIT 6) d", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let reports: Vec<String> = db
-        .query("SELECT report || ' of ' || store_id FROM oracle_report_differences", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let versions: Vec<String> = db
-        .query(&format!("SELECT d::text FROM ({VERSION_DIFFERENCES}) d LIMIT 6"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let sample = texts(db, "SELECT d::text FROM (SELECT * FROM oracle_fact_differences ORDER BY sale_item_id, side LIMIT 6) d");
+    let reports = texts(db, "SELECT report || ' of ' || store_id FROM oracle_report_differences");
+    let versions = texts(db, &format!("SELECT d::text FROM ({VERSION_DIFFERENCES}) d LIMIT 6"));
     db.batch_execute("ROLLBACK").unwrap();
     assert_eq!(facts, 0, "{when} (LACAJA_TEST_SEED={seed}): facts differ from their definition:\n{}", sample.join("\n"));
     assert!(reports.is_empty(), "{when} (LACAJA_TEST_SEED={seed}): reports differ: {reports:?}");
