@@ -21,7 +21,7 @@ q -v days="$DAYS" -f demo/generate.sql
 
 echo "==> CREATE EXTENSION lacaja_analytics (attaches to public.sales at once)"
 q -c "CREATE EXTENSION lacaja_analytics"
-q -At -c "SELECT 'variant: ' || variant || ', valid sale: ' || valid_sale FROM analytics.source_config"
+q -At -c "SELECT 'variant: ' || variant || ', valid sale: ' || valid_sale FROM analytics_internal.source_config"
 echo "==> backfill: analytics.refresh_all() (every store in the default zone, America/Caracas)"
 q -c '\timing on' -c "SELECT jsonb_pretty(analytics.refresh_all()) AS refresh_all"
 echo "==> each store's own zone: analytics.set_store_timezone() re-buckets that store's history"

@@ -51,7 +51,7 @@ COMMENT ON TABLE analytics.anomaly_predictions IS
 -- to tell a closed day), kind 'hour' (the last full local hour and the same hour k weeks
 -- before), kind 'recent' (the last three full hours of today, and the same hours k weeks
 -- before), kind 'daily' (the last 30 full local days and today so far, k = days back).
-CREATE FUNCTION analytics._anomaly_samples(stores uuid[], at timestamptz, weeks int)
+CREATE FUNCTION analytics_internal._anomaly_samples(stores uuid[], at timestamptz, weeks int)
 RETURNS TABLE (store_id uuid, kind text, k int, period_start timestamptz, period_end timestamptz,
                sales_count bigint, total_bs numeric, total_usd numeric, day_sales bigint, holiday boolean)
 LANGUAGE sql STABLE AS $$
@@ -82,23 +82,23 @@ LANGUAGE sql STABLE AS $$
            coalesce(sum(p.sales_count), 0)::bigint,
            EXISTS (SELECT 1 FROM analytics.holidays h WHERE h.day = w.day AND (h.store_id IS NULL OR h.store_id = w.store_id))
     FROM windows w
-    LEFT JOIN analytics.sales_hourly_parts p
+    LEFT JOIN analytics_internal.sales_hourly_parts p
            ON p.store_id = w.store_id AND p.local_hour >= w.day::timestamp AND p.local_hour < w.day::timestamp + interval '1 day'
     GROUP BY w.store_id, w.kind, w.k, w.lo, w.hi, w.tz, w.day
 $$;
 
 -- Stores to judge when detect_anomalies() is given none: every store with a sale in the last
 -- 60 days (LA-CAJA's stores table may hold stores that never sold or closed for good).
-CREATE FUNCTION analytics._active_stores(at timestamptz) RETURNS uuid[]
+CREATE FUNCTION analytics_internal._active_stores(at timestamptz) RETURNS uuid[]
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(DISTINCT p.store_id), '{}')
-    FROM analytics.sales_daily_parts p
+    FROM analytics_internal.sales_daily_parts p
     WHERE p.day >= (at AT TIME ZONE 'UTC')::date - 60 AND p.day <= (at AT TIME ZONE 'UTC')::date + 1
 $$;
 
 -- Records a verdict: an anomaly is inserted once per store, metric, period and method (later
 -- runs update its figures); a normal verdict resolves that metric's open anomalies up to now.
-CREATE FUNCTION analytics._record_anomaly_verdict(verdict jsonb) RETURNS void
+CREATE FUNCTION analytics_internal._record_anomaly_verdict(verdict jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF (verdict ->> 'severity') IS NULL THEN
@@ -139,16 +139,16 @@ CREATE FUNCTION analytics.detect_anomalies(store_id uuid DEFAULT NULL, at timest
 RETURNS SETOF analytics.anomaly
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    verdicts jsonb := analytics._anomaly_verdicts(detect_anomalies.store_id, coalesce(at, now()), detect_anomalies.method);
+    verdicts jsonb := analytics_internal._anomaly_verdicts(detect_anomalies.store_id, coalesce(at, now()), detect_anomalies.method);
 BEGIN
-    PERFORM analytics._record_anomaly_verdict(v) FROM jsonb_array_elements(verdicts) AS v;
+    PERFORM analytics_internal._record_anomaly_verdict(v) FROM jsonb_array_elements(verdicts) AS v;
     RETURN QUERY
     SELECT r.* FROM jsonb_populate_recordset(NULL::analytics.anomaly, verdicts) AS r WHERE r.severity IS NOT NULL;
 END
 $$;
 
 -- The detection job (config: {"method": "seasonal"}): every store, now.
-CREATE PROCEDURE analytics.policy_detect_anomalies(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_detect_anomalies(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM count(*) FROM analytics.detect_anomalies(NULL, now(), coalesce(config ->> 'method', 'seasonal'));
@@ -162,13 +162,13 @@ DECLARE
     job int;
 BEGIN
     SELECT j.job_id INTO job FROM analytics.jobs j
-    WHERE j.proc = 'analytics.policy_detect_anomalies'::regproc AND j.config ->> 'method' = method;
+    WHERE j.proc = 'analytics_internal.policy_detect_anomalies'::regproc AND j.config ->> 'method' = method;
     IF job IS NOT NULL THEN
         RAISE NOTICE 'anomaly detection (%) is already scheduled as job %', method, job;
         RETURN job;
     END IF;
-    job := analytics.add_job('analytics.policy_detect_anomalies'::regproc, schedule_interval, jsonb_build_object('method', method));
-    PERFORM analytics._label_job(job, format('Anomaly Detection [%s]', job), NULL);
+    job := analytics.add_job('analytics_internal.policy_detect_anomalies'::regproc, schedule_interval, jsonb_build_object('method', method));
+    PERFORM analytics_internal._label_job(job, format('Anomaly Detection [%s]', job), NULL);
     RETURN job;
 END
 $$;
@@ -182,7 +182,7 @@ $$;
 -- hold, and again only after it stopped holding.
 
 -- The last value written per store and metric, and which thresholds currently hold.
-CREATE TABLE analytics.real_time_metric_state (
+CREATE TABLE analytics_internal.real_time_metric_state (
     store_id     uuid        NOT NULL,
     metric_name  text        NOT NULL,
     period_start timestamptz NOT NULL,
@@ -190,7 +190,7 @@ CREATE TABLE analytics.real_time_metric_state (
     written_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (store_id, metric_name)
 );
-CREATE TABLE analytics.alert_state (
+CREATE TABLE analytics_internal.alert_state (
     threshold_id uuid        PRIMARY KEY,
     holding      boolean     NOT NULL,
     since        timestamptz NOT NULL DEFAULT now()
@@ -198,7 +198,7 @@ CREATE TABLE analytics.alert_state (
 
 -- A value as LA-CAJA's columns can hold it: numeric(18,2) for values, numeric(5,2) for the
 -- change in percent (a 5,000 % jump is written as 999.99 and said in metadata).
-CREATE FUNCTION analytics._clamp(value numeric, digits int, scale int) RETURNS numeric
+CREATE FUNCTION analytics_internal._clamp(value numeric, digits int, scale int) RETURNS numeric
 LANGUAGE sql IMMUTABLE AS $$
     SELECT least(greatest(round(value, scale), -(10::numeric ^ (digits - scale) - 10::numeric ^ (-scale))),
                  10::numeric ^ (digits - scale) - 10::numeric ^ (-scale))
@@ -206,12 +206,20 @@ $$;
 
 -- Every store's metrics now: today's (store-local) sales figures against yesterday's, and the
 -- inventory figures.
-CREATE FUNCTION analytics.current_metrics(at timestamptz DEFAULT now())
+CREATE FUNCTION analytics_internal._current_metrics(at timestamptz, token bigint)
 RETURNS TABLE (store_id uuid, metric_type text, metric_name text, period_type text, period_start timestamptz,
                period_end timestamptz, metric_value numeric, previous_value numeric)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    caller constant oid := analytics_internal._redeem_caller(token);
+BEGIN
+    PERFORM analytics_internal._check_reader(caller, NULL);
+    RETURN QUERY
+
     WITH stores AS (
-        SELECT s AS store_id, analytics.store_timezone(s) AS tz FROM unnest(analytics._active_stores(at)) AS s),
+        SELECT s AS store_id, analytics.store_timezone(s) AS tz FROM unnest(analytics_internal._active_stores(at)) AS s
+        WHERE analytics_internal._store_visible_to(caller, s)),
     days AS (
         SELECT st.store_id, st.tz, (at AT TIME ZONE st.tz)::date AS today FROM stores st),
     figures AS (
@@ -222,7 +230,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                coalesce(sum(p.total_bs) FILTER (WHERE p.day = d.today - 1), 0) AS bs_before,
                coalesce(sum(p.total_usd) FILTER (WHERE p.day = d.today - 1), 0) AS usd_before,
                coalesce(sum(p.sales_count) FILTER (WHERE p.day = d.today - 1), 0) AS n_before
-        FROM days d LEFT JOIN analytics.sales_daily_parts p ON p.store_id = d.store_id AND p.day BETWEEN d.today - 1 AND d.today
+        FROM days d LEFT JOIN analytics_internal.sales_daily_parts p ON p.store_id = d.store_id AND p.day BETWEEN d.today - 1 AND d.today
         GROUP BY d.store_id, d.tz, d.today)
     SELECT f.store_id, m.metric_type, m.metric_name, 'daily', f.today::timestamp AT TIME ZONE f.tz, at, m.value, m.before
     FROM figures f
@@ -234,20 +242,30 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         ('sales', 'avg_ticket_usd', f.usd / nullif(f.n, 0), f.usd_before / nullif(f.n_before, 0))) AS m (metric_type, metric_name, value, before)
     UNION ALL
     SELECT i.store_id, 'inventory', m.metric_name, 'snapshot', date_trunc('day', at), at, m.value, NULL
-    FROM analytics._inventory_figures() i
+    FROM analytics_internal._inventory_figures() i
     CROSS JOIN LATERAL (VALUES
         ('low_stock_count', i.low_stock_count::numeric), ('out_of_stock_count', i.out_of_stock_count::numeric),
         ('total_products', i.total_products::numeric), ('stock_value_bs', i.stock_value_bs),
         ('stock_value_usd', i.stock_value_usd)) AS m (metric_name, value)
-    WHERE i.store_id = ANY (analytics._active_stores(at))
+    WHERE i.store_id IN (SELECT st.store_id FROM stores st);
+END
 $$;
+
+-- A wrapper with the caller's rights (see analytics.kpis).
+CREATE FUNCTION analytics.current_metrics(at timestamptz DEFAULT now())
+RETURNS TABLE (store_id uuid, metric_type text, metric_name text, period_type text, period_start timestamptz,
+               period_end timestamptz, metric_value numeric, previous_value numeric)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM analytics_internal._current_metrics(at, analytics_internal._caller_token());
+END;
 
 -- Writes changed metrics into <schema>.real_time_metrics and raises the alerts of
 -- <schema>.alert_thresholds that start to hold. Returns what it wrote.
 CREATE FUNCTION analytics.refresh_real_time_metrics(at timestamptz DEFAULT now()) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    schema_name name := (SELECT c.source_schema FROM analytics.source_config c);
+    schema_name name := (SELECT c.source_schema FROM analytics_internal.source_config c);
     metrics regclass := to_regclass(format('%I.real_time_metrics', schema_name));
     thresholds regclass := to_regclass(format('%I.alert_thresholds', schema_name));
     alerts regclass := to_regclass(format('%I.real_time_alerts', schema_name));
@@ -262,18 +280,18 @@ BEGIN
     -- only what changed since the last snapshot
     CREATE TEMP TABLE lacaja_metrics_changed ON COMMIT DROP AS
     SELECT m.* FROM lacaja_metrics_now m
-    LEFT JOIN analytics.real_time_metric_state s ON s.store_id = m.store_id AND s.metric_name = m.metric_name
+    LEFT JOIN analytics_internal.real_time_metric_state s ON s.store_id = m.store_id AND s.metric_name = m.metric_name
     WHERE s.store_id IS NULL OR s.period_start <> m.period_start OR s.value IS DISTINCT FROM m.metric_value;
     EXECUTE format($q$INSERT INTO %s (store_id, metric_type, metric_name, metric_value, previous_value, change_percentage,
                                       period_type, period_start, period_end, metadata)
-        SELECT m.store_id, m.metric_type, m.metric_name, analytics._clamp(coalesce(m.metric_value, 0), 18, 2),
-               analytics._clamp(m.previous_value, 18, 2),
-               analytics._clamp(c.change, 5, 2), m.period_type, m.period_start, m.period_end,
+        SELECT m.store_id, m.metric_type, m.metric_name, analytics_internal._clamp(coalesce(m.metric_value, 0), 18, 2),
+               analytics_internal._clamp(m.previous_value, 18, 2),
+               analytics_internal._clamp(c.change, 5, 2), m.period_type, m.period_start, m.period_end,
                jsonb_build_object('source', 'lacaja_analytics', 'exact_value', m.metric_value, 'exact_change_percentage', c.change)
         FROM lacaja_metrics_changed m
         CROSS JOIN LATERAL (SELECT (m.metric_value - m.previous_value) / nullif(m.previous_value, 0) * 100 AS change) c$q$, metrics);
     GET DIAGNOSTICS written = ROW_COUNT;
-    INSERT INTO analytics.real_time_metric_state AS s (store_id, metric_name, period_start, value, written_at)
+    INSERT INTO analytics_internal.real_time_metric_state AS s (store_id, metric_name, period_start, value, written_at)
     SELECT store_id, metric_name, period_start, metric_value, now() FROM lacaja_metrics_changed
     ON CONFLICT (store_id, metric_name) DO UPDATE SET period_start = excluded.period_start, value = excluded.value,
         written_at = excluded.written_at;
@@ -295,13 +313,13 @@ BEGIN
                    format('%%s %%s', t.metric_name, replace(t.comparison_operator, '_', ' ')),
                    format('%%s is %%s, %%s the threshold of %%s', t.metric_name, round(t.current_value, 2),
                           replace(t.comparison_operator, '_', ' '), t.threshold_value),
-                   t.metric_name, analytics._clamp(t.current_value, 18, 2), t.threshold_value,
+                   t.metric_name, analytics_internal._clamp(t.current_value, 18, 2), t.threshold_value,
                    jsonb_build_object('source', 'lacaja_analytics', 'exact_value', t.current_value)
             FROM lacaja_thresholds t
-            LEFT JOIN analytics.alert_state a ON a.threshold_id = t.id
+            LEFT JOIN analytics_internal.alert_state a ON a.threshold_id = t.id
             WHERE t.holds AND NOT coalesce(a.holding, false)$q$, alerts);
         GET DIAGNOSTICS raised = ROW_COUNT;
-        INSERT INTO analytics.alert_state AS a (threshold_id, holding, since)
+        INSERT INTO analytics_internal.alert_state AS a (threshold_id, holding, since)
         SELECT id, coalesce(holds, false), now() FROM lacaja_thresholds
         ON CONFLICT (threshold_id) DO UPDATE SET holding = excluded.holding,
             since = CASE WHEN a.holding = excluded.holding THEN a.since ELSE excluded.since END;
@@ -312,7 +330,7 @@ BEGIN
 END
 $$;
 
-CREATE PROCEDURE analytics.policy_real_time_metrics(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_real_time_metrics(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM analytics.refresh_real_time_metrics();
@@ -322,14 +340,14 @@ $$;
 CREATE FUNCTION analytics.add_real_time_metrics_policy(schedule_interval interval DEFAULT interval '1 minute') RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    job int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics.policy_real_time_metrics'::regproc);
+    job int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_real_time_metrics'::regproc);
 BEGIN
     IF job IS NOT NULL THEN
         RAISE NOTICE 'real-time metrics are already scheduled as job %', job;
         RETURN job;
     END IF;
-    job := analytics.add_job('analytics.policy_real_time_metrics'::regproc, schedule_interval);
-    PERFORM analytics._label_job(job, format('Real-Time Metrics [%s]', job), NULL);
+    job := analytics.add_job('analytics_internal.policy_real_time_metrics'::regproc, schedule_interval);
+    PERFORM analytics_internal._label_job(job, format('Real-Time Metrics [%s]', job), NULL);
     RETURN job;
 END
 $$;

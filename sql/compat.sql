@@ -16,7 +16,7 @@ $$;
 
 -- Per store and local day: SPEC §2's sales_daily figures, LA-CAJA's cash/card/transfer
 -- columns, and by_payment_method = {method: {sales_count, total_bs, total_usd}}.
-CREATE VIEW analytics.mv_sales_daily AS
+CREATE VIEW analytics.mv_sales_daily WITH (security_barrier) AS
 SELECT d.store_id, d.day AS sale_date, d.sales_count, d.total_bs, d.total_usd,
        d.avg_ticket_bs, d.avg_ticket_usd, d.unique_customers,
        m.cash_count, m.card_count, m.transfer_count,
@@ -38,12 +38,12 @@ JOIN (SELECT p.store_id, p.day,
 
 -- Stores that have product rollups, found by skipping through the parts' primary key (one
 -- probe per store), so that a filter on store_id reaches the per-store function below.
-CREATE FUNCTION analytics._stores_with_products() RETURNS SETOF uuid
+CREATE FUNCTION analytics_internal._stores_with_products() RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE stores AS (
-        (SELECT p.store_id FROM analytics.product_daily_parts AS p ORDER BY p.store_id LIMIT 1)
+        (SELECT p.store_id FROM analytics_internal.product_daily_parts AS p ORDER BY p.store_id LIMIT 1)
         UNION ALL
-        SELECT (SELECT p.store_id FROM analytics.product_daily_parts AS p WHERE p.store_id > s.store_id
+        SELECT (SELECT p.store_id FROM analytics_internal.product_daily_parts AS p WHERE p.store_id > s.store_id
                 ORDER BY p.store_id LIMIT 1)
         FROM stores AS s WHERE s.store_id IS NOT NULL)
     SELECT store_id FROM stores WHERE store_id IS NOT NULL
@@ -52,27 +52,29 @@ $$;
 -- The last 30 store-local days including today, net of returns and line discounts (LA-CAJA's
 -- view counts voided sales, ignores discounts and returns, and averages line prices; here
 -- avg_price = revenue / quantity).
-CREATE VIEW analytics.mv_top_products_30d AS
+CREATE VIEW analytics.mv_top_products_30d WITH (security_barrier) AS
 SELECT t.product_id, t.name AS product_name, t.category, s.store_id,
        t.net_qty AS total_qty_sold,
        t.revenue_bs - t.returned_bs AS revenue_bs, t.revenue_usd - t.returned_usd AS revenue_usd,
        t.times_sold,
        (t.revenue_bs - t.returned_bs) / nullif(t.net_qty, 0) AS avg_price_bs,
        (t.revenue_usd - t.returned_usd) / nullif(t.net_qty, 0) AS avg_price_usd
-FROM analytics._stores_with_products() AS s(store_id)
-CROSS JOIN LATERAL analytics._products_sold(s.store_id, analytics.store_today(s.store_id) - 29,
-                                            analytics.store_today(s.store_id)) AS t;
+FROM analytics_internal._stores_with_products() AS s(store_id)
+CROSS JOIN LATERAL analytics_internal._products_sold(s.store_id, analytics.store_today(s.store_id) - 29,
+                                            analytics.store_today(s.store_id)) AS t
+WHERE analytics_internal._store_visible(s.store_id);
 
 -- SPEC §2's inventory metrics under LA-CAJA's column names (stock ≤ 0 is out of stock; the
 -- stock value counts positive stock only).
-CREATE VIEW analytics.mv_inventory_metrics AS
+CREATE VIEW analytics.mv_inventory_metrics WITH (security_barrier) AS
 SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count,
        f.stock_value_bs AS total_stock_value_bs, f.stock_value_usd AS total_stock_value_usd,
        f.avg_stock_level, f.categories_count
-FROM analytics._inventory_figures(NULL) AS f;
+FROM analytics_internal._inventory_figures(NULL) AS f
+WHERE analytics_internal._store_visible(f.store_id);
 
 -- LA-CAJA's materialized views that this extension can stand in for, and its refresh function.
-CREATE FUNCTION analytics._compat_objects()
+CREATE FUNCTION analytics_internal._compat_objects()
 RETURNS TABLE (object name, kind "char", replacement regclass, row_key text[])
 LANGUAGE sql IMMUTABLE AS $$
     VALUES ('sales_heatmap'::name, 'r'::"char", 'analytics.sales_heatmap'::regclass, '{store_id,date,hour}'::text[]),
@@ -81,7 +83,7 @@ LANGUAGE sql IMMUTABLE AS $$
            ('mv_inventory_metrics', 'm', 'analytics.mv_inventory_metrics', '{store_id}')
 $$;
 
-CREATE TABLE analytics.compat_replaced (
+CREATE TABLE analytics_internal.compat_replaced (
     object      name PRIMARY KEY,
     schema_name name        NOT NULL,
     kind        "char"      NOT NULL,
@@ -89,7 +91,7 @@ CREATE TABLE analytics.compat_replaced (
     definition  text,
     replaced_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE analytics.compat_replaced IS
+COMMENT ON TABLE analytics_internal.compat_replaced IS
     'What analytics.install_compat() replaced in LA-CAJA''s schema: relations renamed to kept_as, the refresh function''s original definition; analytics.uninstall_compat() puts them back.';
 
 -- LA-CAJA's materialized views that are still materialized (not replaced), refreshed without
@@ -97,8 +99,8 @@ COMMENT ON TABLE analytics.compat_replaced IS
 CREATE FUNCTION analytics.refresh_analytics_views() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    source_schema name := coalesce((SELECT c.source_schema FROM analytics.source_config c),
-                                   analytics.configured_source_schema());
+    source_schema name := coalesce((SELECT c.source_schema FROM analytics_internal.source_config c),
+                                   analytics_internal.configured_source_schema());
     mv record;
 BEGIN
     FOR mv IN
@@ -123,7 +125,7 @@ $$;
 -- The view that stands in for `original`: the original's columns in its order and types, taken
 -- by name from `replacement`; an `id uuid` column becomes a stable id of the row's key; any
 -- other column the rollups do not have is NULL.
-CREATE FUNCTION analytics._compat_view_sql(original regclass, replacement regclass, row_key text[],
+CREATE FUNCTION analytics_internal._compat_view_sql(original regclass, replacement regclass, row_key text[],
                                            schema_name name, view_name name) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format('CREATE VIEW %I.%I AS SELECT %s FROM %s AS r', schema_name, view_name,
@@ -139,7 +141,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Columns of `original` that `replacement` cannot fill (they read as NULL).
-CREATE FUNCTION analytics._compat_unfilled(original regclass, replacement regclass) RETURNS text[]
+CREATE FUNCTION analytics_internal._compat_unfilled(original regclass, replacement regclass) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(o.attname::text ORDER BY o.attnum), '{}')
     FROM pg_attribute AS o
@@ -150,7 +152,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Views, rules and materialized views that read `rel` (they would keep reading the original).
-CREATE FUNCTION analytics._readers_of(rel regclass) RETURNS text[]
+CREATE FUNCTION analytics_internal._readers_of(rel regclass) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(DISTINCT r.ev_class::regclass::text), '{}')
     FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
@@ -165,7 +167,7 @@ $$;
 CREATE FUNCTION analytics.install_compat(replace_public boolean DEFAULT false) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
-    source_schema name := (SELECT c.source_schema FROM analytics.source_config c);
+    source_schema name := (SELECT c.source_schema FROM analytics_internal.source_config c);
     target record;
     original regclass;
     owner name;
@@ -180,10 +182,10 @@ BEGIN
         RAISE EXCEPTION 'lacaja_analytics is not attached to LA-CAJA''s tables'
             USING HINT = 'Run SELECT analytics.attach(''public'') first.';
     END IF;
-    FOR target IN SELECT * FROM analytics._compat_objects() LOOP
+    FOR target IN SELECT * FROM analytics_internal._compat_objects() LOOP
         original := to_regclass(format('%I.%I', source_schema, target.object));
         kept_as := left(target.object || '_replaced', 63);
-        IF EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = target.object) THEN
+        IF EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = target.object) THEN
             plan := plan || jsonb_build_object('object', target.object, 'action', 'already replaced');
         ELSIF original IS NULL THEN
             plan := plan || jsonb_build_object('object', target.object, 'action', 'absent, nothing to do');
@@ -194,18 +196,18 @@ BEGIN
                 blockers := blockers || format('%I.%I already exists, so %s cannot be kept under that name; rename or drop it',
                                                source_schema, kept_as, original);
             END IF;
-            readers := analytics._readers_of(original);
+            readers := analytics_internal._readers_of(original);
             IF cardinality(readers) > 0 THEN
                 blockers := blockers || format('%s is read by %s, which would keep reading the stale original; drop or redefine them first',
                                                original, array_to_string(readers, ', '));
             END IF;
             plan := plan || jsonb_build_object('object', target.object, 'action', 'replace with a view of ' || target.replacement,
                                                'original_kept_as', kept_as,
-                                               'columns_left_null', analytics._compat_unfilled(original, target.replacement));
+                                               'columns_left_null', analytics_internal._compat_unfilled(original, target.replacement));
         END IF;
     END LOOP;
     refresh := to_regprocedure(format('%I.refresh_analytics_views()', source_schema));
-    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
+    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
         plan := plan || jsonb_build_object('object', 'refresh_analytics_views()',
                                            'action', 'redefine to refresh only what is still materialized (original kept)');
     END IF;
@@ -218,23 +220,23 @@ BEGIN
     END IF;
 
     FOR target IN
-        SELECT o.* FROM analytics._compat_objects() AS o
-        WHERE NOT EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = o.object)
+        SELECT o.* FROM analytics_internal._compat_objects() AS o
+        WHERE NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = o.object)
     LOOP
         original := to_regclass(format('%I.%I', source_schema, target.object));
         CONTINUE WHEN original IS NULL OR (SELECT c.relkind FROM pg_class c WHERE c.oid = original) <> target.kind;
         kept_as := left(target.object || '_replaced', 63);
-        owner := (SELECT c.relowner::regrole::name FROM pg_class c WHERE c.oid = original);
+        owner := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = original);  -- unquoted: %I quotes it
         EXECUTE format('ALTER %s %s RENAME TO %I',
                        CASE target.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, original, kept_as);
         original := format('%I.%I', source_schema, kept_as)::regclass;
-        EXECUTE analytics._compat_view_sql(original, target.replacement, target.row_key, source_schema, target.object);
+        EXECUTE analytics_internal._compat_view_sql(original, target.replacement, target.row_key, source_schema, target.object);
         EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', source_schema, target.object, owner);
         EXECUTE format('GRANT SELECT ON %s TO %I', target.replacement, owner);
         -- Whoever could read the original reads the view.
         FOR grant_sql IN
             SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, source_schema, target.object,
-                          CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::name) END,
+                          CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
                           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
             FROM pg_class c, aclexplode(c.relacl) AS a
             WHERE c.oid = original AND a.grantee <> c.relowner
@@ -243,12 +245,12 @@ BEGIN
         END LOOP;
         EXECUTE format('COMMENT ON VIEW %I.%I IS %L', source_schema, target.object,
                        format('Always fresh: lacaja_analytics reads it from its rollups. The original is %s; SELECT analytics.uninstall_compat() puts it back.', original));
-        INSERT INTO analytics.compat_replaced (object, schema_name, kind, kept_as)
+        INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, kept_as)
         VALUES (target.object, source_schema, target.kind, kept_as);
     END LOOP;
 
-    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
-        INSERT INTO analytics.compat_replaced (object, schema_name, kind, definition)
+    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
+        INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, definition)
         VALUES ('refresh_analytics_views', source_schema, 'f', pg_get_functiondef(refresh));
         BEGIN
             EXECUTE format($f$CREATE OR REPLACE FUNCTION %I.refresh_analytics_views() RETURNS void
@@ -267,18 +269,18 @@ $$;
 CREATE FUNCTION analytics.uninstall_compat() RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
-    replaced analytics.compat_replaced;
+    replaced analytics_internal.compat_replaced;
     current regclass;
     readers text[];
     restored jsonb := '[]';
 BEGIN
-    FOR replaced IN SELECT * FROM analytics.compat_replaced ORDER BY replaced_at, object LOOP
+    FOR replaced IN SELECT * FROM analytics_internal.compat_replaced ORDER BY replaced_at, object LOOP
         IF replaced.kind = 'f' THEN
             EXECUTE replaced.definition;
         ELSE
             current := to_regclass(format('%I.%I', replaced.schema_name, replaced.object));
             IF current IS NOT NULL AND (SELECT c.relkind FROM pg_class c WHERE c.oid = current) = 'v' THEN
-                readers := analytics._readers_of(current);
+                readers := analytics_internal._readers_of(current);
                 IF cardinality(readers) > 0 THEN
                     RAISE EXCEPTION 'uninstall_compat changed nothing: % is read by %', current,
                         array_to_string(readers, ', ')
@@ -293,7 +295,7 @@ BEGIN
                            CASE replaced.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
                            replaced.schema_name, replaced.kept_as, replaced.object);
         END IF;
-        DELETE FROM analytics.compat_replaced r WHERE r.object = replaced.object;
+        DELETE FROM analytics_internal.compat_replaced r WHERE r.object = replaced.object;
         restored := restored || to_jsonb(replaced.object::text);
     END LOOP;
     PERFORM analytics.refresh_analytics_views();

@@ -19,7 +19,7 @@ COMMENT ON TABLE analytics.index_builds IS
     'Index builds queued by analytics.create_recommended_indexes(dry_run => false), run CONCURRENTLY by a background worker.';
 
 -- The list. `definition` follows "ON <table>"; {valid_sale} is the variant's validity test.
-CREATE FUNCTION analytics._recommended_indexes()
+CREATE FUNCTION analytics_internal._recommended_indexes()
 RETURNS TABLE (table_name name, index_name name, definition text, needs text[], purpose text)
 LANGUAGE sql IMMUTABLE AS $$
     VALUES
@@ -61,7 +61,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- An index definition without its name and table, to recognise the same index under another name.
-CREATE FUNCTION analytics._index_shape(definition text) RETURNS text
+CREATE FUNCTION analytics_internal._index_shape(definition text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT regexp_replace(definition, '^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+ ', '')
 $$;
@@ -69,11 +69,11 @@ $$;
 -- What to do about each recommended index. An index counts as present when the table already
 -- has a valid index of the same shape, whatever its name (the shape is found by building the
 -- candidate on an empty copy of the table's columns).
-CREATE FUNCTION analytics._index_plan()
+CREATE FUNCTION analytics_internal._index_plan()
 RETURNS TABLE (table_name text, index_name text, action text, statements text[])
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cfg analytics.source_config;
+    cfg analytics_internal.source_config;
     wanted record;
     target regclass;
     definition text;
@@ -81,12 +81,12 @@ DECLARE
     same_shape name;
     named pg_index;
 BEGIN
-    SELECT * INTO cfg FROM analytics.source_config;
+    SELECT * INTO cfg FROM analytics_internal.source_config;
     IF cfg.source_schema IS NULL THEN
         RAISE EXCEPTION 'lacaja_analytics is not attached to LA-CAJA''s tables'
             USING HINT = 'Run SELECT analytics.attach(''public'') first.';
     END IF;
-    FOR wanted IN SELECT * FROM analytics._recommended_indexes() LOOP
+    FOR wanted IN SELECT * FROM analytics_internal._recommended_indexes() LOOP
         target := to_regclass(format('%I.%I', cfg.source_schema, wanted.table_name));
         table_name := coalesce(target::text, format('%I.%I', cfg.source_schema, wanted.table_name));
         index_name := wanted.index_name;
@@ -94,18 +94,18 @@ BEGIN
         definition := replace(wanted.definition, '{valid_sale}', replace(cfg.valid_sale, 'r.', ''));
         IF target IS NULL THEN
             action := 'skipped: no such table';
-        ELSIF NOT analytics._has_columns(target, wanted.needs) THEN
+        ELSIF NOT analytics_internal._has_columns(target, wanted.needs) THEN
             action := 'skipped: the table lacks a column it needs';
         ELSIF definition LIKE '%WHERE true' THEN
             action := 'skipped: every sale is valid in this variant, the index above serves';
         ELSE
             EXECUTE format('CREATE TEMP TABLE lacaja_index_probe (LIKE %s)', target);
             EXECUTE format('CREATE INDEX lacaja_index_probe_index ON lacaja_index_probe %s', definition);
-            shape := analytics._index_shape(pg_get_indexdef('lacaja_index_probe_index'::regclass));
+            shape := analytics_internal._index_shape(pg_get_indexdef('lacaja_index_probe_index'::regclass));
             DROP TABLE lacaja_index_probe;
             SELECT c.relname INTO same_shape
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-            WHERE i.indrelid = target AND i.indisvalid AND analytics._index_shape(pg_get_indexdef(i.indexrelid)) = shape
+            WHERE i.indrelid = target AND i.indisvalid AND analytics_internal._index_shape(pg_get_indexdef(i.indexrelid)) = shape
             ORDER BY c.relname LIMIT 1;
             SELECT i.* INTO named FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
             WHERE c.relname = wanted.index_name AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = target);
@@ -138,7 +138,7 @@ DECLARE
     planned record;
     queued int := 0;
 BEGIN
-    FOR planned IN SELECT * FROM analytics._index_plan() LOOP
+    FOR planned IN SELECT * FROM analytics_internal._index_plan() LOOP
         table_name := planned.table_name;
         index_name := planned.index_name;
         statement := array_to_string(planned.statements, '; ');
@@ -157,7 +157,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     IF queued > 0 THEN
-        PERFORM analytics._start_index_builder();
+        PERFORM analytics_internal._start_index_builder();
     END IF;
 END
 $$;

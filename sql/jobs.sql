@@ -29,7 +29,7 @@ ALTER SEQUENCE analytics.jobs_job_id_seq RESTART WITH 1000;
 COMMENT ON TABLE analytics.jobs IS 'Scheduled jobs (TimescaleDB''s add_job API); the scheduler worker runs the due ones.';
 
 -- One row per job: what its runs did. Written only by the scheduler and run functions.
-CREATE TABLE analytics.job_run_state (
+CREATE TABLE analytics_internal.job_run_state (
     job_id                 int         PRIMARY KEY REFERENCES analytics.jobs ON DELETE CASCADE,
     last_run_started_at    timestamptz,
     last_finish            timestamptz,
@@ -70,11 +70,11 @@ SELECT j.job_id, j.application_name, n.nspname AS proc_schema, p.proname AS proc
 FROM analytics.jobs j
 JOIN pg_proc p ON p.oid = j.proc
 JOIN pg_namespace n ON n.oid = p.pronamespace
-LEFT JOIN analytics.job_run_state s USING (job_id);
+LEFT JOIN analytics_internal.job_run_state s USING (job_id);
 
 -- Next start after `finished_at` on the schedule: aligned to initial_start (in the job's
 -- time zone, so a daily job stays at the same local hour) when fixed, else one interval later.
-CREATE FUNCTION analytics._next_scheduled_start(j analytics.jobs, finished_at timestamptz) RETURNS timestamptz
+CREATE FUNCTION analytics_internal._next_scheduled_start(j analytics.jobs, finished_at timestamptz) RETURNS timestamptz
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     origin timestamptz := coalesce(j.initial_start, finished_at);
@@ -102,40 +102,28 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION analytics._check_job_proc(proc regproc) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+-- The job API. Each public function is a wrapper with the caller's rights that hands the
+-- caller's identity (a token minted from current_user, src/security.rs) to the owner's
+-- implementation: analytics.jobs and its helpers are the owner's, and every check is made
+-- against that caller, never against session_user (a superuser in the scheduler) or the
+-- owner. A check_config function is the caller's code: it runs as the caller, restricted.
+
+-- The procedure must take (job_id int, config jsonb), and the caller must be able to run it by
+-- name, as the job will.
+CREATE FUNCTION analytics_internal._check_job_settings(caller oid, proc regproc, schedule_interval interval, timezone text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = proc AND p.pronargs = 2
                    AND p.proargtypes[0] = 'int4'::regtype AND p.proargtypes[1] = 'jsonb'::regtype) THEN
         RAISE EXCEPTION 'job procedure % must take (job_id int, config jsonb)', proc
-            USING HINT = 'Declare it as CREATE PROCEDURE name(job_id int, config jsonb) (or a function with those arguments).';
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Declare it as CREATE PROCEDURE name(job_id int, config jsonb) (or a function with those arguments).';
     END IF;
-    IF NOT has_function_privilege(session_user, proc, 'EXECUTE') THEN
-        RAISE EXCEPTION 'permission denied to execute %', proc USING ERRCODE = 'insufficient_privilege';
+    IF NOT (has_function_privilege(caller, proc, 'EXECUTE')
+            AND has_schema_privilege(caller, (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = proc), 'USAGE')) THEN
+        RAISE EXCEPTION 'permission denied to execute %', proc USING ERRCODE = 'insufficient_privilege',
+            HINT = 'A job runs with the rights of the role that adds it; that role must be able to call the procedure.';
     END IF;
-END
-$$;
-
--- add_job and alter_job run as the caller (a check_config function is the caller's code);
--- only the writes to analytics.jobs go through the SECURITY DEFINER functions below.
-CREATE FUNCTION analytics.add_job(proc regproc, schedule_interval interval, config jsonb DEFAULT NULL,
-                                  initial_start timestamptz DEFAULT NULL, scheduled boolean DEFAULT true,
-                                  check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT true,
-                                  timezone text DEFAULT NULL)
-RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM analytics._check_job_settings(proc, schedule_interval, timezone);
-    IF check_config IS NOT NULL THEN
-        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING config;
-    END IF;
-    RETURN analytics._insert_job(proc, schedule_interval, config, initial_start, scheduled, fixed_schedule, timezone);
-END
-$$;
-
-CREATE FUNCTION analytics._check_job_settings(proc regproc, schedule_interval interval, timezone text) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    PERFORM analytics._check_job_proc(proc);
     IF schedule_interval IS NULL OR schedule_interval <= interval '0' THEN
         RAISE EXCEPTION 'schedule_interval must be positive, not %', coalesce(schedule_interval::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
@@ -147,30 +135,56 @@ BEGIN
 END
 $$;
 
--- The job runs as the role that logged in (session_user): a job never runs with more rights
--- than its author had.
-CREATE FUNCTION analytics._insert_job(proc regproc, schedule_interval interval, config jsonb, initial_start timestamptz,
-                                      scheduled boolean, fixed_schedule boolean, timezone text)
+CREATE FUNCTION analytics_internal._check_config(caller oid, check_config regproc, config jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF check_config IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = check_config AND p.pronargs = 1 AND p.prokind = 'f'
+                       AND p.proargtypes[0] = 'jsonb'::regtype) THEN
+            RAISE EXCEPTION 'check_config function % must take (config jsonb)', check_config
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM analytics_internal._call_as(caller, check_config, NULL, coalesce(config, 'null'::jsonb));
+    END IF;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._add_job(token bigint, proc regproc, schedule_interval interval, config jsonb,
+                                            initial_start timestamptz, scheduled boolean, check_config regproc,
+                                            fixed_schedule boolean, timezone text)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    caller constant oid := analytics_internal._redeem_caller(token);
     id int;
 BEGIN
-    PERFORM analytics._check_job_settings(proc, schedule_interval, timezone);
+    PERFORM analytics_internal._check_job_settings(caller, proc, schedule_interval, timezone);
+    PERFORM analytics_internal._check_config(caller, check_config, config);
+    -- The job runs as the role that added it: it never has more rights than its author.
     INSERT INTO analytics.jobs (application_name, proc, owner, schedule_interval, retry_period, config, scheduled,
                                 fixed_schedule, initial_start, timezone, next_start)
-    VALUES ('', proc, session_user::regrole, schedule_interval, least(schedule_interval, interval '5 minutes'), config,
+    VALUES ('', proc, caller::regrole, schedule_interval, least(schedule_interval, interval '5 minutes'), config,
             scheduled, fixed_schedule, coalesce(initial_start, CASE WHEN fixed_schedule THEN now() END), timezone,
             coalesce(initial_start, now()))
     RETURNING job_id INTO id;
     UPDATE analytics.jobs SET application_name = format('User-Defined Action [%s]', id) WHERE job_id = id;
-    INSERT INTO analytics.job_run_state (job_id) VALUES (id);
+    INSERT INTO analytics_internal.job_run_state (job_id) VALUES (id);
     RETURN id;
 END
 $$;
 
+CREATE FUNCTION analytics.add_job(proc regproc, schedule_interval interval, config jsonb DEFAULT NULL,
+                                  initial_start timestamptz DEFAULT NULL, scheduled boolean DEFAULT true,
+                                  check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT true,
+                                  timezone text DEFAULT NULL)
+RETURNS integer LANGUAGE sql
+BEGIN ATOMIC
+    SELECT analytics_internal._add_job(analytics_internal._caller_token(), proc, schedule_interval, config, initial_start,
+                                       scheduled, check_config, fixed_schedule, timezone);
+END;
+
 -- Jobs a role may change: its own, unless it is a superuser.
-CREATE FUNCTION analytics._owned_job(id int, if_exists boolean DEFAULT false) RETURNS analytics.jobs
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics_internal._owned_job(caller oid, id int, if_exists boolean DEFAULT false) RETURNS analytics.jobs
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j analytics.jobs;
 BEGIN
@@ -183,7 +197,7 @@ BEGIN
         RAISE EXCEPTION 'job % not found', id USING ERRCODE = 'undefined_object',
             HINT = 'SELECT * FROM analytics.job_stats lists the jobs.';
     END IF;
-    IF NOT pg_has_role(session_user, j.owner, 'MEMBER') THEN
+    IF NOT pg_has_role(caller, j.owner, 'MEMBER') THEN
         RAISE EXCEPTION 'insufficient permissions to alter job %', id
             USING ERRCODE = 'insufficient_privilege', HINT = format('Only %s or a superuser can.', j.owner);
     END IF;
@@ -197,97 +211,105 @@ CREATE TYPE analytics.job_settings AS (
     scheduled boolean, config jsonb, next_start timestamptz, check_config text, fixed_schedule boolean,
     initial_start timestamptz, timezone text);
 
+-- Writes the settings of a job its caller may change (never its procedure or owner).
+CREATE FUNCTION analytics_internal._alter_job(token bigint, job_id int, schedule_interval interval, max_runtime interval,
+                                              max_retries int, retry_period interval, scheduled boolean, config jsonb,
+                                              next_start timestamptz, if_exists boolean, check_config regproc,
+                                              fixed_schedule boolean, initial_start timestamptz, timezone text)
+RETURNS SETOF analytics.job_settings
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller constant oid := analytics_internal._redeem_caller(token);
+    j analytics.jobs := analytics_internal._owned_job(caller, _alter_job.job_id, if_exists);
+BEGIN
+    IF j.job_id IS NULL THEN
+        RETURN;
+    END IF;
+    j.schedule_interval := coalesce(_alter_job.schedule_interval, j.schedule_interval);
+    j.max_runtime := coalesce(_alter_job.max_runtime, j.max_runtime);
+    j.max_retries := coalesce(_alter_job.max_retries, j.max_retries);
+    j.retry_period := coalesce(_alter_job.retry_period, j.retry_period);
+    j.scheduled := coalesce(_alter_job.scheduled, j.scheduled);
+    j.config := coalesce(_alter_job.config, j.config);
+    j.fixed_schedule := coalesce(_alter_job.fixed_schedule, j.fixed_schedule);
+    j.initial_start := coalesce(_alter_job.initial_start, j.initial_start);
+    j.timezone := coalesce(_alter_job.timezone, j.timezone);
+    j.next_start := coalesce(_alter_job.next_start, _alter_job.initial_start, j.next_start);
+    -- The procedure stays; the job's owner must still be able to run it.
+    PERFORM analytics_internal._check_job_settings(j.owner, j.proc, j.schedule_interval, j.timezone);
+    PERFORM analytics_internal._check_config(caller, check_config, j.config);
+    UPDATE analytics.jobs AS t SET
+        schedule_interval = j.schedule_interval, max_runtime = j.max_runtime, max_retries = j.max_retries,
+        retry_period = j.retry_period, scheduled = j.scheduled, config = j.config, fixed_schedule = j.fixed_schedule,
+        initial_start = j.initial_start, timezone = j.timezone, next_start = j.next_start
+    WHERE t.job_id = j.job_id;
+    RETURN QUERY SELECT j.job_id, j.schedule_interval, j.max_runtime, j.max_retries, j.retry_period, j.scheduled, j.config,
+                        j.next_start, check_config::text, j.fixed_schedule, j.initial_start, j.timezone;
+END
+$$;
+
 CREATE FUNCTION analytics.alter_job(job_id int, schedule_interval interval DEFAULT NULL, max_runtime interval DEFAULT NULL,
                                     max_retries int DEFAULT NULL, retry_period interval DEFAULT NULL,
                                     scheduled boolean DEFAULT NULL, config jsonb DEFAULT NULL,
                                     next_start timestamptz DEFAULT NULL, if_exists boolean DEFAULT false,
                                     check_config regproc DEFAULT NULL, fixed_schedule boolean DEFAULT NULL,
                                     initial_start timestamptz DEFAULT NULL, timezone text DEFAULT NULL)
-RETURNS SETOF analytics.job_settings
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    j analytics.jobs := analytics._owned_job(alter_job.job_id, if_exists);
+RETURNS SETOF analytics.job_settings LANGUAGE sql
+BEGIN ATOMIC
+    SELECT * FROM analytics_internal._alter_job(analytics_internal._caller_token(), job_id, schedule_interval, max_runtime,
+                                                max_retries, retry_period, scheduled, config, next_start, if_exists,
+                                                check_config, fixed_schedule, initial_start, timezone);
+END;
+
+CREATE FUNCTION analytics_internal._delete_job(token bigint, job_id int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF j.job_id IS NULL THEN
-        RETURN;
-    END IF;
-    j.schedule_interval := coalesce(alter_job.schedule_interval, j.schedule_interval);
-    j.max_runtime := coalesce(alter_job.max_runtime, j.max_runtime);
-    j.max_retries := coalesce(alter_job.max_retries, j.max_retries);
-    j.retry_period := coalesce(alter_job.retry_period, j.retry_period);
-    j.scheduled := coalesce(alter_job.scheduled, j.scheduled);
-    j.config := coalesce(alter_job.config, j.config);
-    j.fixed_schedule := coalesce(alter_job.fixed_schedule, j.fixed_schedule);
-    j.initial_start := coalesce(alter_job.initial_start, j.initial_start);
-    j.timezone := coalesce(alter_job.timezone, j.timezone);
-    j.next_start := coalesce(alter_job.next_start, alter_job.initial_start, j.next_start);
-    PERFORM analytics._check_job_settings(j.proc, j.schedule_interval, j.timezone);
-    IF check_config IS NOT NULL THEN
-        EXECUTE format('SELECT %s($1)', check_config::oid::regproc) USING j.config;
-    END IF;
-    PERFORM analytics._save_job(j);
-    RETURN QUERY SELECT j.job_id, j.schedule_interval, j.max_runtime, j.max_retries, j.retry_period, j.scheduled, j.config,
-                        j.next_start, check_config::text, j.fixed_schedule, j.initial_start, j.timezone;
+    PERFORM analytics_internal._owned_job(analytics_internal._redeem_caller(token), _delete_job.job_id);
+    DELETE FROM analytics.jobs j WHERE j.job_id = _delete_job.job_id;
 END
 $$;
 
--- Writes the settings of a job its caller may change (never its procedure or owner).
-CREATE FUNCTION analytics._save_job(j analytics.jobs) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM analytics._owned_job(j.job_id);
-    UPDATE analytics.jobs AS t SET
-        schedule_interval = j.schedule_interval, max_runtime = j.max_runtime, max_retries = j.max_retries,
-        retry_period = j.retry_period, scheduled = j.scheduled, config = j.config, fixed_schedule = j.fixed_schedule,
-        initial_start = j.initial_start, timezone = j.timezone, next_start = j.next_start
-    WHERE t.job_id = j.job_id;
-END
-$$;
-
-CREATE FUNCTION analytics.delete_job(job_id int) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM analytics._owned_job(delete_job.job_id);
-    DELETE FROM analytics.jobs j WHERE j.job_id = delete_job.job_id;
-END
-$$;
+CREATE FUNCTION analytics.delete_job(job_id int) RETURNS void LANGUAGE sql
+BEGIN ATOMIC
+    SELECT analytics_internal._delete_job(analytics_internal._caller_token(), job_id);
+END;
 
 -- Run bookkeeping ----------------------------------------------------------------------
 
 -- Claims a due job for this backend (NULL when none is due), in a transaction of its own
 -- before the job runs, so that a crash during the job is seen afterwards.
-CREATE FUNCTION analytics._claim_due_job() RETURNS int
+CREATE FUNCTION analytics_internal._claim_due_job() RETURNS int
 LANGUAGE sql AS $$
     -- jobs restored by pg_restore come without their run state
-    INSERT INTO analytics.job_run_state (job_id) SELECT j.job_id FROM analytics.jobs j ON CONFLICT DO NOTHING;
+    INSERT INTO analytics_internal.job_run_state (job_id) SELECT j.job_id FROM analytics.jobs j ON CONFLICT DO NOTHING;
     WITH due AS (
         SELECT j.job_id FROM analytics.jobs j
-        JOIN analytics.job_run_state s USING (job_id)
+        JOIN analytics_internal.job_run_state s USING (job_id)
         WHERE j.scheduled AND j.next_start <= now() AND s.running_pid IS NULL
         ORDER BY j.next_start, j.job_id
         LIMIT 1 FOR UPDATE OF s SKIP LOCKED)
-    UPDATE analytics.job_run_state s
+    UPDATE analytics_internal.job_run_state s
     SET running_pid = pg_backend_pid(), last_run_started_at = clock_timestamp(), total_runs = s.total_runs + 1
     FROM due WHERE s.job_id = due.job_id
     RETURNING s.job_id
 $$;
 
 -- When the scheduler can sleep until: the earliest next start of a scheduled job.
-CREATE FUNCTION analytics._next_due() RETURNS timestamptz
+CREATE FUNCTION analytics_internal._next_due() RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT min(next_start) FROM analytics.jobs WHERE scheduled
 $$;
 
-CREATE FUNCTION analytics._record_job_run(id int, sqlerrcode text, err_message text) RETURNS void
+CREATE FUNCTION analytics_internal._record_job_run(id int, sqlerrcode text, err_message text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     j analytics.jobs;
-    s analytics.job_run_state;
+    s analytics_internal.job_run_state;
     finished constant timestamptz := clock_timestamp();
     failed constant boolean := err_message IS NOT NULL;
 BEGIN
     SELECT * INTO j FROM analytics.jobs WHERE job_id = id;
-    SELECT * INTO s FROM analytics.job_run_state WHERE job_id = id FOR UPDATE;
+    SELECT * INTO s FROM analytics_internal.job_run_state WHERE job_id = id FOR UPDATE;
     IF j.job_id IS NULL THEN
         RETURN;  -- deleted while it ran
     END IF;
@@ -296,7 +318,7 @@ BEGIN
         SELECT id, n.nspname, p.proname, s.running_pid, s.last_run_started_at, finished, sqlerrcode, err_message
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = j.proc;
     END IF;
-    UPDATE analytics.job_run_state SET
+    UPDATE analytics_internal.job_run_state SET
         running_pid = NULL,
         last_finish = finished,
         last_successful_finish = CASE WHEN failed THEN last_successful_finish ELSE finished END,
@@ -310,8 +332,8 @@ BEGIN
     RETURNING * INTO s;
     UPDATE analytics.jobs SET
         next_start = CASE
-            WHEN NOT failed THEN analytics._next_scheduled_start(j, finished)
-            WHEN j.max_retries >= 0 AND s.consecutive_failures > j.max_retries THEN analytics._next_scheduled_start(j, finished)
+            WHEN NOT failed THEN analytics_internal._next_scheduled_start(j, finished)
+            WHEN j.max_retries >= 0 AND s.consecutive_failures > j.max_retries THEN analytics_internal._next_scheduled_start(j, finished)
             ELSE finished + least(j.retry_period * power(2, least(s.consecutive_failures - 1, 20)),
                                   greatest(j.schedule_interval, j.retry_period)) END
     WHERE job_id = id;
@@ -320,7 +342,7 @@ $$;
 
 -- Runs that were going when their backend died (kill -9, a crash, a restart) are failures,
 -- as are runs this backend left marked (its recording failed).
-CREATE FUNCTION analytics._recover_crashed_runs() RETURNS int
+CREATE FUNCTION analytics_internal._recover_crashed_runs() RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
     crashed int;
@@ -328,88 +350,87 @@ DECLARE
 BEGIN
     crashed := 0;
     FOR id IN
-        SELECT s.job_id FROM analytics.job_run_state s
+        SELECT s.job_id FROM analytics_internal.job_run_state s
         WHERE s.running_pid IS NOT NULL
           -- this backend runs one job at a time: a run still marked as its own is over
           AND (s.running_pid = pg_backend_pid()
                OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.running_pid))
     LOOP
-        PERFORM analytics._record_job_run(id, 'crash', 'the job''s process ended without finishing it (killed, or the server restarted)');
+        PERFORM analytics_internal._record_job_run(id, 'crash', 'the job''s process ended without finishing it (killed, or the server restarted)');
         crashed := crashed + 1;
     END LOOP;
     RETURN crashed;
 END
 $$;
 
--- Runs the job's procedure as its owner. Called in the job's own transaction.
-CREATE FUNCTION analytics._execute_job(id int) RETURNS void
-LANGUAGE plpgsql AS $$
+-- Runs the job's procedure as its owner, in a security-restricted operation (no SET ROLE,
+-- RESET ROLE or SET SESSION AUTHORIZATION inside). Called in the job's own transaction.
+CREATE FUNCTION analytics_internal._execute_job(id int) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j analytics.jobs;
-    role_before text := current_setting('role');
 BEGIN
     SELECT * INTO j FROM analytics.jobs WHERE job_id = id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % not found', id;
     END IF;
-    IF current_user::regrole <> j.owner THEN
-        PERFORM set_config('role', j.owner::text, true);
-    END IF;
-    IF (SELECT prokind FROM pg_proc WHERE oid = j.proc) = 'p' THEN
-        EXECUTE format('CALL %s($1, $2)', j.proc::oid::regproc) USING j.job_id, j.config;
-    ELSE
-        EXECUTE format('SELECT %s($1, $2)', j.proc::oid::regproc) USING j.job_id, j.config;
-    END IF;
-    PERFORM set_config('role', role_before, true);
+    PERFORM analytics_internal._call_as(j.owner, j.proc, j.job_id, coalesce(j.config, 'null'::jsonb));
 END
 $$;
 
+-- A check_config function is the caller's code: it runs as the caller, restricted.
 -- Runs one job now in the caller's session (TimescaleDB's CALL run_job). Its error, if any,
 -- is raised to the caller.
-CREATE PROCEDURE analytics.run_job(job_id int)
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION analytics_internal._run_job(token bigint, job_id int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM analytics._owned_job(run_job.job_id);
-    UPDATE analytics.job_run_state s
+    PERFORM analytics_internal._owned_job(analytics_internal._redeem_caller(token), _run_job.job_id);
+    UPDATE analytics_internal.job_run_state s
     SET running_pid = pg_backend_pid(), last_run_started_at = clock_timestamp(), total_runs = s.total_runs + 1
-    WHERE s.job_id = run_job.job_id;
-    PERFORM analytics._execute_job(run_job.job_id);
-    PERFORM analytics._record_job_run(run_job.job_id, NULL, NULL);
+    WHERE s.job_id = _run_job.job_id;
+    PERFORM analytics_internal._execute_job(_run_job.job_id);
+    PERFORM analytics_internal._record_job_run(_run_job.job_id, NULL, NULL);
 END
 $$;
+
+CREATE PROCEDURE analytics.run_job(job_id int) LANGUAGE sql
+BEGIN ATOMIC
+    SELECT analytics_internal._run_job(analytics_internal._caller_token(), job_id);
+END;
 
 -- Without the scheduler (no shared_preload_libraries): run every due job the caller may
 -- run, each in a subtransaction so that one failure is recorded and the others still run.
 -- Call it every minute from cron or pg_cron. No max_runtime here: statement_timeout applies.
-CREATE FUNCTION analytics.run_pending_jobs() RETURNS jsonb
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION analytics_internal._run_pending_jobs(token bigint) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    caller constant oid := analytics_internal._redeem_caller(token);
     id int;
     ran int := 0;
     failed int := 0;
     code text;
     message text;
 BEGIN
-    PERFORM analytics._recover_crashed_runs();
-    INSERT INTO analytics.job_run_state (job_id) SELECT j.job_id FROM analytics.jobs j ON CONFLICT DO NOTHING;
+    PERFORM analytics_internal._recover_crashed_runs();
+    INSERT INTO analytics_internal.job_run_state (job_id) SELECT j.job_id FROM analytics.jobs j ON CONFLICT DO NOTHING;
     LOOP
-        SELECT j.job_id INTO id FROM analytics.jobs j JOIN analytics.job_run_state s USING (job_id)
+        SELECT j.job_id INTO id FROM analytics.jobs j JOIN analytics_internal.job_run_state s USING (job_id)
         WHERE j.scheduled AND j.next_start <= now() AND s.running_pid IS NULL
-          AND pg_has_role(session_user, j.owner, 'MEMBER')
+          AND pg_has_role(caller, j.owner, 'MEMBER')
           AND (s.last_run_started_at IS NULL OR s.last_run_started_at < statement_timestamp())
         ORDER BY j.next_start, j.job_id LIMIT 1;
         EXIT WHEN id IS NULL;
-        UPDATE analytics.job_run_state s
+        UPDATE analytics_internal.job_run_state s
         SET running_pid = pg_backend_pid(), last_run_started_at = clock_timestamp(), total_runs = s.total_runs + 1
         WHERE s.job_id = id;
         code := NULL;
         message := NULL;
         BEGIN
-            PERFORM analytics._execute_job(id);
+            PERFORM analytics_internal._execute_job(id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
         END;
-        PERFORM analytics._record_job_run(id, code, message);
+        PERFORM analytics_internal._record_job_run(id, code, message);
         ran := ran + 1;
         failed := failed + (message IS NOT NULL)::int;
         id := NULL;
@@ -417,3 +438,8 @@ BEGIN
     RETURN jsonb_build_object('jobs_run', ran, 'jobs_failed', failed);
 END
 $$;
+
+CREATE FUNCTION analytics.run_pending_jobs() RETURNS jsonb LANGUAGE sql
+BEGIN ATOMIC
+    SELECT analytics_internal._run_pending_jobs(analytics_internal._caller_token());
+END;

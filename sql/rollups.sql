@@ -9,7 +9,7 @@
 --   the definition over the source tables and the current sums, both read in one snapshot,
 --   to shard 0, which no session writes. Transactions still in flight are in neither side
 --   of that difference and add their own deltas when they commit.
--- * Each rollup is described once in `analytics.rollup_catalog`; the trigger body, `verify`
+-- * Each rollup is described once in `analytics_internal.rollup_catalog`; the trigger body, `verify`
 --   and the repair are all generated from that description.
 
 -- Settings and bookkeeping ---------------------------------------------------------------
@@ -23,7 +23,7 @@ CREATE TABLE analytics.store_settings (
 COMMENT ON TABLE analytics.store_settings IS
     'Per-store settings. Change a zone with analytics.set_store_timezone(), which re-buckets the store.';
 
-CREATE TABLE analytics.source_config (
+CREATE TABLE analytics_internal.source_config (
     singleton           bool PRIMARY KEY DEFAULT true CHECK (singleton),
     source_schema       name NOT NULL,
     variant             text NOT NULL CHECK (variant IN ('real', 'simplified')),
@@ -34,7 +34,7 @@ CREATE TABLE analytics.source_config (
     captures_items      boolean NOT NULL DEFAULT false,
     attached_at         timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE analytics.source_config IS 'What analytics.attach() found and captures.';
+COMMENT ON TABLE analytics_internal.source_config IS 'What analytics.attach() found and captures.';
 
 CREATE TABLE analytics.ingest_errors (
     id           bigserial PRIMARY KEY,
@@ -62,7 +62,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
-CREATE FUNCTION analytics.amount_problem(value jsonb) RETURNS text
+CREATE FUNCTION analytics_internal.amount_problem(value jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN value IS NULL THEN 'missing'
@@ -84,19 +84,19 @@ $$;
 
 -- What is wrong with a sale's JSON, one row per key. plpgsql on purpose: it is not inlined,
 -- so the capture statement only pays for it on the rare malformed sale.
-CREATE FUNCTION analytics.sale_problems(totals jsonb, payment jsonb)
+CREATE FUNCTION analytics_internal.sale_problems(totals jsonb, payment jsonb)
 RETURNS TABLE (column_name text, problem text, value text)
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     SELECT p.column_name, p.problem, left(p.value, 200)
     FROM (VALUES
-        ('totals.subtotal_bs',  analytics.amount_problem(totals -> 'subtotal_bs'),  (totals -> 'subtotal_bs')::text),
-        ('totals.subtotal_usd', analytics.amount_problem(totals -> 'subtotal_usd'), (totals -> 'subtotal_usd')::text),
-        ('totals.discount_bs',  analytics.amount_problem(totals -> 'discount_bs'),  (totals -> 'discount_bs')::text),
-        ('totals.discount_usd', analytics.amount_problem(totals -> 'discount_usd'), (totals -> 'discount_usd')::text),
-        ('totals.total_bs',     analytics.amount_problem(totals -> 'total_bs'),     (totals -> 'total_bs')::text),
-        ('totals.total_usd',    analytics.amount_problem(totals -> 'total_usd'),    (totals -> 'total_usd')::text),
+        ('totals.subtotal_bs',  analytics_internal.amount_problem(totals -> 'subtotal_bs'),  (totals -> 'subtotal_bs')::text),
+        ('totals.subtotal_usd', analytics_internal.amount_problem(totals -> 'subtotal_usd'), (totals -> 'subtotal_usd')::text),
+        ('totals.discount_bs',  analytics_internal.amount_problem(totals -> 'discount_bs'),  (totals -> 'discount_bs')::text),
+        ('totals.discount_usd', analytics_internal.amount_problem(totals -> 'discount_usd'), (totals -> 'discount_usd')::text),
+        ('totals.total_bs',     analytics_internal.amount_problem(totals -> 'total_bs'),     (totals -> 'total_bs')::text),
+        ('totals.total_usd',    analytics_internal.amount_problem(totals -> 'total_usd'),    (totals -> 'total_usd')::text),
         ('payment.method',
          CASE WHEN jsonb_typeof(payment -> 'method') IS DISTINCT FROM 'string' THEN 'missing or not a string'
               WHEN length(payment ->> 'method') > 64 THEN 'longer than 64 characters' END,
@@ -108,7 +108,7 @@ $$;
 
 -- The cheap test that spares well-formed sales (nearly all) the per-key problem report: one
 -- jsonpath predicate, so the capture statement stays small.
-CREATE FUNCTION analytics.sale_is_well_formed(totals jsonb, payment jsonb) RETURNS boolean
+CREATE FUNCTION analytics_internal.sale_is_well_formed(totals jsonb, payment jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(jsonb_typeof(payment -> 'method') = 'string' AND length(payment ->> 'method') <= 64
         AND totals @@ 'strict $.subtotal_bs.type() == "number" && $.subtotal_bs < 1e1000 && $.subtotal_bs > -1e1000
@@ -130,7 +130,7 @@ $$;
 -- Storage: additive parts --------------------------------------------------------------
 
 -- The measures every sales rollup keeps per key (a template: it never holds rows).
-CREATE TABLE analytics.sale_measures (
+CREATE TABLE analytics_internal.sale_measures (
     sales_count      bigint  NOT NULL,
     subtotal_bs      numeric NOT NULL,
     subtotal_usd     numeric NOT NULL,
@@ -142,28 +142,28 @@ CREATE TABLE analytics.sale_measures (
     total_usd_scales numeric NOT NULL
 );
 
-CREATE TABLE analytics.sales_hourly_parts (
+CREATE TABLE analytics_internal.sales_hourly_parts (
     store_id   uuid        NOT NULL,
     bucket     timestamptz NOT NULL,
     local_hour timestamp   NOT NULL,
     shard      int         NOT NULL,
-    LIKE analytics.sale_measures,
+    LIKE analytics_internal.sale_measures,
     PRIMARY KEY (store_id, bucket, local_hour, shard)
 ) WITH (fillfactor = 80);
-CREATE INDEX sales_hourly_parts_local ON analytics.sales_hourly_parts (store_id, local_hour);
+CREATE INDEX sales_hourly_parts_local ON analytics_internal.sales_hourly_parts (store_id, local_hour);
 
 -- Daily totals are kept per payment method: sales_daily sums the methods of a day.
-CREATE TABLE analytics.sales_daily_parts (
+CREATE TABLE analytics_internal.sales_daily_parts (
     store_id uuid NOT NULL,
     day      date NOT NULL,
     method   text NOT NULL,
     shard    int  NOT NULL,
-    LIKE analytics.sale_measures,
+    LIKE analytics_internal.sale_measures,
     PRIMARY KEY (store_id, day, method, shard)
 ) WITH (fillfactor = 80);
 
 -- Distinct customers are not additive; their per-day sale counts are.
-CREATE TABLE analytics.customer_daily_parts (
+CREATE TABLE analytics_internal.customer_daily_parts (
     store_id    uuid   NOT NULL,
     day         date   NOT NULL,
     customer_id uuid   NOT NULL,
@@ -174,7 +174,7 @@ CREATE TABLE analytics.customer_daily_parts (
 
 -- Stock per product: the sum of its inventory movements (or products.current_stock in the
 -- simplified variant, counted as one movement per product).
-CREATE TABLE analytics.product_stock_parts (
+CREATE TABLE analytics_internal.product_stock_parts (
     store_id   uuid    NOT NULL,
     product_id uuid    NOT NULL,
     shard      int     NOT NULL,
@@ -184,8 +184,8 @@ CREATE TABLE analytics.product_stock_parts (
 ) WITH (fillfactor = 80);
 
 -- One description per rollup; everything that writes or checks parts is generated from it.
--- Expressions read the columns of a "measured sale" (see analytics._measure_sql).
-CREATE TABLE analytics.rollup_catalog (
+-- Expressions read the columns of a "measured sale" (see analytics_internal._measure_sql).
+CREATE TABLE analytics_internal.rollup_catalog (
     name      text PRIMARY KEY,
     parts     regclass NOT NULL,
     keys      text[] NOT NULL,
@@ -196,26 +196,26 @@ CREATE TABLE analytics.rollup_catalog (
     position  int NOT NULL UNIQUE,
     source    text NOT NULL DEFAULT 'sales' CHECK (source IN ('sales', 'stock', 'items'))
 );
-COMMENT ON TABLE analytics.rollup_catalog IS
+COMMENT ON TABLE analytics_internal.rollup_catalog IS
     'How each rollup is computed from measured sales; drives the triggers, verify() and refresh.';
 
-INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, filter) VALUES
- (1, 'sales_hourly', 'analytics.sales_hourly_parts',
+INSERT INTO analytics_internal.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, filter) VALUES
+ (1, 'sales_hourly', 'analytics_internal.sales_hourly_parts',
   '{store_id,bucket,local_hour}', '{store_id,"local_hour AT TIME ZONE tz",local_hour}',
   '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd,total_bs_scales,total_usd_scales}',
   '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd),sum(total_bs_scales),sum(total_usd_scales)}',
   'true'),
- (2, 'sales_daily_by_method', 'analytics.sales_daily_parts',
+ (2, 'sales_daily_by_method', 'analytics_internal.sales_daily_parts',
   '{store_id,day,method}', '{store_id,day,method}',
   '{sales_count,subtotal_bs,subtotal_usd,discount_bs,discount_usd,total_bs,total_usd,total_bs_scales,total_usd_scales}',
   '{sum(sign),sum(subtotal_bs),sum(subtotal_usd),sum(discount_bs),sum(discount_usd),sum(total_bs),sum(total_usd),sum(total_bs_scales),sum(total_usd_scales)}',
   'true'),
- (3, 'sales_daily_customers', 'analytics.customer_daily_parts',
+ (3, 'sales_daily_customers', 'analytics_internal.customer_daily_parts',
   '{store_id,day,customer_id}', '{store_id,day,customer_id}',
   '{sales_count}', '{sum(sign)}',
   'customer_id IS NOT NULL');
-INSERT INTO analytics.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, source) VALUES
- (4, 'product_stock', 'analytics.product_stock_parts',
+INSERT INTO analytics_internal.rollup_catalog (position, name, parts, keys, key_exprs, vals, val_exprs, source) VALUES
+ (4, 'product_stock', 'analytics_internal.product_stock_parts',
   '{store_id,product_id}', '{store_id,product_id}', '{stock,movements}', '{sum(qty),sum(sign)}', 'stock');
 
 -- What readers see: the definitions of SPEC §2 ------------------------------------------
@@ -233,14 +233,14 @@ $$;
 -- A maximum cannot be un-added when a sale is voided, so parts keep an additive histogram
 -- of scales instead: each amount adds 2^(32*scale); the highest non-zero base-2^32 digit of
 -- the sum is the largest scale present.
-CREATE FUNCTION analytics.scale_mark(amount numeric) RETURNS numeric
+CREATE FUNCTION analytics_internal.scale_mark(amount numeric) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE scale(amount) WHEN 0 THEN 1::numeric WHEN 1 THEN 4294967296::numeric
                               WHEN 2 THEN 18446744073709551616::numeric
                               ELSE trunc(power(4294967296::numeric, scale(amount))) END
 $$;
 
-CREATE FUNCTION analytics.largest_scale(scales numeric) RETURNS int
+CREATE FUNCTION analytics_internal.largest_scale(scales numeric) RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN scales < 4294967296 THEN 0
                 WHEN scales < 18446744073709551616 THEN 1
@@ -251,24 +251,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- A sum of parts at the scale the same sum over the source has.
-CREATE FUNCTION analytics.at_scale(amount numeric, scales numeric) RETURNS numeric
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT round(amount, analytics.largest_scale(scales))
-$$;
+-- A SQL-standard body: it is parsed once, here, so readers of the views that call it need no
+-- access to analytics_internal to run it (a quoted body is parsed again, as the reader).
+CREATE FUNCTION analytics_internal.at_scale(amount numeric, scales numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN round(amount, analytics_internal.largest_scale(scales));
 
-CREATE VIEW analytics.sales_hourly AS
+CREATE VIEW analytics.sales_hourly WITH (security_barrier) AS
 SELECT p.store_id, p.bucket,
        sum(p.sales_count)::bigint AS sales_count,
        analytics.money(sum(p.subtotal_bs)) AS subtotal_bs, analytics.money(sum(p.subtotal_usd)) AS subtotal_usd,
        analytics.money(sum(p.discount_bs)) AS discount_bs, analytics.money(sum(p.discount_usd)) AS discount_usd,
-       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs, analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd,
-       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) / sum(p.sales_count)::bigint AS avg_ticket_bs,
-       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) / sum(p.sales_count)::bigint AS avg_ticket_usd
-FROM analytics.sales_hourly_parts p
+       analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs, analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd,
+       analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) / sum(p.sales_count)::bigint AS avg_ticket_bs,
+       analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) / sum(p.sales_count)::bigint AS avg_ticket_usd
+FROM analytics_internal.sales_hourly_parts p
+WHERE analytics_internal._store_visible(p.store_id)
 GROUP BY p.store_id, p.bucket
 HAVING sum(p.sales_count) <> 0;
 
-CREATE VIEW analytics.sales_daily AS
+CREATE VIEW analytics.sales_daily WITH (security_barrier) AS
 SELECT d.store_id, d.day,
        d.day::timestamp AT TIME ZONE analytics.store_timezone(d.store_id) AS bucket,
        d.sales_count, d.subtotal_bs, d.subtotal_usd, d.discount_bs, d.discount_usd,
@@ -276,7 +278,7 @@ SELECT d.store_id, d.day,
        d.total_bs / d.sales_count AS avg_ticket_bs,
        d.total_usd / d.sales_count AS avg_ticket_usd,
        (SELECT count(*) FROM (
-            SELECT 1 FROM analytics.customer_daily_parts c
+            SELECT 1 FROM analytics_internal.customer_daily_parts c
             WHERE c.store_id = d.store_id AND c.day = d.day
             GROUP BY c.customer_id HAVING sum(c.sales_count) > 0) AS present
        ) AS unique_customers
@@ -285,39 +287,43 @@ FROM (
            sum(p.sales_count)::bigint AS sales_count,
            analytics.money(sum(p.subtotal_bs)) AS subtotal_bs, analytics.money(sum(p.subtotal_usd)) AS subtotal_usd,
            analytics.money(sum(p.discount_bs)) AS discount_bs, analytics.money(sum(p.discount_usd)) AS discount_usd,
-           analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs, analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd
-    FROM analytics.sales_daily_parts p
+           analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs, analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd
+    FROM analytics_internal.sales_daily_parts p
+    WHERE analytics_internal._store_visible(p.store_id)
     GROUP BY p.store_id, p.day
     HAVING sum(p.sales_count) <> 0
 ) AS d;
 
-CREATE VIEW analytics.sales_by_payment_daily AS
+CREATE VIEW analytics.sales_by_payment_daily WITH (security_barrier) AS
 SELECT p.store_id, p.day, p.method,
        sum(p.sales_count)::bigint AS sales_count,
-       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs,
-       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd
-FROM analytics.sales_daily_parts p
+       analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs,
+       analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd
+FROM analytics_internal.sales_daily_parts p
+WHERE analytics_internal._store_visible(p.store_id)
 GROUP BY p.store_id, p.day, p.method
 HAVING sum(p.sales_count) <> 0;
 
-CREATE VIEW analytics.product_stock AS
+CREATE VIEW analytics.product_stock WITH (security_barrier) AS
 SELECT p.store_id, p.product_id, sum(p.stock) AS stock
-FROM analytics.product_stock_parts p
+FROM analytics_internal.product_stock_parts p
+WHERE analytics_internal._store_visible(p.store_id)
 GROUP BY p.store_id, p.product_id
 HAVING sum(p.movements) <> 0;
 
 -- LA-CAJA's heatmap shape; a local hour that a DST fall-back repeats is one cell.
-CREATE VIEW analytics.sales_heatmap AS
+CREATE VIEW analytics.sales_heatmap WITH (security_barrier) AS
 SELECT p.store_id,
        p.local_hour::date AS date,
        extract(hour FROM p.local_hour)::int AS hour,
        extract(dow FROM p.local_hour)::int AS day_of_week,
        sum(p.sales_count)::bigint AS sales_count,
-       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_amount_bs,
-       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_amount_usd,
-       analytics.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) / sum(p.sales_count)::bigint AS avg_ticket_bs,
-       analytics.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) / sum(p.sales_count)::bigint AS avg_ticket_usd
-FROM analytics.sales_hourly_parts p
+       analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_amount_bs,
+       analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_amount_usd,
+       analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) / sum(p.sales_count)::bigint AS avg_ticket_bs,
+       analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) / sum(p.sales_count)::bigint AS avg_ticket_usd
+FROM analytics_internal.sales_hourly_parts p
+WHERE analytics_internal._store_visible(p.store_id)
 GROUP BY p.store_id, p.local_hour::date, extract(hour FROM p.local_hour), extract(dow FROM p.local_hour)
 HAVING sum(p.sales_count) <> 0;
 
@@ -325,7 +331,7 @@ HAVING sum(p.sales_count) <> 0;
 
 -- A measured sale: what every rollup is computed from. `source` yields sign, store_id,
 -- sold_at, customer_id, totals and payment for valid sales only.
-CREATE FUNCTION analytics._measure_sales_sql(source text) RETURNS text
+CREATE FUNCTION analytics_internal._measure_sales_sql(source text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$
         SELECT c.sign, c.store_id, c.customer_id, z.tz,
@@ -335,8 +341,8 @@ LANGUAGE sql IMMUTABLE AS $$
                c.sign * a.subtotal_bs AS subtotal_bs, c.sign * a.subtotal_usd AS subtotal_usd,
                c.sign * a.discount_bs AS discount_bs, c.sign * a.discount_usd AS discount_usd,
                c.sign * a.total_bs AS total_bs, c.sign * a.total_usd AS total_usd,
-               c.sign * analytics.scale_mark(a.total_bs) AS total_bs_scales,
-               c.sign * analytics.scale_mark(a.total_usd) AS total_usd_scales
+               c.sign * analytics_internal.scale_mark(a.total_bs) AS total_bs_scales,
+               c.sign * analytics_internal.scale_mark(a.total_usd) AS total_usd_scales
         FROM (%s) AS c
         LEFT JOIN analytics.store_settings AS st ON st.store_id = c.store_id
         CROSS JOIN LATERAL (SELECT coalesce(st.timezone, analytics.default_timezone()) AS tz) AS z
@@ -352,7 +358,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- A measured stock change: sign, store, product and the signed quantity.
-CREATE FUNCTION analytics._measure_stock_sql(source text) RETURNS text
+CREATE FUNCTION analytics_internal._measure_stock_sql(source text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$
         SELECT c.sign, c.store_id, c.product_id, c.sign * coalesce(c.qty::numeric, 0) AS qty
@@ -360,15 +366,15 @@ LANGUAGE sql IMMUTABLE AS $$
         WHERE c.store_id IS NOT NULL AND c.product_id IS NOT NULL$q$, source)
 $$;
 
-CREATE FUNCTION analytics._measured_sql(source text, rows_sql text) RETURNS text
+CREATE FUNCTION analytics_internal._measured_sql(source text, rows_sql text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE source WHEN 'sales' THEN analytics._measure_sales_sql(rows_sql)
-                       WHEN 'stock' THEN analytics._measure_stock_sql(rows_sql)
+    SELECT CASE source WHEN 'sales' THEN analytics_internal._measure_sales_sql(rows_sql)
+                       WHEN 'stock' THEN analytics_internal._measure_stock_sql(rows_sql)
                        WHEN 'items' THEN rows_sql END
 $$;
 
 -- The rollup's rows aggregated from measured sales in `measured` (a CTE name).
-CREATE FUNCTION analytics._aggregate_sql(r analytics.rollup_catalog, measured text) RETURNS text
+CREATE FUNCTION analytics_internal._aggregate_sql(r analytics_internal.rollup_catalog, measured text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format('SELECT %s FROM %I WHERE %s GROUP BY %s',
         (SELECT string_agg(format('%s AS %I', e, k), ', ')
@@ -378,7 +384,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- The rollup's current sums over all shards, optionally for one store.
-CREATE FUNCTION analytics._actual_sql(r analytics.rollup_catalog, store_filter text) RETURNS text
+CREATE FUNCTION analytics_internal._actual_sql(r analytics_internal.rollup_catalog, store_filter text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format('SELECT %s, %s FROM %s WHERE %s GROUP BY %s',
         (SELECT string_agg(format('%I', k), ', ') FROM unnest(r.keys) AS k),
@@ -390,7 +396,7 @@ $$;
 -- INSERT ... ON CONFLICT that adds `rows` (unique per key) to `shard_expr`'s parts; with
 -- `skip_zero`, keys whose delta is all zero are left alone. No lock ordering is needed: a
 -- session's shard has one writer, and shard 0 is written under the repair's advisory lock.
-CREATE FUNCTION analytics._add_to_parts_sql(r analytics.rollup_catalog, rows_sql text, shard_expr text,
+CREATE FUNCTION analytics_internal._add_to_parts_sql(r analytics_internal.rollup_catalog, rows_sql text, shard_expr text,
                                             skip_zero boolean)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$INSERT INTO %1$s AS p (%2$s, shard, %3$s)
@@ -410,7 +416,7 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Expected (definition over the source) against actual (sums of parts), per key.
-CREATE FUNCTION analytics._difference_sql(r analytics.rollup_catalog, measured text, store_filter text)
+CREATE FUNCTION analytics_internal._difference_sql(r analytics_internal.rollup_catalog, measured text, store_filter text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$SELECT %1$s, %2$s, %3$s, %4$s
         FROM (%5$s) AS e FULL JOIN (%6$s) AS a USING (%1$s)
@@ -419,8 +425,8 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
         (SELECT string_agg(format('coalesce(e.%1$I, 0) - coalesce(a.%1$I, 0) AS %1$I', v), ', ') FROM unnest(r.vals) AS v),
         (SELECT string_agg(format('e.%1$I AS %2$I', v, 'expected_' || v), ', ') FROM unnest(r.vals) AS v),
         (SELECT string_agg(format('a.%1$I AS %2$I', v, 'actual_' || v), ', ') FROM unnest(r.vals) AS v),
-        analytics._aggregate_sql(r, measured),
-        analytics._actual_sql(r, store_filter),
+        analytics_internal._aggregate_sql(r, measured),
+        analytics_internal._actual_sql(r, store_filter),
         (SELECT string_agg(format('coalesce(e.%I, 0)', v), ', ') FROM unnest(r.vals) AS v),
         (SELECT string_agg(format('coalesce(a.%I, 0)', v), ', ') FROM unnest(r.vals) AS v))
 $$;
@@ -428,12 +434,12 @@ $$;
 -- The rows of the attached source tables that a source's rollups are computed from, as the
 -- capture triggers see them (`sign`, then the source's columns), optionally for one store.
 -- NULL when that source is not attached.
-CREATE FUNCTION analytics._source_rows_sql(source text, store_filter text) RETURNS text
+CREATE FUNCTION analytics_internal._source_rows_sql(source text, store_filter text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    cfg analytics.source_config;
+    cfg analytics_internal.source_config;
 BEGIN
-    SELECT * INTO cfg FROM analytics.source_config;
+    SELECT * INTO cfg FROM analytics_internal.source_config;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lacaja_analytics is not attached to any sales table'
             USING HINT = 'Run SELECT analytics.attach(''public'') (or the schema holding LA-CAJA''s tables).';
@@ -441,22 +447,22 @@ BEGIN
     RETURN CASE
         WHEN source = 'sales' THEN
             format('SELECT 1 AS sign, %s FROM %I.sales AS r WHERE (%s) AND (%s)',
-                   analytics._capture_columns('sales', NULL), cfg.source_schema, cfg.valid_sale, store_filter)
+                   analytics_internal._capture_columns('sales', NULL), cfg.source_schema, cfg.valid_sale, store_filter)
         WHEN source = 'stock' AND cfg.stock_source = 'movements' THEN
             format('SELECT 1 AS sign, %s FROM %I.inventory_movements AS r WHERE %s',
-                   analytics._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
+                   analytics_internal._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
         WHEN source = 'stock' AND cfg.stock_source = 'current_stock' THEN
             format('SELECT 1 AS sign, %s FROM %I.products AS r WHERE %s',
-                   analytics._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
+                   analytics_internal._capture_columns('stock', cfg.stock_source), cfg.source_schema, store_filter)
         -- Product rollups are sums of the item facts (see sql/products.sql).
         WHEN source = 'items' AND cfg.captures_items THEN
-            format('SELECT 1 AS sign, r.* FROM analytics.item_facts AS r WHERE %s', store_filter)
+            format('SELECT 1 AS sign, r.* FROM analytics_internal.item_facts AS r WHERE %s', store_filter)
     END;
 END
 $$;
 
 -- The columns a source's capture reads from its table (alias r).
-CREATE FUNCTION analytics._capture_columns(source text, stock_source text) RETURNS text
+CREATE FUNCTION analytics_internal._capture_columns(source text, stock_source text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN source = 'sales' THEN 'r.store_id, r.sold_at, r.customer_id, r.totals, r.payment'
@@ -467,7 +473,7 @@ $$;
 
 -- A capture trigger's body: `columns` are read from the transition rows (alias r) that
 -- satisfy `valid`; the source's rollups in the catalog receive the statement's net delta.
-CREATE FUNCTION analytics._capture_body(source text, columns text, valid text) RETURNS text
+CREATE FUNCTION analytics_internal._capture_body(source text, columns text, valid text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     changes constant text[] := ARRAY[
@@ -480,8 +486,8 @@ DECLARE
     problems constant text := $q$problems AS (
             INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
             SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
-            FROM new_rows r CROSS JOIN LATERAL analytics.sale_problems(r.totals, r.payment) AS p
-            WHERE NOT analytics.sale_is_well_formed(r.totals, r.payment)
+            FROM new_rows r CROSS JOIN LATERAL analytics_internal.sale_problems(r.totals, r.payment) AS p
+            WHERE NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)
             ON CONFLICT DO NOTHING)$q$;
     upserts text[];
     branches text[] := '{}';
@@ -490,11 +496,11 @@ DECLARE
 BEGIN
     FOR i IN 1..3 LOOP
         -- Inserted or deleted rows always move a count; only an update can net to zero.
-        SELECT array_agg(analytics._add_to_parts_sql(c, analytics._aggregate_sql(c, 'measured'),
-                                                     'analytics.backend_shard()', i = 3) ORDER BY c.position)
-          INTO upserts FROM analytics.rollup_catalog c WHERE c.source = _capture_body.source;
+        SELECT array_agg(analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'),
+                                                     'analytics_internal.backend_shard()', i = 3) ORDER BY c.position)
+          INTO upserts FROM analytics_internal.rollup_catalog c WHERE c.source = _capture_body.source;
         statement := format('WITH changed AS (%s), measured AS (%s)', changes[i],
-                            analytics._measured_sql(source, 'SELECT * FROM changed'));
+                            analytics_internal._measured_sql(source, 'SELECT * FROM changed'));
         IF i <> 2 AND source = 'sales' THEN
             statement := statement || ', ' || problems;
         END IF;
@@ -518,39 +524,56 @@ END$f$, source, valid, branches[1], branches[2], branches[3]);
 END
 $$;
 
--- TRUNCATE of a source table empties the rollups of that source (TG_ARGV[0]).
-CREATE FUNCTION analytics._capture_truncate() RETURNS trigger
+-- Whether trigger `trigger_name` on `relation` is one the extension created (and bound to itself
+-- with _bind_trigger_to_extension): nobody else can make such a trigger.
+CREATE FUNCTION analytics_internal._is_extension_trigger(relation oid, trigger_name name) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_trigger t
+        JOIN pg_depend d ON d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
+                        AND d.refclassid = 'pg_extension'::regclass
+        JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'lacaja_analytics'
+        WHERE t.tgrelid = relation AND t.tgname = trigger_name)
+$$;
+
+-- TRUNCATE of a source table empties the rollups of that source (TG_ARGV[0]). Only from the
+-- extension's own triggers: attached anywhere else it refuses.
+CREATE FUNCTION analytics_internal._capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r analytics.rollup_catalog;
+    r analytics_internal.rollup_catalog;
 BEGIN
+    IF NOT analytics_internal._is_extension_trigger(TG_RELID, TG_NAME) OR TG_NAME <> format('lacaja_analytics_%s_truncate', TG_ARGV[0]) THEN
+        RAISE EXCEPTION 'trigger % on % is not one of lacaja_analytics'' capture triggers', TG_NAME, TG_RELID::regclass
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_ARGV[0] LIKE 'warehouse\_%' THEN
         -- What the table held is gone without a trace in the change log: reload it all.
-        UPDATE analytics.warehouse_state SET full_load_pending = true;
+        UPDATE analytics_internal.warehouse_state SET full_load_pending = true;
         RETURN NULL;
     END IF;
     IF TG_ARGV[0] = 'item_returns' THEN
         -- Returned quantities are part of the item facts: recompute the sales that had any.
-        PERFORM analytics._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics.item_facts f
+        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
                                                 WHERE (f.returned_qty, f.returned_bs, f.returned_usd) <> (0, 0, 0)));
         RETURN NULL;
     END IF;
-    FOR r IN SELECT * FROM analytics.rollup_catalog WHERE source = TG_ARGV[0] ORDER BY position LOOP
+    FOR r IN SELECT * FROM analytics_internal.rollup_catalog WHERE source = TG_ARGV[0] ORDER BY position LOOP
         EXECUTE format('TRUNCATE %s', r.parts);
     END LOOP;
     IF TG_ARGV[0] = 'items' THEN
-        TRUNCATE analytics.item_facts;
+        TRUNCATE analytics_internal.item_facts;
     END IF;
     RETURN NULL;
 END
 $$;
 
 -- The four capture triggers of one table, bound to the extension so DROP EXTENSION removes them.
-CREATE FUNCTION analytics._create_capture_triggers(rel regclass, source text,
+CREATE FUNCTION analytics_internal._create_capture_triggers(rel regclass, source text,
                                                    events text[] DEFAULT '{insert,update,delete,truncate}')
 RETURNS text[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fn constant text := format('analytics.%I', '_capture_' || source);
+    fn constant text := format('analytics_internal.%I', '_capture_' || source);
     prefix constant text := 'lacaja_analytics_' || source;
     event text;
     created text[] := '{}';
@@ -564,10 +587,10 @@ BEGIN
             WHEN 'delete' THEN format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
                                        FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_delete', rel, fn)
             WHEN 'truncate' THEN format('CREATE TRIGGER %I AFTER TRUNCATE ON %s
-                                         FOR EACH STATEMENT EXECUTE FUNCTION analytics._capture_truncate(%L)',
+                                         FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._capture_truncate(%L)',
                                         prefix || '_truncate', rel, source)
         END;
-        PERFORM analytics._bind_trigger_to_extension(rel::oid, prefix || '_' || event);
+        PERFORM analytics_internal._bind_trigger_to_extension(rel::oid, prefix || '_' || event);
         created := created || (prefix || '_' || event);
     END LOOP;
     RETURN created;
@@ -575,10 +598,10 @@ END
 $$;
 
 -- Replaces a capture function's body (it stays a member of the extension).
-CREATE FUNCTION analytics._set_capture_body(source text, body text) RETURNS void
+CREATE FUNCTION analytics_internal._set_capture_body(source text, body text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics.%I() RETURNS trigger
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal.%I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
         '_capture_' || source, body);
 END
@@ -586,11 +609,11 @@ $$;
 
 -- The capture functions exist from install on (so that triggers and privileges can name
 -- them); attach() replaces their bodies with ones generated for the source it finds.
-SELECT analytics._set_capture_body(source, 'BEGIN RETURN NULL; END') FROM unnest(ARRAY['sales', 'stock']) AS source;
+SELECT analytics_internal._set_capture_body(source, 'BEGIN RETURN NULL; END') FROM unnest(ARRAY['sales', 'stock']) AS source;
 
 -- Attach and detach ---------------------------------------------------------------------
 
-CREATE FUNCTION analytics._has_columns(rel regclass, columns text[]) RETURNS boolean
+CREATE FUNCTION analytics_internal._has_columns(rel regclass, columns text[]) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT rel IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM unnest(columns) AS c
@@ -599,7 +622,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Drops the capture triggers named `prefix`…, on whatever tables; returns table.trigger names.
-CREATE FUNCTION analytics._drop_capture_triggers(prefix text) RETURNS text[]
+CREATE FUNCTION analytics_internal._drop_capture_triggers(prefix text) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
@@ -621,20 +644,20 @@ $$;
 CREATE FUNCTION analytics.detach() RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    dropped constant text[] := analytics._drop_capture_triggers('lacaja_analytics_');
+    dropped constant text[] := analytics_internal._drop_capture_triggers('lacaja_analytics_');
 BEGIN
-    DELETE FROM analytics.source_config;
-    PERFORM analytics._set_capture_body('sales', 'BEGIN RETURN NULL; END');
-    PERFORM analytics._set_capture_body('stock', 'BEGIN RETURN NULL; END');
-    PERFORM analytics._detach_items();
-    PERFORM analytics._warehouse_detached();
+    DELETE FROM analytics_internal.source_config;
+    PERFORM analytics_internal._set_capture_body('sales', 'BEGIN RETURN NULL; END');
+    PERFORM analytics_internal._set_capture_body('stock', 'BEGIN RETURN NULL; END');
+    PERFORM analytics_internal._detach_items();
+    PERFORM analytics_internal._warehouse_detached();
     RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
 END
 $$;
 
 -- The lookups the capture makes on every POS statement, and which of them no index serves
 -- (each would then scan the whole table on every sale).
-CREATE FUNCTION analytics._unindexed_lookups(source_schema name) RETURNS text[]
+CREATE FUNCTION analytics_internal._unindexed_lookups(source_schema name) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(format('%s(%s) has no index: every sale scans %s; run SELECT * FROM analytics.create_recommended_indexes(dry_run => false)',
                                      rel, col, rel) ORDER BY rel::text), '{}')
@@ -659,8 +682,8 @@ DECLARE
     stock_source text;
     triggers text[];
     -- Re-attaching in one transaction misses no change: the warehouse needs no reload then.
-    warehouse_reload constant boolean := (SELECT w.full_load_pending FROM analytics.warehouse_state w)
-        OR (SELECT c.source_schema FROM analytics.source_config c) IS DISTINCT FROM source_schema;
+    warehouse_reload constant boolean := (SELECT w.full_load_pending FROM analytics_internal.warehouse_state w)
+        OR (SELECT c.source_schema FROM analytics_internal.source_config c) IS DISTINCT FROM source_schema;
 BEGIN
     IF sales IS NULL THEN
         RAISE EXCEPTION 'no table "sales" in schema "%"', source_schema
@@ -690,30 +713,30 @@ BEGIN
     stock_source := CASE
         WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.products', source_schema))
                                                   AND attname = 'current_stock' AND NOT attisdropped)
-             AND analytics._has_columns(to_regclass(format('%I.products', source_schema)), '{id,store_id}')
+             AND analytics_internal._has_columns(to_regclass(format('%I.products', source_schema)), '{id,store_id}')
             THEN 'current_stock'
-        WHEN analytics._has_columns(to_regclass(format('%I.inventory_movements', source_schema)),
+        WHEN analytics_internal._has_columns(to_regclass(format('%I.inventory_movements', source_schema)),
                                     '{store_id,product_id,qty_delta}')
             THEN 'movements' END;
 
     PERFORM analytics.detach();
-    INSERT INTO analytics.source_config (source_schema, variant, sales_has_status, sales_has_voided_at, valid_sale, stock_source)
+    INSERT INTO analytics_internal.source_config (source_schema, variant, sales_has_status, sales_has_voided_at, valid_sale, stock_source)
     VALUES (source_schema, CASE WHEN has_status THEN 'simplified' ELSE 'real' END, has_status, has_voided_at,
             valid_sale, stock_source);
 
-    PERFORM analytics._set_capture_body('sales',
-        analytics._capture_body('sales', analytics._capture_columns('sales', NULL), valid_sale));
-    triggers := analytics._create_capture_triggers(sales, 'sales');
+    PERFORM analytics_internal._set_capture_body('sales',
+        analytics_internal._capture_body('sales', analytics_internal._capture_columns('sales', NULL), valid_sale));
+    triggers := analytics_internal._create_capture_triggers(sales, 'sales');
     IF stock_source IS NOT NULL THEN
-        PERFORM analytics._set_capture_body('stock',
-            analytics._capture_body('stock', analytics._capture_columns('stock', stock_source), 'true'));
-        triggers := triggers || analytics._create_capture_triggers(
+        PERFORM analytics_internal._set_capture_body('stock',
+            analytics_internal._capture_body('stock', analytics_internal._capture_columns('stock', stock_source), 'true'));
+        triggers := triggers || analytics_internal._create_capture_triggers(
             to_regclass(format('%I.%I', source_schema,
                                CASE stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
             'stock');
     END IF;
-    triggers := triggers || analytics._attach_items(source_schema, valid_sale);
-    triggers := triggers || analytics._warehouse_reattached(source_schema, warehouse_reload);
+    triggers := triggers || analytics_internal._attach_items(source_schema, valid_sale);
+    triggers := triggers || analytics_internal._warehouse_reattached(source_schema, warehouse_reload);
 
     optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
                              'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
@@ -727,20 +750,20 @@ BEGIN
         'variant', CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
         'valid_sale', valid_sale,
         'stock', coalesce(stock_source, 'not captured: no inventory_movements or products.current_stock'),
-        'products', CASE WHEN (SELECT captures_items FROM analytics.source_config) THEN 'sale_items'
+        'products', CASE WHEN (SELECT captures_items FROM analytics_internal.source_config) THEN 'sale_items'
                          ELSE 'not captured: no sale_items with id, sale_id, product_id, qty, unit_price_bs, unit_price_usd' END,
         'triggers', to_jsonb(triggers),
         'tables_found', coalesce(to_jsonb(found_tables), '[]'),
         'tables_missing', coalesce((SELECT jsonb_agg(o ORDER BY o) FROM unnest(optional_tables) o
                                     WHERE o <> ALL (coalesce(found_tables, '{}'))), '[]'),
-        'warnings', to_jsonb(analytics._unindexed_lookups(source_schema)),
+        'warnings', to_jsonb(analytics_internal._unindexed_lookups(source_schema)),
         'next_step', 'SELECT analytics.refresh_all();  -- backfills the rollups from history');
 END
 $$;
 
 -- Verify and repair ---------------------------------------------------------------------
 
-CREATE FUNCTION analytics._store_filter(store_id uuid) RETURNS text
+CREATE FUNCTION analytics_internal._store_filter(store_id uuid) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN store_id IS NULL THEN 'true' ELSE format('store_id = %L::uuid', store_id) END
 $$;
@@ -750,10 +773,10 @@ $$;
 -- The days verify and repair compare, as a condition on `day_column`: those from `from_day`
 -- until before `to_day` (NULL: unbounded), never those whose sales retention dropped
 -- (SPEC §2 still holds for them in the rollups, which keep the history the source lost).
-CREATE FUNCTION analytics._day_filter(day_column text, from_day date, to_day date) RETURNS text
+CREATE FUNCTION analytics_internal._day_filter(day_column text, from_day date, to_day date) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    lowest date := analytics._retained_from_day();
+    lowest date := analytics_internal._retained_from_day();
 BEGIN
     lowest := CASE WHEN lowest IS NULL THEN from_day ELSE greatest(lowest, from_day) END;
     RETURN concat_ws(' AND ', 'true',
@@ -765,33 +788,33 @@ $$;
 -- The first local day whose sales are all still in the source when retention dropped chunks
 -- of the sales hypertable (NULL when it never did). A chunk boundary is a UTC instant; a day
 -- of margin covers every store's zone.
-CREATE FUNCTION analytics._retained_from_day() RETURNS date
+CREATE FUNCTION analytics_internal._retained_from_day() RETURNS date
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF to_regclass('analytics.hypertables') IS NULL THEN
         RETURN NULL;
     END IF;
     RETURN (SELECT (h.dropped_before AT TIME ZONE 'UTC')::date + 2
-            FROM analytics.hypertables h, analytics.source_config c
+            FROM analytics.hypertables h, analytics_internal.source_config c
             WHERE h.relation = to_regclass(format('%I.sales', c.source_schema)) AND h.dropped_before IS NOT NULL);
 END
 $$;
 
 -- A rollup's day as an expression on its parts (NULL for rollups without days).
-CREATE FUNCTION analytics._rollup_day_column(r analytics.rollup_catalog) RETURNS text
+CREATE FUNCTION analytics_internal._rollup_day_column(r analytics_internal.rollup_catalog) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN 'day' = ANY (r.keys) THEN 'day' WHEN 'local_hour' = ANY (r.keys) THEN 'local_hour::date' END
 $$;
 
 -- The parts of `r` that a verify or repair of one store (or all) over a window compares.
-CREATE FUNCTION analytics._parts_filter(r analytics.rollup_catalog, store_id uuid, from_day date, to_day date) RETURNS text
+CREATE FUNCTION analytics_internal._parts_filter(r analytics_internal.rollup_catalog, store_id uuid, from_day date, to_day date) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT analytics._store_filter(store_id) || CASE WHEN analytics._rollup_day_column(r) IS NULL THEN ''
-        ELSE ' AND ' || analytics._day_filter(analytics._rollup_day_column(r), from_day, to_day) END
+    SELECT analytics_internal._store_filter(store_id) || CASE WHEN analytics_internal._rollup_day_column(r) IS NULL THEN ''
+        ELSE ' AND ' || analytics_internal._day_filter(analytics_internal._rollup_day_column(r), from_day, to_day) END
 $$;
 
-CREATE FUNCTION analytics._measured_ctes(store_id uuid, from_day date, to_day date,
-                                         OUT ctes text[], OUT rollups analytics.rollup_catalog[])
+CREATE FUNCTION analytics_internal._measured_ctes(store_id uuid, from_day date, to_day date,
+                                         OUT ctes text[], OUT rollups analytics_internal.rollup_catalog[])
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     filter constant text := CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END;
@@ -800,13 +823,13 @@ DECLARE
 BEGIN
     ctes := '{}';
     rollups := '{}';
-    FOR src IN SELECT DISTINCT c.source FROM analytics.rollup_catalog c ORDER BY 1 LOOP
-        rows_sql := analytics._source_rows_sql(src, filter);
+    FOR src IN SELECT DISTINCT c.source FROM analytics_internal.rollup_catalog c ORDER BY 1 LOOP
+        rows_sql := analytics_internal._source_rows_sql(src, filter);
         CONTINUE WHEN rows_sql IS NULL;
         ctes := ctes || format('%I AS MATERIALIZED (SELECT * FROM (%s) AS m WHERE %s)', 'measured_' || src,
-                               analytics._measured_sql(src, rows_sql),
-                               CASE WHEN src = 'stock' THEN 'true' ELSE analytics._day_filter('m.day', from_day, to_day) END);
-        rollups := rollups || ARRAY(SELECT c FROM analytics.rollup_catalog c WHERE c.source = src ORDER BY c.position);
+                               analytics_internal._measured_sql(src, rows_sql),
+                               CASE WHEN src = 'stock' THEN 'true' ELSE analytics_internal._day_filter('m.day', from_day, to_day) END);
+        rollups := rollups || ARRAY(SELECT c FROM analytics_internal.rollup_catalog c WHERE c.source = src ORDER BY c.position);
     END LOOP;
 END
 $$;
@@ -814,17 +837,17 @@ $$;
 CREATE FUNCTION analytics.verify(store_id uuid DEFAULT NULL)
 RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM analytics._verify(store_id, NULL, NULL)
+    SELECT * FROM analytics_internal._verify(store_id, NULL, NULL)
 $$;
 
 -- verify() over the days from `from_day` until before `to_day` (NULL: unbounded).
-CREATE FUNCTION analytics._verify(store_id uuid, from_day date, to_day date)
+CREATE FUNCTION analytics_internal._verify(store_id uuid, from_day date, to_day date)
 RETURNS TABLE (relation text, key jsonb, expected jsonb, actual jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    measured record := analytics._measured_ctes(store_id, from_day, to_day);
+    measured record := analytics_internal._measured_ctes(store_id, from_day, to_day);
     parts text[] := '{}';
-    c analytics.rollup_catalog;
+    c analytics_internal.rollup_catalog;
 BEGIN
     FOREACH c IN ARRAY measured.rollups LOOP
         parts := parts || format($q$SELECT %L, jsonb_build_object(%s), jsonb_build_object(%s), jsonb_build_object(%s)
@@ -833,22 +856,22 @@ BEGIN
             (SELECT string_agg(format('%L, d.%I', k, k), ', ') FROM unnest(c.keys) k),
             (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'expected_' || v), ', ') FROM unnest(c.vals) v),
             (SELECT string_agg(format('%L, coalesce(d.%I, 0)', v, 'actual_' || v), ', ') FROM unnest(c.vals) v),
-            analytics._difference_sql(c, 'measured_' || c.source, analytics._parts_filter(c, store_id, from_day, to_day)));
+            analytics_internal._difference_sql(c, 'measured_' || c.source, analytics_internal._parts_filter(c, store_id, from_day, to_day)));
     END LOOP;
     -- One statement, so every rollup is compared in the same snapshot.
     RETURN QUERY EXECUTE format('WITH %s %s',
         array_to_string(measured.ctes, ', '), array_to_string(parts, ' UNION ALL '));
-    RETURN QUERY SELECT * FROM analytics._verify_item_facts(store_id, from_day, to_day);
+    RETURN QUERY SELECT * FROM analytics_internal._verify_item_facts(store_id, from_day, to_day);
 END
 $$;
 
-CREATE FUNCTION analytics._repair(store_id uuid, from_day date DEFAULT NULL, to_day date DEFAULT NULL) RETURNS jsonb
+CREATE FUNCTION analytics_internal._repair(store_id uuid, from_day date DEFAULT NULL, to_day date DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     measured record;
     ctes text[];
     counts text[] := '{}';
-    c analytics.rollup_catalog;
+    c analytics_internal.rollup_catalog;
     corrected jsonb;
     items_fixed bigint;
     started timestamptz := clock_timestamp();
@@ -861,13 +884,13 @@ BEGIN
     -- Taken before the repair statement so that its snapshot sees the previous repair.
     PERFORM pg_advisory_xact_lock(1279345482, 1);
     -- Item facts first (they lock the sales they fix); the rollups are then sums of facts.
-    items_fixed := analytics._repair_item_facts(store_id, from_day, to_day);
-    measured := analytics._measured_ctes(store_id, from_day, to_day);
+    items_fixed := analytics_internal._repair_item_facts(store_id, from_day, to_day);
+    measured := analytics_internal._measured_ctes(store_id, from_day, to_day);
     ctes := measured.ctes;
     FOREACH c IN ARRAY measured.rollups LOOP
         ctes := ctes || format('fix_%s AS (%s RETURNING 1)', c.position,
-            analytics._add_to_parts_sql(c, analytics._difference_sql(c, 'measured_' || c.source,
-                                                                     analytics._parts_filter(c, store_id, from_day, to_day)), '0', false));
+            analytics_internal._add_to_parts_sql(c, analytics_internal._difference_sql(c, 'measured_' || c.source,
+                                                                     analytics_internal._parts_filter(c, store_id, from_day, to_day)), '0', false));
         counts := counts || format('%L, (SELECT count(*) FROM fix_%s)', c.name, c.position);
     END LOOP;
     counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured_sales)$q$::text;
@@ -891,18 +914,18 @@ $$;
 CREATE FUNCTION analytics.compact_parts(max_rows int DEFAULT 200000) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c analytics.rollup_catalog;
+    c analytics_internal.rollup_catalog;
     folded jsonb := '{}';
     n bigint;
 BEGIN
     -- shard 0 has one writer at a time: repairs and this
     PERFORM pg_advisory_xact_lock(1279345482, 1);
-    FOR c IN SELECT * FROM analytics.rollup_catalog ORDER BY position LOOP
+    FOR c IN SELECT * FROM analytics_internal.rollup_catalog ORDER BY position LOOP
         EXECUTE format('WITH moved AS (DELETE FROM %1$s AS m
                                        WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM %1$s WHERE shard <> 0 LIMIT %2$s FOR UPDATE SKIP LOCKED))
                                        RETURNING m.*) %3$s',
             c.parts, max_rows,
-            analytics._add_to_parts_sql(c, format('SELECT %s, %s FROM moved GROUP BY %s',
+            analytics_internal._add_to_parts_sql(c, format('SELECT %s, %s FROM moved GROUP BY %s',
                 (SELECT string_agg(format('%I', k), ', ') FROM unnest(c.keys) AS k),
                 (SELECT string_agg(format('sum(%1$I) AS %1$I', v), ', ') FROM unnest(c.vals) AS v),
                 (SELECT string_agg(format('%I', k), ', ') FROM unnest(c.keys) AS k)), '0', false));
@@ -913,7 +936,7 @@ BEGIN
 END
 $$;
 
-CREATE PROCEDURE analytics.policy_compact_parts(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_compact_parts(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM analytics.compact_parts(coalesce((config ->> 'max_rows')::int, 200000));
@@ -922,7 +945,7 @@ $$;
 
 CREATE FUNCTION analytics.refresh_all() RETURNS jsonb
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT analytics._repair(NULL)
+    SELECT analytics_internal._repair(NULL)
 $$;
 
 CREATE FUNCTION analytics.refresh_store(store_id uuid) RETURNS jsonb
@@ -931,14 +954,14 @@ BEGIN
     IF store_id IS NULL THEN
         RAISE EXCEPTION 'refresh_store needs a store id' USING HINT = 'Use analytics.refresh_all() for every store.';
     END IF;
-    RETURN analytics._repair(store_id);
+    RETURN analytics_internal._repair(store_id);
 END
 $$;
 
 CREATE FUNCTION analytics.set_store_timezone(store_id uuid, tz text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    source_schema name := (SELECT c.source_schema FROM analytics.source_config c);
+    source_schema name := (SELECT c.source_schema FROM analytics_internal.source_config c);
 BEGIN
     IF store_id IS NULL THEN
         RAISE EXCEPTION 'set_store_timezone needs a store id';
@@ -957,7 +980,7 @@ BEGIN
     INSERT INTO analytics.store_settings AS s (store_id, timezone) VALUES ($1, $2)
     ON CONFLICT ON CONSTRAINT store_settings_pkey DO UPDATE SET timezone = excluded.timezone, updated_at = now();
     RETURN jsonb_build_object('store_id', $1, 'timezone', $2, 'rebucketed',
-        CASE WHEN source_schema IS NOT NULL THEN analytics._repair($1) END);
+        CASE WHEN source_schema IS NOT NULL THEN analytics_internal._repair($1) END);
 END
 $$;
 
@@ -966,14 +989,14 @@ $$;
 -- products and their stock rollup. Thresholds and costs live in LA-CAJA's products table, so
 -- the figures are evaluated when read (one pass over a store's products, no sales); a view
 -- over products would block LA-CAJA's own migrations of that table, hence dynamic SQL.
-CREATE FUNCTION analytics._inventory_figures(for_store uuid DEFAULT NULL)
+CREATE FUNCTION analytics_internal._inventory_figures(for_store uuid DEFAULT NULL)
 RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
                stock_value_bs numeric, stock_value_usd numeric, avg_stock_level numeric, categories_count bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics.source_config c)));
+    products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics_internal.source_config c)));
 BEGIN
-    IF NOT analytics._has_columns(products, '{id,store_id,is_active,low_stock_threshold,cost_bs,cost_usd}') THEN
+    IF NOT analytics_internal._has_columns(products, '{id,store_id,is_active,low_stock_threshold,cost_bs,cost_usd}') THEN
         RETURN;
     END IF;
     RETURN QUERY EXECUTE format($q$
@@ -988,19 +1011,35 @@ BEGIN
         LEFT JOIN analytics.product_stock AS s ON s.store_id = p.store_id AND s.product_id = p.id
         WHERE p.is_active AND ($1 IS NULL OR p.store_id = $1)
         GROUP BY p.store_id$q$,
-        CASE WHEN analytics._has_columns(products, '{category}') THEN 'p.category' ELSE 'NULL::text' END, products)
+        CASE WHEN analytics_internal._has_columns(products, '{category}') THEN 'p.category' ELSE 'NULL::text' END, products)
     USING for_store;
 END
 $$;
 
+CREATE FUNCTION analytics_internal._inventory_metrics_of(for_store uuid, token bigint)
+RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
+               stock_value_bs numeric, stock_value_usd numeric)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller constant oid := analytics_internal._redeem_caller(token);
+BEGIN
+    PERFORM analytics_internal._check_reader(caller, for_store);
+    RETURN QUERY
+    SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count, f.stock_value_bs, f.stock_value_usd
+    FROM analytics_internal._inventory_figures(for_store) AS f
+    WHERE analytics_internal._store_visible_to(caller, f.store_id);
+END
+$$;
+
+-- A wrapper with the caller's rights (see analytics.kpis).
 CREATE FUNCTION analytics.inventory_metrics_of(for_store uuid DEFAULT NULL)
 RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
                stock_value_bs numeric, stock_value_usd numeric)
-LANGUAGE sql STABLE AS $$
-    SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count, f.stock_value_bs, f.stock_value_usd
-    FROM analytics._inventory_figures(for_store) AS f
-$$;
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM analytics_internal._inventory_metrics_of(for_store, analytics_internal._caller_token());
+END;
 
-CREATE VIEW analytics.inventory_metrics AS
+CREATE VIEW analytics.inventory_metrics WITH (security_barrier) AS
 SELECT * FROM analytics.inventory_metrics_of(NULL);
 

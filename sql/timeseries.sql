@@ -42,39 +42,44 @@ COMMENT ON COLUMN analytics.hypertables.dropped_before IS
 
 -- Foreign keys that pointed at a table before it became a hypertable (Postgres 15 cannot
 -- reference a partitioned table's key without the time column), now enforced by triggers.
-CREATE TABLE analytics.replaced_foreign_keys (
+CREATE TABLE analytics_internal.replaced_foreign_keys (
     constraint_name name     NOT NULL,
     child           regclass NOT NULL,
     parent          regclass NOT NULL,
     definition      text     NOT NULL,
+    child_columns   name[]   NOT NULL,
+    parent_columns  name[]   NOT NULL,
+    on_delete       "char"   NOT NULL,
+    on_update       "char"   NOT NULL,
     replaced_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (child, constraint_name)
 );
 
--- Whether the role that logged in owns `relation` (or is a member of its owner): what the
--- SECURITY DEFINER helpers below check, since inside them current_user is the extension's owner.
-CREATE FUNCTION analytics._session_owns(relation oid) RETURNS boolean
+-- Whether the calling role owns `relation` (or is a member of its owner). The hypertable API is
+-- the DBA's (docs/api.md): its helpers run with the caller's rights, and check ownership
+-- anyway so that a grant of one of them to a table owner stays safe.
+CREATE FUNCTION analytics_internal._session_owns(relation oid) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT pg_has_role(session_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relation), 'MEMBER')
+    SELECT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relation), 'MEMBER')
 $$;
 
-CREATE FUNCTION analytics._require_owner(relation oid) RETURNS void
+CREATE FUNCTION analytics_internal._require_owner(relation oid) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT analytics._session_owns(relation) THEN
+    IF NOT analytics_internal._session_owns(relation) THEN
         RAISE EXCEPTION 'must be owner of table %', relation::regclass USING ERRCODE = 'insufficient_privilege';
     END IF;
 END
 $$;
 
 -- The chunk interval as the fixed length TimescaleDB uses (a month counts 30 days).
-CREATE FUNCTION analytics._fixed_interval(i interval) RETURNS interval
+CREATE FUNCTION analytics_internal._fixed_interval(i interval) RETURNS interval
 LANGUAGE sql IMMUTABLE AS $$
     SELECT make_interval(secs => extract(epoch FROM i))
 $$;
 
 -- Time values as instants: timestamp and date columns are read as UTC wall time.
-CREATE FUNCTION analytics._as_instant_sql(h analytics.hypertables, value text) RETURNS text
+CREATE FUNCTION analytics_internal._as_instant_sql(h analytics.hypertables, value text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE h.time_type
         WHEN 'timestamp with time zone'::regtype THEN value
@@ -83,7 +88,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- An instant as a literal of the time column's type, for partition bounds and filters.
-CREATE FUNCTION analytics._time_literal(h analytics.hypertables, instant timestamptz) RETURNS text
+CREATE FUNCTION analytics_internal._time_literal(h analytics.hypertables, instant timestamptz) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE h.time_type
         WHEN 'timestamp with time zone'::regtype THEN format('%L::timestamptz', to_char(instant AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00')
@@ -92,12 +97,12 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Start of the chunk holding `instant`.
-CREATE FUNCTION analytics._chunk_start(h analytics.hypertables, instant timestamptz) RETURNS timestamptz
+CREATE FUNCTION analytics_internal._chunk_start(h analytics.hypertables, instant timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT analytics.time_bucket(analytics._fixed_interval(h.chunk_interval), instant, '1970-01-01 00:00:00+00'::timestamptz)
+    SELECT analytics.time_bucket(analytics_internal._fixed_interval(h.chunk_interval), instant, '1970-01-01 00:00:00+00'::timestamptz)
 $$;
 
-CREATE FUNCTION analytics._default_partition_name(h analytics.hypertables) RETURNS name
+CREATE FUNCTION analytics_internal._default_partition_name(h analytics.hypertables) RETURNS name
 LANGUAGE sql IMMUTABLE AS $$
     SELECT left(h.chunk_prefix, 55) || '_default'
 $$;
@@ -126,7 +131,7 @@ CROSS JOIN LATERAL (
 ) AS b
 WHERE bound.m IS NOT NULL;
 
-CREATE FUNCTION analytics._hypertable(relation regclass) RETURNS analytics.hypertables
+CREATE FUNCTION analytics_internal._hypertable(relation regclass) RETURNS analytics.hypertables
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     h analytics.hypertables;
@@ -144,10 +149,10 @@ $$;
 -- in the default partition move into it. The move is not a sale being written or deleted:
 -- it runs with triggers off (session_replication_role = replica), so rollups, replaced
 -- foreign keys and users' row triggers see nothing. Returns the chunk, NULL if it existed.
-CREATE FUNCTION analytics._create_chunk(h analytics.hypertables, chunk_start timestamptz) RETURNS regclass
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics_internal._create_chunk(h analytics.hypertables, chunk_start timestamptz) RETURNS regclass
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    chunk_end constant timestamptz := chunk_start + analytics._fixed_interval(h.chunk_interval);
+    chunk_end constant timestamptz := chunk_start + analytics_internal._fixed_interval(h.chunk_interval);
     schema_name name;
     base name;
     suffix text;
@@ -157,9 +162,9 @@ DECLARE
     role_before text;
     rows_in_range text;
 BEGIN
-    -- SECURITY DEFINER (moving rows needs session_replication_role): only for the table's owner.
+    -- Moving rows needs session_replication_role (a superuser's setting); only for the table's owner.
     SELECT * INTO STRICT h FROM analytics.hypertables t WHERE t.hypertable_id = h.hypertable_id;
-    PERFORM analytics._require_owner(h.relation);
+    PERFORM analytics_internal._require_owner(h.relation);
     IF EXISTS (SELECT 1 FROM analytics.chunks c WHERE c.hypertable_id = h.hypertable_id
                AND c.range_start < chunk_end AND c.range_end > chunk_start) THEN
         RETURN NULL;
@@ -167,14 +172,14 @@ BEGIN
     SELECT n.nspname, h.chunk_prefix INTO schema_name, base
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = h.relation;
     suffix := to_char(chunk_start AT TIME ZONE 'UTC',
-                      CASE WHEN analytics._fixed_interval(h.chunk_interval) >= interval '1 day' THEN 'YYYYMMDD' ELSE 'YYYYMMDD"_"HH24MI' END);
+                      CASE WHEN analytics_internal._fixed_interval(h.chunk_interval) >= interval '1 day' THEN 'YYYYMMDD' ELSE 'YYYYMMDD"_"HH24MI' END);
     chunk_name := left(base, 62 - length(suffix)) || '_' || suffix;
     IF to_regclass(format('%I.%I', schema_name, chunk_name)) IS NOT NULL THEN
         chunk_name := left(base, 52 - length(suffix)) || '_' || suffix || '_' || h.hypertable_id;
     END IF;
-    default_part := to_regclass(format('%I.%I', schema_name, analytics._default_partition_name(h)));
-    rows_in_range := format('%I >= %s AND %I < %s', h.time_column, analytics._time_literal(h, chunk_start),
-                            h.time_column, analytics._time_literal(h, chunk_end));
+    default_part := to_regclass(format('%I.%I', schema_name, analytics_internal._default_partition_name(h)));
+    rows_in_range := format('%I >= %s AND %I < %s', h.time_column, analytics_internal._time_literal(h, chunk_start),
+                            h.time_column, analytics_internal._time_literal(h, chunk_end));
     role_before := current_setting('session_replication_role');
     IF default_part IS NOT NULL THEN
         PERFORM set_config('session_replication_role', 'replica', true);
@@ -183,10 +188,10 @@ BEGIN
         GET DIAGNOSTICS moved = ROW_COUNT;
     END IF;
     EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)', schema_name, chunk_name, h.relation,
-                   analytics._time_literal(h, chunk_start), analytics._time_literal(h, chunk_end));
+                   analytics_internal._time_literal(h, chunk_start), analytics_internal._time_literal(h, chunk_end));
     -- the table's owner owns its chunks (drop_chunks runs as the caller)
     EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', schema_name, chunk_name,
-                   (SELECT relowner::regrole::text FROM pg_class WHERE oid = h.relation));
+                   (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = h.relation));
     IF default_part IS NOT NULL THEN
         IF moved > 0 THEN
             EXECUTE format('INSERT INTO %I.%I SELECT * FROM lacaja_moving', schema_name, chunk_name);
@@ -200,33 +205,33 @@ $$;
 
 -- Chunks for now and the next `chunks_ahead` intervals, and for every row waiting in the
 -- default partition. Returns how many chunks it created.
-CREATE FUNCTION analytics._maintain_chunks(h analytics.hypertables) RETURNS int
+CREATE FUNCTION analytics_internal._maintain_chunks(h analytics.hypertables) RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     created int := 0;
     chunk_start timestamptz;
     default_part regclass := to_regclass(format('%I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                                                            WHERE c.oid = h.relation),
-                                                analytics._default_partition_name(h)));
+                                                analytics_internal._default_partition_name(h)));
 BEGIN
     FOR chunk_start IN
-        SELECT analytics._chunk_start(h, now()) + analytics._fixed_interval(h.chunk_interval) * i
+        SELECT analytics_internal._chunk_start(h, now()) + analytics_internal._fixed_interval(h.chunk_interval) * i
         FROM generate_series(0, h.chunks_ahead) AS i
     LOOP
-        created := created + (analytics._create_chunk(h, chunk_start) IS NOT NULL)::int;
+        created := created + (analytics_internal._create_chunk(h, chunk_start) IS NOT NULL)::int;
     END LOOP;
     IF default_part IS NOT NULL THEN
-        FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics._chunk_start($1, %s) FROM %s ORDER BY 1',
-                                          analytics._as_instant_sql(h, quote_ident(h.time_column)), default_part) USING h
+        FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics_internal._chunk_start($1, %s) FROM %s ORDER BY 1',
+                                          analytics_internal._as_instant_sql(h, quote_ident(h.time_column)), default_part) USING h
         LOOP
-            created := created + (analytics._create_chunk(h, chunk_start) IS NOT NULL)::int;
+            created := created + (analytics_internal._create_chunk(h, chunk_start) IS NOT NULL)::int;
         END LOOP;
     END IF;
     RETURN created;
 END
 $$;
 
-CREATE FUNCTION analytics._job_hypertable(config jsonb) RETURNS analytics.hypertables
+CREATE FUNCTION analytics_internal._job_hypertable(config jsonb) RETURNS analytics.hypertables
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     h analytics.hypertables;
@@ -241,41 +246,67 @@ END
 $$;
 
 -- The maintenance job of one hypertable (config: {"hypertable_id": n}).
-CREATE PROCEDURE analytics.policy_chunk_maintenance(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_chunk_maintenance(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    h analytics.hypertables := analytics._job_hypertable(config);
+    h analytics.hypertables := analytics_internal._job_hypertable(config);
 BEGIN
-    PERFORM analytics._maintain_chunks(h);
+    PERFORM analytics_internal._maintain_chunks(h);
 END
 $$;
 
 -- Foreign keys into a hypertable, enforced by triggers --------------------------------------
 
+-- Both triggers act only on what analytics_internal.replaced_foreign_keys says, found by the
+-- table they fire on and the constraint name (TG_ARGV[0]); the other arguments are for people
+-- reading the trigger (and they go stale when a table or column is renamed, which must not
+-- stop a sale), so nothing is read from them. Attached to a table the catalog does not name,
+-- they refuse: nothing from a trigger definition reaches SQL.
+CREATE FUNCTION analytics_internal._replaced_foreign_key(fired_on oid, side text, args text[])
+RETURNS analytics_internal.replaced_foreign_keys
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k analytics_internal.replaced_foreign_keys;
+BEGIN
+    args := args[array_lower(args, 1):array_upper(args, 1)];  -- TG_ARGV counts from 0, a slice from 1
+    SELECT * INTO k FROM analytics_internal.replaced_foreign_keys r
+    WHERE r.constraint_name = args[1]
+      AND CASE side WHEN 'child' THEN r.child = fired_on ELSE r.parent = fired_on END
+    -- two children may name their keys alike: the one the trigger names first
+    ORDER BY side = 'parent' AND r.child = to_regclass(args[2]) DESC
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'trigger arguments % on % do not describe a foreign key lacaja_analytics replaced', args, fired_on::regclass
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'These trigger functions serve only the triggers create_hypertable(replace_foreign_keys => true) creates.';
+    END IF;
+    RETURN k;
+END
+$$;
+
 -- Child side: the referenced row must exist (locked FOR KEY SHARE, as Postgres' own check
 -- does). TG_ARGV: constraint name, parent, child columns, parent columns.
-CREATE FUNCTION analytics._fk_check_parent() RETURNS trigger
+CREATE FUNCTION analytics_internal._fk_check_parent() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    child_cols constant text[] := TG_ARGV[2]::text[];
-    parent_cols constant text[] := TG_ARGV[3]::text[];
+    k constant analytics_internal.replaced_foreign_keys := analytics_internal._replaced_foreign_key(TG_RELID, 'child', TG_ARGV);
     found_rows int;
     has_null boolean;
 BEGIN
-    EXECUTE format('SELECT %s', (SELECT string_agg(format('($1).%I IS NULL', c), ' OR ') FROM unnest(child_cols) c))
+    EXECUTE format('SELECT %s', (SELECT string_agg(format('($1).%I IS NULL', c), ' OR ') FROM unnest(k.child_columns) c))
        INTO has_null USING NEW;
     IF has_null THEN
         RETURN NULL;  -- MATCH SIMPLE: a key with a NULL references nothing
     END IF;
-    EXECUTE format('SELECT 1 FROM %s AS p WHERE (%s) = (%s) LIMIT 1 FOR KEY SHARE OF p', TG_ARGV[1],
-                   (SELECT string_agg(format('p.%I', c), ', ') FROM unnest(parent_cols) c),
-                   (SELECT string_agg(format('($1).%I', c), ', ') FROM unnest(child_cols) c))
+    EXECUTE format('SELECT 1 FROM %s AS p WHERE (%s) = (%s) LIMIT 1 FOR KEY SHARE OF p', k.parent,
+                   (SELECT string_agg(format('p.%I', c), ', ') FROM unnest(k.parent_columns) c),
+                   (SELECT string_agg(format('($1).%I', c), ', ') FROM unnest(k.child_columns) c))
        USING NEW;
     GET DIAGNOSTICS found_rows = ROW_COUNT;
     IF found_rows = 0 THEN
-        RAISE EXCEPTION 'insert or update on table "%" violates foreign key constraint "%"', TG_TABLE_NAME, TG_ARGV[0]
+        RAISE EXCEPTION 'insert or update on table "%" violates foreign key constraint "%"', TG_TABLE_NAME, k.constraint_name
             USING ERRCODE = 'foreign_key_violation',
-                  DETAIL = format('Key (%s) is not present in table %s.', array_to_string(child_cols, ', '), TG_ARGV[1]);
+                  DETAIL = format('Key (%s) is not present in table %s.', array_to_string(k.child_columns, ', '), k.parent);
     END IF;
     RETURN NULL;
 END
@@ -284,13 +315,14 @@ $$;
 -- Parent side: what the constraint's ON DELETE / ON UPDATE rule says. TG_ARGV: constraint
 -- name, child, child columns, parent columns, delete action, update action (pg_constraint codes:
 -- a no action, r restrict, c cascade, n set null, d set default).
-CREATE FUNCTION analytics._fk_parent_action() RETURNS trigger
+CREATE FUNCTION analytics_internal._fk_parent_action() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    child constant text := TG_ARGV[1];
-    child_cols constant text[] := TG_ARGV[2]::text[];
-    parent_cols constant text[] := TG_ARGV[3]::text[];
-    action constant text := CASE TG_OP WHEN 'DELETE' THEN TG_ARGV[4] ELSE TG_ARGV[5] END;
+    k constant analytics_internal.replaced_foreign_keys := analytics_internal._replaced_foreign_key(TG_RELID, 'parent', TG_ARGV);
+    child constant regclass := k.child;
+    child_cols constant name[] := k.child_columns;
+    parent_cols constant name[] := k.parent_columns;
+    action constant "char" := CASE TG_OP WHEN 'DELETE' THEN k.on_delete ELSE k.on_update END;
     matches text := (SELECT string_agg(format('c.%I = ($1).%I', cc, pc), ' AND ') FROM unnest(child_cols, parent_cols) AS k (cc, pc));
     key_changed boolean;
     referencing boolean;
@@ -308,7 +340,7 @@ BEGIN
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s AS c WHERE %s)', child, matches) INTO referencing USING OLD;
         IF referencing THEN
             RAISE EXCEPTION 'update or delete on table "%" violates foreign key constraint "%" on table "%"',
-                TG_TABLE_NAME, TG_ARGV[0], child
+                TG_TABLE_NAME, k.constraint_name, child
                 USING ERRCODE = 'foreign_key_violation',
                       DETAIL = format('Key (%s) is still referenced from table %s.', array_to_string(parent_cols, ', '), child);
         END IF;
@@ -330,7 +362,7 @@ $$;
 
 -- Replaces the foreign key `con` (which references a table about to become a hypertable)
 -- by the two triggers above; `parent` is the table's name once converted.
-CREATE FUNCTION analytics._replace_foreign_key(con oid, parent text) RETURNS text
+CREATE FUNCTION analytics_internal._replace_foreign_key(con oid, parent text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c record;
@@ -341,13 +373,17 @@ BEGIN
            ARRAY(SELECT a.attname FROM unnest(k.confkey) u(n) JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n) AS parent_names
       INTO c FROM pg_constraint k WHERE k.oid = con;
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.child, c.conname);
-    INSERT INTO analytics.replaced_foreign_keys (constraint_name, child, parent, definition)
-    VALUES (c.conname, c.child, parent::regclass, c.definition)
-    ON CONFLICT (child, constraint_name) DO UPDATE SET definition = excluded.definition, replaced_at = now();
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION analytics._fk_check_parent(%L, %L, %L, %L)',
+    INSERT INTO analytics_internal.replaced_foreign_keys (constraint_name, child, parent, definition, child_columns,
+                                                          parent_columns, on_delete, on_update)
+    VALUES (c.conname, c.child, parent::regclass, c.definition, c.child_cols::name[], c.parent_cols::name[],
+            c.confdeltype, c.confupdtype)
+    ON CONFLICT (child, constraint_name) DO UPDATE SET definition = excluded.definition, child_columns = excluded.child_columns,
+        parent_columns = excluded.parent_columns, on_delete = excluded.on_delete, on_update = excluded.on_update,
+        replaced_at = now();
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION analytics_internal._fk_check_parent(%L, %L, %L, %L)',
                    left(c.conname, 50) || '_check', (SELECT string_agg(quote_ident(x), ', ') FROM unnest(c.child_cols::text[]) x),
                    c.child, c.conname, parent, c.child_cols, c.parent_cols);
-    EXECUTE format('CREATE TRIGGER %I AFTER DELETE OR UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION analytics._fk_parent_action(%L, %L, %L, %L, %L, %L)',
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE OR UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION analytics_internal._fk_parent_action(%L, %L, %L, %L, %L, %L)',
                    left(c.conname, 50) || '_action', (SELECT string_agg(quote_ident(x), ', ') FROM unnest(c.parent_names) x),
                    parent, c.conname, c.child::text, c.child_cols, c.parent_cols, c.confdeltype, c.confupdtype);
     RETURN format('%s.%s', c.child, c.conname);
@@ -358,7 +394,7 @@ $$;
 
 -- Why `relation` cannot become a hypertable as it is, one line per blocker with its way out
 -- (empty when it can). Reads only the catalogs.
-CREATE FUNCTION analytics._hypertable_blockers(relation regclass, time_column name, extend_unique boolean,
+CREATE FUNCTION analytics_internal._hypertable_blockers(relation regclass, time_column name, extend_unique boolean,
                                                replace_foreign_keys boolean) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(b ORDER BY b), '{}') FROM (
@@ -412,14 +448,14 @@ LANGUAGE sql STABLE AS $$
     ) AS blockers (b)
 $$;
 
-CREATE FUNCTION analytics._register_hypertable(relation regclass, time_column name, time_type regtype,
+CREATE FUNCTION analytics_internal._register_hypertable(relation regclass, time_column name, time_type regtype,
                                                chunk_interval interval, chunks_ahead int, chunk_prefix name)
 RETURNS analytics.hypertables
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h analytics.hypertables;
 BEGIN
-    PERFORM analytics._require_owner(relation);
+    PERFORM analytics_internal._require_owner(relation);
     INSERT INTO analytics.hypertables (relation, time_column, time_type, chunk_interval, chunks_ahead, chunk_prefix)
     VALUES (relation, time_column, time_type, chunk_interval, chunks_ahead, chunk_prefix)
     RETURNING * INTO h;
@@ -454,7 +490,7 @@ CREATE TABLE analytics.hypertable_conversions (
     indexed                boolean     NOT NULL DEFAULT false,
     rows_copied            bigint      NOT NULL DEFAULT 0,
     changes_applied        bigint      NOT NULL DEFAULT 0,
-    requested_by           name        NOT NULL DEFAULT session_user,
+    requested_by           name        NOT NULL DEFAULT current_user,
     caller_pid             int,
     worker_pid             int,
     started_at             timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -466,34 +502,34 @@ CREATE TABLE analytics.hypertable_conversions (
 COMMENT ON TABLE analytics.hypertable_conversions IS
     'Every create_hypertable: how far it got, rows copied, changes applied while copying, the longest time it held POS writes back.';
 
-CREATE FUNCTION analytics._save_conversion(c analytics.hypertable_conversions) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics_internal._save_conversion(c analytics.hypertable_conversions) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE analytics.hypertable_conversions t SET
         status = c.status, hypertable_id = c.hypertable_id, staging = c.staging, key_columns = c.key_columns,
         last_key = c.last_key, indexed = c.indexed, rows_copied = c.rows_copied, changes_applied = c.changes_applied,
         worker_pid = c.worker_pid, finished_at = c.finished_at, longest_lock_ms = c.longest_lock_ms,
         sqlstate = c.sqlstate, error = c.error
-    WHERE t.conversion_id = c.conversion_id AND t.requested_by = session_user;
+    WHERE t.conversion_id = c.conversion_id AND t.requested_by = current_user;
 END
 $$;
 
 -- Records a conversion of `relation` (the caller must own it) and returns it.
-CREATE FUNCTION analytics._request_conversion(relation regclass, time_column name, chunk_interval interval, chunks_ahead int,
+CREATE FUNCTION analytics_internal._request_conversion(relation regclass, time_column name, chunk_interval interval, chunks_ahead int,
                                               extend_unique boolean, replace_foreign_keys boolean,
                                               create_default_indexes boolean, migrate_data boolean, online boolean,
                                               caller_pid int)
 RETURNS analytics.hypertable_conversions
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c analytics.hypertable_conversions;
 BEGIN
-    PERFORM analytics._require_owner(relation);
+    PERFORM analytics_internal._require_owner(relation);
     INSERT INTO analytics.hypertable_conversions (relation, schema_name, table_name, time_column, time_type, chunk_interval,
         chunks_ahead, extend_unique, replace_foreign_keys, create_default_indexes, migrate_data, online, key_columns,
         caller_pid, worker_pid)
     SELECT relation, n.nspname, cl.relname, time_column, a.atttypid::regtype, chunk_interval, chunks_ahead, extend_unique,
-           replace_foreign_keys, create_default_indexes, migrate_data, online, analytics._row_key(relation),
+           replace_foreign_keys, create_default_indexes, migrate_data, online, analytics_internal._row_key(relation),
            caller_pid, CASE WHEN online THEN pg_backend_pid() END
     FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
     JOIN pg_attribute a ON a.attrelid = cl.oid AND a.attname = time_column
@@ -505,7 +541,7 @@ $$;
 
 -- The columns that identify a row (primary key, else a unique key of NOT NULL columns):
 -- what the online copy pages by and logs changes by. NULL when the table has none.
-CREATE FUNCTION analytics._row_key(relation regclass) RETURNS name[]
+CREATE FUNCTION analytics_internal._row_key(relation regclass) RETURNS name[]
 LANGUAGE sql STABLE AS $$
     SELECT ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
                  JOIN pg_attribute a ON a.attrelid = relation AND a.attnum = u.n ORDER BY u.i)
@@ -518,33 +554,49 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- What the log records of a changed row: its key and its time (where its copy is).
-CREATE FUNCTION analytics._logged_columns(c analytics.hypertable_conversions) RETURNS name[]
+CREATE FUNCTION analytics_internal._logged_columns(c analytics.hypertable_conversions) RETURNS name[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN c.time_column = ANY (c.key_columns) THEN c.key_columns ELSE c.key_columns || c.time_column END
 $$;
 
-CREATE FUNCTION analytics._key_list(columns name[], alias text DEFAULT NULL) RETURNS text
+CREATE FUNCTION analytics_internal._key_list(columns name[], alias text DEFAULT NULL) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT string_agg(CASE WHEN alias IS NULL THEN quote_ident(c) ELSE alias || '.' || quote_ident(c) END, ', ')
     FROM unnest(columns) c
 $$;
 
 -- Writes the keys of changed rows into the conversion's log (statement level: one insert
--- per POS statement). SECURITY DEFINER: POS roles write sales, not our log.
-CREATE FUNCTION analytics._log_changed_keys() RETURNS trigger
+-- per POS statement). SECURITY DEFINER: POS roles write sales, not our log. The log and its
+-- columns come from the conversion of the table the trigger fires on, never from TG_ARGV (it
+-- only shows them): attached to any other table it refuses.
+CREATE FUNCTION analytics_internal._log_changed_keys() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c analytics.hypertable_conversions;
+    log_table text;
+    columns text;
 BEGIN
+    SELECT * INTO c FROM analytics.hypertable_conversions t
+    WHERE t.relation = TG_RELID AND t.online AND t.status NOT IN ('done', 'failed')
+    ORDER BY t.conversion_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no conversion of % is logging changes', TG_RELID::regclass
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'This trigger function serves only the triggers an online create_hypertable creates.';
+    END IF;
+    log_table := (analytics_internal._conversion_names(c)).log_table;
+    columns := analytics_internal._key_list(analytics_internal._logged_columns(c));
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM old_rows', TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM old_rows', log_table, columns, columns);
     END IF;
     IF TG_OP IN ('UPDATE', 'INSERT') THEN
-        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM new_rows', TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM new_rows', log_table, columns, columns);
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION analytics._conversion_names(c analytics.hypertable_conversions, OUT old_table text, OUT staging text,
+CREATE FUNCTION analytics_internal._conversion_names(c analytics.hypertable_conversions, OUT old_table text, OUT staging text,
                                             OUT log_table text, OUT retired text)
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format('%I.%I', c.schema_name, c.table_name),
@@ -555,10 +607,10 @@ $$;
 
 -- Step 1: checks that need the data, the new partitioned table with chunks for every row
 -- present and ahead, and (online) the log of changes made while the copy runs.
-CREATE FUNCTION analytics._conversion_start(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+CREATE FUNCTION analytics_internal._conversion_start(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    names record := analytics._conversion_names(c);
+    names record := analytics_internal._conversion_names(c);
     has_rows boolean;
     h analytics.hypertables;
     chunk_start timestamptz;
@@ -579,32 +631,32 @@ BEGIN
                     INCLUDING STORAGE INCLUDING COMMENTS INCLUDING STATISTICS) PARTITION BY RANGE (%I)',
                    names.staging, names.old_table, c.time_column);
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', names.staging, c.time_column);
-    h := analytics._register_hypertable(names.staging::regclass, c.time_column, c.time_type, c.chunk_interval,
+    h := analytics_internal._register_hypertable(names.staging::regclass, c.time_column, c.time_type, c.chunk_interval,
                                         c.chunks_ahead, c.table_name);
-    FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics._chunk_start($1, %s) FROM %s ORDER BY 1',
-                                      analytics._as_instant_sql(h, quote_ident(c.time_column)), names.old_table) USING h
+    FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics_internal._chunk_start($1, %s) FROM %s ORDER BY 1',
+                                      analytics_internal._as_instant_sql(h, quote_ident(c.time_column)), names.old_table) USING h
     LOOP
-        PERFORM analytics._create_chunk(h, chunk_start);
+        PERFORM analytics_internal._create_chunk(h, chunk_start);
     END LOOP;
-    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', c.schema_name, analytics._default_partition_name(h), names.staging);
-    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', c.schema_name, analytics._default_partition_name(h),
-                   (SELECT relowner::regrole::text FROM pg_class WHERE oid = c.relation));
-    PERFORM analytics._maintain_chunks(h);
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', c.schema_name, analytics_internal._default_partition_name(h), names.staging);
+    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', c.schema_name, analytics_internal._default_partition_name(h),
+                   (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = c.relation));
+    PERFORM analytics_internal._maintain_chunks(h);
     IF c.online THEN
-        EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', names.log_table, analytics._key_list(analytics._logged_columns(c)),
+        EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', names.log_table, analytics_internal._key_list(analytics_internal._logged_columns(c)),
                        names.old_table);
         -- CREATE TRIGGER holds POS writes back until this step commits: measured.
         locked_at := clock_timestamp();
-        PERFORM analytics._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
+        PERFORM analytics_internal._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
         EXECUTE format('CREATE TRIGGER lacaja_conversion_log_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
-                        FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
-                       names.old_table, names.log_table, analytics._key_list(analytics._logged_columns(c)));
+                        FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._log_changed_keys(%L, %L)',
+                       names.old_table, names.log_table, analytics_internal._key_list(analytics_internal._logged_columns(c)));
         EXECUTE format('CREATE TRIGGER lacaja_conversion_log_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-                        FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
-                       names.old_table, names.log_table, analytics._key_list(analytics._logged_columns(c)));
+                        FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._log_changed_keys(%L, %L)',
+                       names.old_table, names.log_table, analytics_internal._key_list(analytics_internal._logged_columns(c)));
         EXECUTE format('CREATE TRIGGER lacaja_conversion_log_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
-                        FOR EACH STATEMENT EXECUTE FUNCTION analytics._log_changed_keys(%L, %L)',
-                       names.old_table, names.log_table, analytics._key_list(analytics._logged_columns(c)));
+                        FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._log_changed_keys(%L, %L)',
+                       names.old_table, names.log_table, analytics_internal._key_list(analytics_internal._logged_columns(c)));
         c.longest_lock_ms := round(extract(epoch FROM clock_timestamp() - locked_at) * 1000, 1);
     END IF;
     c.hypertable_id := h.hypertable_id;
@@ -615,7 +667,7 @@ END
 $$;
 
 -- The columns a copy writes (not generated ones), in table order, optionally qualified.
-CREATE FUNCTION analytics._stored_columns(relation oid, alias text DEFAULT NULL) RETURNS text
+CREATE FUNCTION analytics_internal._stored_columns(relation oid, alias text DEFAULT NULL) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT string_agg(concat(alias || '.', quote_ident(a.attname)), ', ' ORDER BY a.attnum) FROM pg_attribute a
     WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -625,11 +677,11 @@ $$;
 -- NULL): a TID range scan reads it sequentially. A row a POS session changes meanwhile may
 -- be copied twice (an old and a new version): its key is in the log, and applying the log
 -- replaces every copy by the current row before the keys are built.
-CREATE FUNCTION analytics._conversion_copy(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
+CREATE FUNCTION analytics_internal._conversion_copy(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    names record := analytics._conversion_names(c);
-    columns text := analytics._stored_columns(c.relation);
+    names record := analytics_internal._conversion_names(c);
+    columns text := analytics_internal._stored_columns(c.relation);
     copied bigint;
     first_block bigint := coalesce((c.last_key ->> 'next_block')::bigint, 0);
     end_block bigint := coalesce((c.last_key ->> 'end_block')::bigint,
@@ -660,25 +712,33 @@ $$;
 -- Step 4: indexes, keys (with the time column added where extend_unique allows) and
 -- outbound foreign keys, built on the new table while the POS still writes the old one.
 -- Index-backed names are taken at the swap.
-CREATE FUNCTION analytics._conversion_index(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+CREATE FUNCTION analytics_internal._conversion_index(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    names record := analytics._conversion_names(c);
+    names record := analytics_internal._conversion_names(c);
     ix record;
     con record;
     cols text;
     time_attnum int := (SELECT attnum FROM pg_attribute WHERE attrelid = c.relation AND attname = c.time_column);
 BEGIN
     FOR ix IN
-        SELECT i.indexrelid, ic.relname, i.indisunique, pg_get_indexdef(i.indexrelid) AS def
+        SELECT i.indexrelid, ic.relname, i.indisunique, pg_get_indexdef(i.indexrelid) AS def,
+               -- what pg_get_indexdef() writes before "USING": names chosen by the table's owner
+               -- may contain anything, " USING " included, so the prefix is matched whole
+               format('CREATE %sINDEX %s ON %s.%s ', CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END,
+                      quote_ident(ic.relname), quote_ident(c.schema_name), quote_ident(c.table_name)) AS prefix
         FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
         WHERE i.indrelid = c.relation
           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = c.relation)
         ORDER BY i.indexrelid
     LOOP
-        EXECUTE format('CREATE %sINDEX %I ON %s%s', CASE WHEN ix.indisunique THEN 'UNIQUE ' ELSE '' END,
-                       analytics._staging_name(ix.relname, c.conversion_id), names.staging,
-                       substring(ix.def FROM position(' USING ' IN ix.def)));
+        IF left(ix.def, length(ix.prefix)) <> ix.prefix OR substring(ix.def FROM length(ix.prefix) + 1 FOR 6) <> 'USING ' THEN
+            RAISE EXCEPTION 'cannot read the definition of index %: %', quote_ident(ix.relname), ix.def
+                USING ERRCODE = 'internal_error';
+        END IF;
+        EXECUTE format('CREATE %sINDEX %I ON %s %s', CASE WHEN ix.indisunique THEN 'UNIQUE ' ELSE '' END,
+                       analytics_internal._staging_name(ix.relname, c.conversion_id), names.staging,
+                       substring(ix.def FROM length(ix.prefix) + 1));
     END LOOP;
     FOR con IN SELECT k.* FROM pg_constraint k WHERE k.conrelid = c.relation AND k.contype IN ('p', 'u') ORDER BY k.contype, k.conname LOOP
         cols := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.i)
@@ -686,7 +746,7 @@ BEGIN
         IF NOT time_attnum = ANY (con.conkey) THEN
             cols := cols || ', ' || quote_ident(c.time_column);
         END IF;
-        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s (%s)', names.staging, analytics._staging_name(con.conname, c.conversion_id),
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s (%s)', names.staging, analytics_internal._staging_name(con.conname, c.conversion_id),
                        CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, cols);
     END LOOP;
     FOR con IN SELECT k.conname, pg_get_constraintdef(k.oid) AS def FROM pg_constraint k
@@ -704,20 +764,20 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION analytics._staging_name(name name, conversion_id int) RETURNS name
+CREATE FUNCTION analytics_internal._staging_name(name name, conversion_id int) RETURNS name
 LANGUAGE sql IMMUTABLE AS $$
     SELECT left(name, 45) || '_lacaja_' || conversion_id
 $$;
 
 -- Step 3 and 5 (online): applies up to `batch` logged changes (all when NULL) to the new
 -- table: each changed key is deleted there and copied again from the old table as it is now.
-CREATE FUNCTION analytics._conversion_apply_log(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
+CREATE FUNCTION analytics_internal._conversion_apply_log(c analytics.hypertable_conversions, batch int) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    names record := analytics._conversion_names(c);
-    columns text := analytics._stored_columns(c.relation);
-    keys text := analytics._key_list(c.key_columns);
-    logged text := analytics._key_list(analytics._logged_columns(c));
+    names record := analytics_internal._conversion_names(c);
+    columns text := analytics_internal._stored_columns(c.relation);
+    keys text := analytics_internal._key_list(c.key_columns);
+    logged text := analytics_internal._key_list(analytics_internal._logged_columns(c));
     h analytics.hypertables := (SELECT t FROM analytics.hypertables t WHERE t.hypertable_id = c.hypertable_id);
     part text;
     applied bigint;
@@ -734,16 +794,16 @@ BEGIN
         $q$SELECT ch.chunk::text FROM analytics.chunks ch
            WHERE ch.hypertable_id = $1 AND EXISTS (SELECT 1 FROM lacaja_changed k WHERE %1$s >= ch.range_start AND %1$s < ch.range_end)
            UNION ALL SELECT format('%%I.%%I', $2, $3)$q$,
-        analytics._as_instant_sql(h, 'k.' || quote_ident(c.time_column)))
-        USING c.hypertable_id, c.schema_name, analytics._default_partition_name(h)
+        analytics_internal._as_instant_sql(h, 'k.' || quote_ident(c.time_column)))
+        USING c.hypertable_id, c.schema_name, analytics_internal._default_partition_name(h)
     LOOP
         EXECUTE format('DELETE FROM %s AS s USING lacaja_changed AS k WHERE (%s) = (%s)', part,
-                       analytics._key_list(analytics._logged_columns(c), 's'), analytics._key_list(analytics._logged_columns(c), 'k'));
+                       analytics_internal._key_list(analytics_internal._logged_columns(c), 's'), analytics_internal._key_list(analytics_internal._logged_columns(c), 'k'));
     END LOOP;
     EXECUTE format('INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM ONLY %4$s AS o
                     WHERE (%5$s) IN (SELECT %6$s FROM lacaja_changed)',
-                   names.staging, columns, analytics._stored_columns(c.relation, 'o'),
-                   names.old_table, analytics._key_list(c.key_columns, 'o'), keys);
+                   names.staging, columns, analytics_internal._stored_columns(c.relation, 'o'),
+                   names.old_table, analytics_internal._key_list(c.key_columns, 'o'), keys);
     DROP TABLE lacaja_changed;
     c.changes_applied := c.changes_applied + applied;
     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT 1001) AS l', names.log_table) INTO remaining;
@@ -759,7 +819,7 @@ $$;
 -- Locks `tables` in `mode`, in a fixed order, each try waiting at most 200 ms so that the
 -- conversion never stands long in the queue in front of sales, and never deadlocks with a
 -- POS transaction (which would then be the one to fail): a busy POS makes it try again.
-CREATE FUNCTION analytics._lock_tables(tables text[], mode text, attempts int DEFAULT 150) RETURNS void
+CREATE FUNCTION analytics_internal._lock_tables(tables text[], mode text, attempts int DEFAULT 150) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     attempt int := 0;
@@ -785,7 +845,7 @@ $$;
 
 -- Everything a swap locks: the table, the tables whose foreign keys point at it, the views
 -- over it, and the tables it references (dropping its foreign keys changes their triggers).
-CREATE FUNCTION analytics._conversion_lock_set(relation oid) RETURNS text[]
+CREATE FUNCTION analytics_internal._conversion_lock_set(relation oid) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT array_agg(r::regclass::text) FROM (
         SELECT relation AS r
@@ -799,10 +859,10 @@ $$;
 -- the new table in the old one's place with its name, indexes, keys, triggers (ours
 -- included), policies, grants, owner, comment, views over it and sequences, replaces the
 -- foreign keys that pointed at it, drops the old table and schedules chunk maintenance.
-CREATE FUNCTION analytics._conversion_swap(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+CREATE FUNCTION analytics_internal._conversion_swap(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    names record := analytics._conversion_names(c);
+    names record := analytics_internal._conversion_names(c);
     rel record;
     statements text[];
     views text[];
@@ -816,9 +876,9 @@ DECLARE
 BEGIN
     locked_at := clock_timestamp();
     IF c.online THEN
-        PERFORM analytics._lock_tables(analytics._conversion_lock_set(c.relation), 'ACCESS EXCLUSIVE');
+        PERFORM analytics_internal._lock_tables(analytics_internal._conversion_lock_set(c.relation), 'ACCESS EXCLUSIVE');
         locked_at := clock_timestamp();
-        c := analytics._conversion_apply_log(c, NULL);
+        c := analytics_internal._conversion_apply_log(c, NULL);
     END IF;
     SELECT cl.relowner, cl.relrowsecurity, cl.relforcerowsecurity, cl.relacl INTO rel FROM pg_class cl WHERE cl.oid = c.relation;
     SELECT * INTO h FROM analytics.hypertables WHERE hypertable_id = c.hypertable_id;
@@ -831,7 +891,7 @@ BEGIN
         SELECT format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname, names.old_table,
                       CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
                       CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-                      (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(r::regrole::text) END, ', ') FROM unnest(p.polroles) r),
+                      (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') FROM unnest(p.polroles) r),
                       ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
                       ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')')
         FROM pg_policy p WHERE p.polrelid = c.relation ORDER BY p.polname);
@@ -841,10 +901,10 @@ BEGIN
     IF rel.relforcerowsecurity THEN
         statements := statements || format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', names.old_table);
     END IF;
-    statements := statements || format('ALTER TABLE %s OWNER TO %I', names.old_table, rel.relowner::regrole::text);
+    statements := statements || format('ALTER TABLE %s OWNER TO %I', names.old_table, pg_get_userbyid(rel.relowner));
     statements := statements || ARRAY(
         SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, names.old_table,
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
         FROM aclexplode(rel.relacl) a WHERE a.grantee <> rel.relowner);
     IF obj_description(c.relation, 'pg_class') IS NOT NULL THEN
@@ -868,7 +928,7 @@ BEGIN
     END LOOP;
     -- serial columns keep their sequence (it would go with the old table); identity columns
     -- continue where the old table's sequence was
-    PERFORM analytics._exec(format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, names.old_table, a.attname))
+    PERFORM analytics_internal._exec(format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, names.old_table, a.attname))
     FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
     JOIN pg_attribute a ON a.attrelid = c.relation AND a.attnum = d.refobjsubid
     WHERE d.refobjid = c.relation AND d.classid = 'pg_class'::regclass AND d.deptype = 'a';
@@ -878,7 +938,7 @@ BEGIN
                           = pg_get_serial_sequence(format('%I.%I', c.schema_name, names.retired), a.attname)::regclass))
     FROM pg_attribute a WHERE a.attrelid = c.relation AND a.attidentity <> '' AND NOT a.attisdropped;
     FOREACH stmt IN ARRAY ARRAY(SELECT k::text FROM unnest(fk_constraints) k) LOOP
-        replaced := replaced || analytics._replace_foreign_key(stmt::oid, names.old_table);
+        replaced := replaced || analytics_internal._replace_foreign_key(stmt::oid, names.old_table);
     END LOOP;
     EXECUTE format('DROP TABLE %I.%I', c.schema_name, names.retired);
     IF c.online THEN
@@ -897,12 +957,12 @@ BEGIN
     FOREACH stmt IN ARRAY statements LOOP
         EXECUTE stmt;
     END LOOP;
-    PERFORM analytics._bind_trigger_to_extension(h.relation::oid, t.tgname)
+    PERFORM analytics_internal._bind_trigger_to_extension(h.relation::oid, t.tgname)
     FROM pg_trigger t WHERE t.tgrelid = h.relation AND t.tgname LIKE 'lacaja\_analytics\_%';
-    job := analytics.add_job('analytics.policy_chunk_maintenance'::regproc,
-                             least(analytics._fixed_interval(h.chunk_interval), interval '1 hour'),
+    job := analytics.add_job('analytics_internal.policy_chunk_maintenance'::regproc,
+                             least(analytics_internal._fixed_interval(h.chunk_interval), interval '1 hour'),
                              jsonb_build_object('hypertable_id', h.hypertable_id));
-    PERFORM analytics._label_job(job, format('Chunk Maintenance [%s]', job), h.relation);
+    PERFORM analytics_internal._label_job(job, format('Chunk Maintenance [%s]', job), h.relation);
     IF c.online THEN
         c.longest_lock_ms := greatest(c.longest_lock_ms, round(extract(epoch FROM clock_timestamp() - locked_at) * 1000, 1));
     END IF;
@@ -915,7 +975,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION analytics._exec(statement text) RETURNS void
+CREATE FUNCTION analytics_internal._exec(statement text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE statement;
@@ -924,7 +984,7 @@ $$;
 
 -- One step of conversion `id`, as its own transaction in online mode; returns the status
 -- reached. A step copies about `batch` rows (batch / 50 blocks) or applies `batch` changes.
-CREATE FUNCTION analytics._conversion_step(id int, batch int DEFAULT 50000) RETURNS text
+CREATE FUNCTION analytics_internal._conversion_step(id int, batch int DEFAULT 50000) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c analytics.hypertable_conversions;
@@ -936,21 +996,21 @@ BEGIN
         RAISE EXCEPTION 'create_hypertable(%) was cancelled by its caller', c.table_name USING ERRCODE = 'query_canceled';
     END IF;
     c := CASE c.status
-        WHEN 'starting' THEN analytics._conversion_start(c)
-        WHEN 'copying' THEN analytics._conversion_copy(c, CASE WHEN c.online THEN greatest(batch / 50, 1) END)
-        WHEN 'indexing' THEN analytics._conversion_index(c)
+        WHEN 'starting' THEN analytics_internal._conversion_start(c)
+        WHEN 'copying' THEN analytics_internal._conversion_copy(c, CASE WHEN c.online THEN greatest(batch / 50, 1) END)
+        WHEN 'indexing' THEN analytics_internal._conversion_index(c)
         -- before the keys are built, all changes logged during the copy at once
-        WHEN 'catching_up' THEN analytics._conversion_apply_log(c, CASE WHEN c.indexed THEN batch END)
-        WHEN 'swapping' THEN analytics._conversion_swap(c)
+        WHEN 'catching_up' THEN analytics_internal._conversion_apply_log(c, CASE WHEN c.indexed THEN batch END)
+        WHEN 'swapping' THEN analytics_internal._conversion_swap(c)
         ELSE c END;
-    PERFORM analytics._save_conversion(c);
+    PERFORM analytics_internal._save_conversion(c);
     RETURN c.status;
 END
 $$;
 
 -- After a failed step (its transaction rolled back): removes what earlier steps left (the new
 -- table, its chunks, the log and its triggers), so the table is as it was.
-CREATE FUNCTION analytics._conversion_abandon(id int, failed_sqlstate text, message text) RETURNS void
+CREATE FUNCTION analytics_internal._conversion_abandon(id int, failed_sqlstate text, message text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c analytics.hypertable_conversions;
@@ -961,28 +1021,28 @@ BEGIN
     IF c.status IN ('done', 'failed') THEN
         RETURN;
     END IF;
-    names := analytics._conversion_names(c);
+    names := analytics_internal._conversion_names(c);
     IF to_regclass(names.old_table) IS NOT NULL AND to_regclass(names.old_table) = c.relation THEN
-        PERFORM analytics._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
+        PERFORM analytics_internal._lock_tables(ARRAY[names.old_table], 'SHARE ROW EXCLUSIVE');
         FOREACH t IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'lacaja_conversion_log_' || t, names.old_table);
         END LOOP;
     END IF;
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', names.staging, names.log_table);
-    PERFORM analytics._forget_hypertable(c.hypertable_id);
+    PERFORM analytics_internal._forget_hypertable(c.hypertable_id);
     c.status := 'failed';
     c.sqlstate := failed_sqlstate;
     c.error := message;
     c.finished_at := clock_timestamp();
-    PERFORM analytics._save_conversion(c);
+    PERFORM analytics_internal._save_conversion(c);
 END
 $$;
 
-CREATE FUNCTION analytics._forget_hypertable(id int) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics_internal._forget_hypertable(id int) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM analytics.hypertables h WHERE h.hypertable_id = id
       AND (to_regclass(h.relation::text) IS NULL
-           OR analytics._session_owns(h.relation))
+           OR analytics_internal._session_owns(h.relation))
 $$;
 
 CREATE FUNCTION analytics.create_hypertable(relation regclass, time_column_name name,
@@ -1027,11 +1087,11 @@ BEGIN
         RAISE EXCEPTION 'invalid type for dimension "%"', time_column_name USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Use a timestamptz, timestamp or date column.';
     END IF;
-    IF chunk_time_interval IS NULL OR analytics._fixed_interval(chunk_time_interval) < interval '1 minute' THEN
+    IF chunk_time_interval IS NULL OR analytics_internal._fixed_interval(chunk_time_interval) < interval '1 minute' THEN
         RAISE EXCEPTION 'invalid chunk_time_interval %', coalesce(chunk_time_interval::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of at least one minute, e.g. INTERVAL ''1 day''.';
     END IF;
-    blockers := analytics._hypertable_blockers(relation, time_column_name, extend_unique, replace_foreign_keys);
+    blockers := analytics_internal._hypertable_blockers(relation, time_column_name, extend_unique, replace_foreign_keys);
     IF blockers <> '{}' THEN
         RAISE EXCEPTION 'cannot turn % into a hypertable; nothing was changed:%', relation, E'\n  - ' || array_to_string(blockers, E'\n  - ')
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -1042,15 +1102,15 @@ BEGIN
     -- a caller holding no lock on the table; otherwise the conversion runs here, holding the
     -- table until this transaction commits (as TimescaleDB does).
     run_online := coalesce(online, migrate_data)
-                  AND analytics._row_key(relation) IS NOT NULL
-                  AND NOT analytics._in_transaction_block()
+                  AND analytics_internal._row_key(relation) IS NOT NULL
+                  AND NOT analytics_internal._in_transaction_block()
                   AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.relation = create_hypertable.relation);
     IF online AND NOT run_online THEN
         RAISE EXCEPTION 'cannot convert % online', relation USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'Online conversion needs a primary key on the table, and a call outside BEGIN ... COMMIT that has not touched the table.';
     END IF;
     IF run_online THEN
-        worker_pid := analytics._start_conversion_worker(relation, time_column_name, chunk_time_interval, chunks_ahead,
+        worker_pid := analytics_internal._start_conversion_worker(relation, time_column_name, chunk_time_interval, chunks_ahead,
                                                          extend_unique, replace_foreign_keys, create_default_indexes, migrate_data);
         LOOP
             SELECT * INTO c FROM analytics.hypertable_conversions t
@@ -1080,10 +1140,10 @@ BEGIN
                 HINT = format('Nothing was changed (conversion %s in analytics.hypertable_conversions).', c.conversion_id);
         END IF;
     ELSE
-        PERFORM analytics._lock_tables(analytics._conversion_lock_set(relation), 'ACCESS EXCLUSIVE');
-        c := analytics._request_conversion(relation, time_column_name, chunk_time_interval, chunks_ahead, extend_unique,
+        PERFORM analytics_internal._lock_tables(analytics_internal._conversion_lock_set(relation), 'ACCESS EXCLUSIVE');
+        c := analytics_internal._request_conversion(relation, time_column_name, chunk_time_interval, chunks_ahead, extend_unique,
                                            replace_foreign_keys, create_default_indexes, migrate_data, false, pg_backend_pid());
-        WHILE analytics._conversion_step(c.conversion_id) <> 'done' LOOP
+        WHILE analytics_internal._conversion_step(c.conversion_id) <> 'done' LOOP
         END LOOP;
         SELECT * INTO c FROM analytics.hypertable_conversions t WHERE t.conversion_id = c.conversion_id;
     END IF;
@@ -1095,10 +1155,10 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION analytics._label_job(id int, application_name text, hypertable regclass) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics_internal._label_job(id int, application_name text, hypertable regclass) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     UPDATE analytics.jobs j SET application_name = _label_job.application_name, hypertable = _label_job.hypertable
-    WHERE j.job_id = id AND pg_has_role(session_user, j.owner, 'MEMBER')
+    WHERE j.job_id = id AND pg_has_role(current_user, j.owner, 'MEMBER')
 $$;
 
 
@@ -1107,7 +1167,7 @@ $$;
 CREATE FUNCTION analytics.show_chunks(relation regclass, older_than timestamptz DEFAULT NULL, newer_than timestamptz DEFAULT NULL)
 RETURNS SETOF regclass LANGUAGE sql STABLE AS $$
     SELECT c.chunk FROM analytics.chunks c
-    WHERE c.hypertable_id = (analytics._hypertable(relation)).hypertable_id
+    WHERE c.hypertable_id = (analytics_internal._hypertable(relation)).hypertable_id
       AND (older_than IS NULL OR c.range_end <= older_than)
       AND (newer_than IS NULL OR c.range_start >= newer_than)
     ORDER BY c.range_start
@@ -1125,14 +1185,14 @@ CREATE FUNCTION analytics.drop_chunks(relation regclass, older_than timestamptz,
                                       verbose boolean DEFAULT false)
 RETURNS SETOF text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    h analytics.hypertables := analytics._hypertable(relation);
+    h analytics.hypertables := analytics_internal._hypertable(relation);
     c record;
     horizon timestamptz;
 BEGIN
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'drop_chunks needs older_than' USING HINT = 'e.g. SELECT analytics.drop_chunks(''events'', INTERVAL ''2 years'');';
     END IF;
-    PERFORM analytics._maintain_chunks(h);
+    PERFORM analytics_internal._maintain_chunks(h);
     FOR c IN
         SELECT * FROM analytics.chunks ch
         WHERE ch.hypertable_id = h.hypertable_id AND ch.range_end <= older_than
@@ -1149,7 +1209,7 @@ BEGIN
         RETURN NEXT format('%I.%I', c.chunk_schema, c.chunk_name);
     END LOOP;
     IF horizon IS NOT NULL THEN
-        PERFORM analytics._set_dropped_before(h.hypertable_id, horizon);
+        PERFORM analytics_internal._set_dropped_before(h.hypertable_id, horizon);
     END IF;
 END
 $$;
@@ -1159,23 +1219,23 @@ RETURNS SETOF text LANGUAGE sql AS $$
     SELECT analytics.drop_chunks(relation, now() - older_than, now() - newer_than, verbose)
 $$;
 
-CREATE FUNCTION analytics._set_dropped_before(id int, horizon timestamptz) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION analytics_internal._set_dropped_before(id int, horizon timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     UPDATE analytics.hypertables h SET dropped_before = greatest(h.dropped_before, horizon)
-    WHERE h.hypertable_id = id AND analytics._session_owns(h.relation)
+    WHERE h.hypertable_id = id AND analytics_internal._session_owns(h.relation)
 $$;
 
 -- What retention on `relation` would do wrong, if anything: an error to refuse, warnings to
 -- say. Stock is the sum of every movement ever made (SPEC §1): dropping old movements
 -- changes LA-CAJA's own product_stock view, so it is refused; dropping sales leaves their
 -- items and returns behind and is said.
-CREATE FUNCTION analytics._retention_concerns(relation regclass, OUT refusal text, OUT warnings text[])
+CREATE FUNCTION analytics_internal._retention_concerns(relation regclass, OUT refusal text, OUT warnings text[])
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    cfg analytics.source_config;
+    cfg analytics_internal.source_config;
 BEGIN
     warnings := '{}';
-    SELECT * INTO cfg FROM analytics.source_config;
+    SELECT * INTO cfg FROM analytics_internal.source_config;
     IF cfg.source_schema IS NOT NULL AND relation = to_regclass(format('%I.inventory_movements', cfg.source_schema)) THEN
         refusal := format('%s holds every stock movement; stock is their sum since the first one, so dropping old movements '
                           'would change the stock LA-CAJA shows. Consolidate old movements into an opening balance first, '
@@ -1188,14 +1248,14 @@ BEGIN
     END IF;
     warnings := warnings || ARRAY(
         SELECT format('%s references %s (foreign key %s, now a trigger): its rows that point at dropped chunks stay', r.child, relation, r.constraint_name)
-        FROM analytics.replaced_foreign_keys r WHERE r.parent = relation);
+        FROM analytics_internal.replaced_foreign_keys r WHERE r.parent = relation);
 END
 $$;
 
-CREATE PROCEDURE analytics.policy_retention(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_retention(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    h analytics.hypertables := analytics._job_hypertable(config);
+    h analytics.hypertables := analytics_internal._job_hypertable(config);
 BEGIN
     PERFORM analytics.drop_chunks(h.relation, now() - (config ->> 'drop_after')::interval);
 END
@@ -1206,8 +1266,8 @@ CREATE FUNCTION analytics.add_retention_policy(relation regclass, drop_after int
                                                timezone text DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    h analytics.hypertables := analytics._hypertable(relation);
-    concerns record := analytics._retention_concerns(relation);
+    h analytics.hypertables := analytics_internal._hypertable(relation);
+    concerns record := analytics_internal._retention_concerns(relation);
     existing int;
     job int;
     warning text;
@@ -1216,7 +1276,7 @@ BEGIN
         RAISE EXCEPTION 'drop_after must be a positive interval, not %', coalesce(drop_after::text, 'NULL');
     END IF;
     SELECT j.job_id INTO existing FROM analytics.jobs j
-    WHERE j.proc = 'analytics.policy_retention'::regproc AND (j.config ->> 'hypertable_id')::int = h.hypertable_id;
+    WHERE j.proc = 'analytics_internal.policy_retention'::regproc AND (j.config ->> 'hypertable_id')::int = h.hypertable_id;
     IF existing IS NOT NULL THEN
         IF if_not_exists THEN
             RAISE NOTICE 'retention policy already exists for hypertable "%", skipping', relation;
@@ -1232,11 +1292,11 @@ BEGIN
     FOREACH warning IN ARRAY concerns.warnings LOOP
         RAISE WARNING '%', warning;
     END LOOP;
-    job := analytics.add_job('analytics.policy_retention'::regproc,
-                             coalesce(schedule_interval, least(analytics._fixed_interval(h.chunk_interval), interval '1 day')),
+    job := analytics.add_job('analytics_internal.policy_retention'::regproc,
+                             coalesce(schedule_interval, least(analytics_internal._fixed_interval(h.chunk_interval), interval '1 day')),
                              jsonb_build_object('hypertable_id', h.hypertable_id, 'drop_after', drop_after),
                              initial_start => initial_start, timezone => timezone);
-    PERFORM analytics._label_job(job, format('Retention Policy [%s]', job), relation);
+    PERFORM analytics_internal._label_job(job, format('Retention Policy [%s]', job), relation);
     RETURN job;
 END
 $$;
@@ -1244,8 +1304,8 @@ $$;
 CREATE FUNCTION analytics.remove_retention_policy(relation regclass, if_exists boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    id int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics.policy_retention'::regproc
-               AND (j.config ->> 'hypertable_id')::int = (analytics._hypertable(relation)).hypertable_id);
+    id int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_retention'::regproc
+               AND (j.config ->> 'hypertable_id')::int = (analytics_internal._hypertable(relation)).hypertable_id);
 BEGIN
     IF id IS NULL THEN
         IF if_exists THEN
@@ -1265,7 +1325,7 @@ $$;
 -- session_replication_role = replica, triggers disabled by hand): each run compares the
 -- window's days with the definitions and repairs only what differs.
 
-CREATE FUNCTION analytics._rollup_views() RETURNS regclass[]
+CREATE FUNCTION analytics_internal._rollup_views() RETURNS regclass[]
 LANGUAGE sql STABLE AS $$
     SELECT array_agg(to_regclass('analytics.' || v)) FILTER (WHERE to_regclass('analytics.' || v) IS NOT NULL)
     FROM unnest(ARRAY['sales_hourly', 'sales_daily', 'sales_by_payment_daily', 'sales_heatmap', 'product_sales_daily',
@@ -1274,19 +1334,19 @@ $$;
 
 -- The window of a policy as local days: [from_day, to_day), widened by a day on each side
 -- so that every store's zone is covered (rows outside it are exact anyway).
-CREATE FUNCTION analytics._policy_window(config jsonb, OUT from_day date, OUT to_day date)
+CREATE FUNCTION analytics_internal._policy_window(config jsonb, OUT from_day date, OUT to_day date)
 LANGUAGE sql STABLE AS $$
     SELECT ((now() - (config ->> 'start_offset')::interval) AT TIME ZONE 'UTC')::date - 1,
            ((now() - (config ->> 'end_offset')::interval) AT TIME ZONE 'UTC')::date + 2
 $$;
 
-CREATE PROCEDURE analytics.policy_refresh_continuous_aggregate(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_refresh_continuous_aggregate(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    w record := analytics._policy_window(config);
+    w record := analytics_internal._policy_window(config);
     result jsonb;
 BEGIN
-    result := analytics._repair(NULL, w.from_day, w.to_day);
+    result := analytics_internal._repair(NULL, w.from_day, w.to_day);
     RAISE LOG 'lacaja_analytics job %: % over [%, %): %', job_id, config ->> 'continuous_aggregate', w.from_day, w.to_day, result;
 END
 $$;
@@ -1299,17 +1359,17 @@ DECLARE
     existing int;
     job int;
 BEGIN
-    IF continuous_aggregate IS NULL OR NOT continuous_aggregate = ANY (analytics._rollup_views()) THEN
+    IF continuous_aggregate IS NULL OR NOT continuous_aggregate = ANY (analytics_internal._rollup_views()) THEN
         RAISE EXCEPTION '% is not a rollup of lacaja_analytics', coalesce(continuous_aggregate::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use one of: ' || array_to_string(analytics._rollup_views()::text[], ', ');
+                  HINT = 'Use one of: ' || array_to_string(analytics_internal._rollup_views()::text[], ', ');
     END IF;
     IF start_offset IS NOT NULL AND end_offset IS NOT NULL AND start_offset <= end_offset THEN
         RAISE EXCEPTION 'policy refresh window too small' USING ERRCODE = 'invalid_parameter_value',
             DETAIL = 'The start of the window must be before the end: start_offset must be larger than end_offset.';
     END IF;
     SELECT j.job_id INTO existing FROM analytics.jobs j
-    WHERE j.proc = 'analytics.policy_refresh_continuous_aggregate'::regproc AND j.hypertable = continuous_aggregate;
+    WHERE j.proc = 'analytics_internal.policy_refresh_continuous_aggregate'::regproc AND j.hypertable = continuous_aggregate;
     IF existing IS NOT NULL THEN
         IF if_not_exists THEN
             RAISE NOTICE 'continuous aggregate policy already exists for "%", skipping', continuous_aggregate;
@@ -1317,11 +1377,11 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'continuous aggregate policy already exists for "%"', continuous_aggregate USING ERRCODE = 'duplicate_object';
     END IF;
-    job := analytics.add_job('analytics.policy_refresh_continuous_aggregate'::regproc, schedule_interval,
+    job := analytics.add_job('analytics_internal.policy_refresh_continuous_aggregate'::regproc, schedule_interval,
                              jsonb_build_object('continuous_aggregate', continuous_aggregate::text,
                                                 'start_offset', start_offset, 'end_offset', end_offset),
                              initial_start => initial_start, timezone => timezone);
-    PERFORM analytics._label_job(job, format('Refresh Continuous Aggregate Policy [%s]', job), continuous_aggregate);
+    PERFORM analytics_internal._label_job(job, format('Refresh Continuous Aggregate Policy [%s]', job), continuous_aggregate);
     RETURN job;
 END
 $$;
@@ -1329,7 +1389,7 @@ $$;
 CREATE FUNCTION analytics.remove_continuous_aggregate_policy(continuous_aggregate regclass, if_exists boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    id int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics.policy_refresh_continuous_aggregate'::regproc
+    id int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_refresh_continuous_aggregate'::regproc
                AND j.hypertable = continuous_aggregate);
 BEGIN
     IF id IS NULL THEN

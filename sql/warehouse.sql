@@ -77,13 +77,13 @@ COMMENT ON VIEW analytics.dim_time IS
 -- State and change capture -----------------------------------------------------------------
 --
 -- The warehouse is opt-in (enable_warehouse()): only then do POS statements pay for one more
--- insert, of the ids of the sales they touched, into analytics.warehouse_changes. The ETL
+-- insert, of the ids of the sales they touched, into analytics_internal.warehouse_changes. The ETL
 -- consumes that log: it deletes the rows its snapshot sees and loads those sales' facts in
 -- the same transaction. So the watermark is the ETL's snapshot, not a number: a sequence or a
 -- timestamp would skip a transaction that took its number first and committed after the run
 -- (offline registers' long syncs do exactly that). A killed run rolls its delete back.
 
-CREATE TABLE analytics.warehouse_state (
+CREATE TABLE analytics_internal.warehouse_state (
     singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     enabled           boolean NOT NULL DEFAULT false,
     -- Nothing was captured for a while (never enabled, detached, a source table truncated):
@@ -92,17 +92,17 @@ CREATE TABLE analytics.warehouse_state (
     enabled_at        timestamptz,
     last_run_at       timestamptz
 );
-INSERT INTO analytics.warehouse_state DEFAULT VALUES;
+INSERT INTO analytics_internal.warehouse_state DEFAULT VALUES;
 
-CREATE TABLE analytics.warehouse_changes (
+CREATE TABLE analytics_internal.warehouse_changes (
     sale_id    uuid        NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE analytics.warehouse_changes IS
+COMMENT ON TABLE analytics_internal.warehouse_changes IS
     'Sales changed since the last etl_load_sales() (written by the warehouse''s capture triggers, consumed by the ETL).';
 
 -- Product attributes as they change, with the moment: the type-2 dimension's history.
-CREATE TABLE analytics.warehouse_product_changes (
+CREATE TABLE analytics_internal.warehouse_product_changes (
     change_id  bigserial   PRIMARY KEY,
     product_id uuid        NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -204,16 +204,16 @@ CREATE TABLE analytics.etl_runs (
 
 -- The product attributes the dimension versions (store_id, name, category, sku), as
 -- expressions over alias `alias`; NULL for a column the source lacks.
-CREATE FUNCTION analytics._product_attributes(products regclass, alias text, named boolean DEFAULT false) RETURNS text
+CREATE FUNCTION analytics_internal._product_attributes(products regclass, alias text, named boolean DEFAULT false) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT string_agg(CASE WHEN analytics._has_columns(products, ARRAY[c]) THEN format('%I.%I', alias, c)
+    SELECT string_agg(CASE WHEN analytics_internal._has_columns(products, ARRAY[c]) THEN format('%I.%I', alias, c)
                            ELSE format('NULL::%s', t) END || CASE WHEN named THEN format(' AS %I', c) ELSE '' END,
                       ', ' ORDER BY o)
     FROM (VALUES (1, 'store_id', 'uuid'), (2, 'name', 'text'), (3, 'category', 'text'), (4, 'sku', 'text')) AS a (o, c, t)
 $$;
 
 -- Called by enable_warehouse() and by attach() while the warehouse is enabled.
-CREATE FUNCTION analytics._attach_warehouse(source_schema name) RETURNS text[]
+CREATE FUNCTION analytics_internal._attach_warehouse(source_schema name) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sales constant regclass := to_regclass(format('%I.sales', source_schema));
@@ -225,17 +225,17 @@ DECLARE
     sale_columns constant text := (
         SELECT string_agg(CASE c WHEN 'payment' THEN 'analytics.payment_method(%1$s.payment)' ELSE '%1$s.' || quote_ident(c) END, ', ')
         FROM unnest(ARRAY['store_id', 'sold_at', 'customer_id', 'payment', 'exchange_rate', 'voided_at', 'status']) AS c
-        WHERE analytics._has_columns(sales, ARRAY[c]));
+        WHERE analytics_internal._has_columns(sales, ARRAY[c]));
     triggers text[] := '{}';
 BEGIN
-    PERFORM analytics._set_capture_body('warehouse_sales', format($b$
+    PERFORM analytics_internal._set_capture_body('warehouse_sales', format($b$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO analytics.warehouse_changes (sale_id) SELECT id FROM new_rows;
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT id FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO analytics.warehouse_changes (sale_id) SELECT id FROM old_rows;
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT id FROM old_rows;
     ELSE
-        INSERT INTO analytics.warehouse_changes (sale_id)
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
         SELECT n.id FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
         WHERE o.id IS NULL OR (%s) IS DISTINCT FROM (%s)
         UNION ALL
@@ -243,97 +243,97 @@ BEGIN
     END IF;
     RETURN NULL;
 END$b$, format(sale_columns, 'n'), format(sale_columns, 'o')));
-    triggers := analytics._create_capture_triggers(sales, 'warehouse_sales');
+    triggers := analytics_internal._create_capture_triggers(sales, 'warehouse_sales');
 
-    IF analytics._has_columns(items, '{id,sale_id}') THEN
-        PERFORM analytics._set_capture_body('warehouse_items', $b$
+    IF analytics_internal._has_columns(items, '{id,sale_id}') THEN
+        PERFORM analytics_internal._set_capture_body('warehouse_items', $b$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO analytics.warehouse_changes (sale_id) SELECT DISTINCT sale_id FROM new_rows WHERE sale_id IS NOT NULL;
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT DISTINCT sale_id FROM new_rows WHERE sale_id IS NOT NULL;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO analytics.warehouse_changes (sale_id) SELECT DISTINCT sale_id FROM old_rows WHERE sale_id IS NOT NULL;
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT DISTINCT sale_id FROM old_rows WHERE sale_id IS NOT NULL;
     ELSE
-        INSERT INTO analytics.warehouse_changes (sale_id)
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
         SELECT sale_id FROM new_rows WHERE sale_id IS NOT NULL UNION SELECT sale_id FROM old_rows WHERE sale_id IS NOT NULL;
     END IF;
     RETURN NULL;
 END$b$);
-        triggers := triggers || analytics._create_capture_triggers(items, 'warehouse_items');
+        triggers := triggers || analytics_internal._create_capture_triggers(items, 'warehouse_items');
     END IF;
 
-    IF analytics._has_columns(returns, '{sale_item_id}') AND analytics._has_columns(items, '{id,sale_id}') THEN
-        PERFORM analytics._set_capture_body('warehouse_item_returns', format($b$
+    IF analytics_internal._has_columns(returns, '{sale_item_id}') AND analytics_internal._has_columns(items, '{id,sale_id}') THEN
+        PERFORM analytics_internal._set_capture_body('warehouse_item_returns', format($b$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO analytics.warehouse_changes (sale_id)
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
         SELECT DISTINCT i.sale_id FROM %1$s i WHERE i.id IN (SELECT sale_item_id FROM new_rows);
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO analytics.warehouse_changes (sale_id)
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
         SELECT DISTINCT i.sale_id FROM %1$s i WHERE i.id IN (SELECT sale_item_id FROM old_rows);
     ELSE
-        INSERT INTO analytics.warehouse_changes (sale_id)
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
         SELECT DISTINCT i.sale_id FROM %1$s i
         WHERE i.id IN (SELECT sale_item_id FROM new_rows UNION SELECT sale_item_id FROM old_rows);
     END IF;
     RETURN NULL;
 END$b$, items));
-        triggers := triggers || analytics._create_capture_triggers(returns, 'warehouse_item_returns');
+        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'warehouse_item_returns');
     END IF;
 
-    IF analytics._has_columns(products, '{id}') THEN
-        PERFORM analytics._set_capture_body('warehouse_products', format($b$
+    IF analytics_internal._has_columns(products, '{id}') THEN
+        PERFORM analytics_internal._set_capture_body('warehouse_products', format($b$
 BEGIN
     -- Each branch names only the transition tables its event has.
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO analytics.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
         SELECT n.id, false, %1$s FROM new_rows n;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO analytics.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o;
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o;
     ELSE
-        INSERT INTO analytics.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o
         WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id);
-        INSERT INTO analytics.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
         SELECT n.id, false, %1$s FROM new_rows n
         WHERE NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.id = n.id AND (%2$s) IS NOT DISTINCT FROM (%1$s));
     END IF;
     RETURN NULL;
-END$b$, analytics._product_attributes(products, 'n'), analytics._product_attributes(products, 'o')));
-        triggers := triggers || analytics._create_capture_triggers(products, 'warehouse_products');
+END$b$, analytics_internal._product_attributes(products, 'n'), analytics_internal._product_attributes(products, 'o')));
+        triggers := triggers || analytics_internal._create_capture_triggers(products, 'warehouse_products');
     END IF;
     RETURN triggers;
 END
 $$;
 
 -- Drops the warehouse's capture triggers and empties its capture functions.
-CREATE FUNCTION analytics._detach_warehouse() RETURNS void
+CREATE FUNCTION analytics_internal._detach_warehouse() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM analytics._drop_capture_triggers('lacaja_analytics_warehouse_');
-    PERFORM analytics._set_capture_body(source, 'BEGIN RETURN NULL; END')
+    PERFORM analytics_internal._drop_capture_triggers('lacaja_analytics_warehouse_');
+    PERFORM analytics_internal._set_capture_body(source, 'BEGIN RETURN NULL; END')
     FROM unnest(ARRAY['warehouse_sales', 'warehouse_items', 'warehouse_item_returns', 'warehouse_products']) AS source;
 END
 $$;
 -- The capture functions exist from install on, so that triggers and privileges can name them.
-SELECT analytics._detach_warehouse();
+SELECT analytics_internal._detach_warehouse();
 
 -- detach() dropped the capture triggers: what changes from now on is not captured.
-CREATE FUNCTION analytics._warehouse_detached() RETURNS void
+CREATE FUNCTION analytics_internal._warehouse_detached() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM analytics._detach_warehouse();
-    UPDATE analytics.warehouse_state SET full_load_pending = true WHERE enabled;
+    PERFORM analytics_internal._detach_warehouse();
+    UPDATE analytics_internal.warehouse_state SET full_load_pending = true WHERE enabled;
 END
 $$;
 
 -- attach() re-creates the capture of an enabled warehouse.
-CREATE FUNCTION analytics._warehouse_reattached(source_schema name, reload boolean) RETURNS text[]
+CREATE FUNCTION analytics_internal._warehouse_reattached(source_schema name, reload boolean) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT (SELECT enabled FROM analytics.warehouse_state) THEN
+    IF NOT (SELECT enabled FROM analytics_internal.warehouse_state) THEN
         RETURN '{}';
     END IF;
-    UPDATE analytics.warehouse_state SET full_load_pending = reload;
-    RETURN analytics._attach_warehouse(source_schema);
+    UPDATE analytics_internal.warehouse_state SET full_load_pending = reload;
+    RETURN analytics_internal._attach_warehouse(source_schema);
 END
 $$;
 
@@ -342,23 +342,23 @@ $$;
 CREATE FUNCTION analytics.enable_warehouse(schedule_interval interval DEFAULT interval '15 minutes') RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cfg analytics.source_config;
+    cfg analytics_internal.source_config;
     triggers text[];
     job int;
 BEGIN
-    SELECT * INTO cfg FROM analytics.source_config;
+    SELECT * INTO cfg FROM analytics_internal.source_config;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lacaja_analytics is not attached to LA-CAJA''s tables'
             USING HINT = 'SELECT analytics.attach(''public'');  -- then enable the warehouse';
     END IF;
-    PERFORM analytics._detach_warehouse();
-    triggers := analytics._attach_warehouse(cfg.source_schema);
-    UPDATE analytics.warehouse_state
+    PERFORM analytics_internal._detach_warehouse();
+    triggers := analytics_internal._attach_warehouse(cfg.source_schema);
+    UPDATE analytics_internal.warehouse_state
        SET enabled = true, enabled_at = coalesce(CASE WHEN enabled THEN enabled_at END, now());
-    SELECT j.job_id INTO job FROM analytics.jobs j WHERE j.proc = 'analytics.policy_etl_load_sales'::regproc;
+    SELECT j.job_id INTO job FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_etl_load_sales'::regproc;
     IF job IS NULL AND schedule_interval IS NOT NULL THEN
-        job := analytics.add_job('analytics.policy_etl_load_sales'::regproc, schedule_interval);
-        PERFORM analytics._label_job(job, format('Warehouse ETL [%s]', job), NULL);
+        job := analytics.add_job('analytics_internal.policy_etl_load_sales'::regproc, schedule_interval);
+        PERFORM analytics_internal._label_job(job, format('Warehouse ETL [%s]', job), NULL);
     ELSIF job IS NOT NULL AND schedule_interval IS NOT NULL THEN
         PERFORM analytics.alter_job(job, schedule_interval => schedule_interval);
     END IF;
@@ -366,8 +366,8 @@ BEGIN
         'enabled', true,
         'triggers', to_jsonb(triggers),
         'job_id', job,
-        'full_load_pending', (SELECT full_load_pending FROM analytics.warehouse_state),
-        'next_step', CASE WHEN (SELECT full_load_pending FROM analytics.warehouse_state)
+        'full_load_pending', (SELECT full_load_pending FROM analytics_internal.warehouse_state),
+        'next_step', CASE WHEN (SELECT full_load_pending FROM analytics_internal.warehouse_state)
                           THEN 'SELECT analytics.etl_load_sales();  -- loads all history once (or wait for the job)' END);
 END
 $$;
@@ -379,13 +379,13 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job int;
 BEGIN
-    PERFORM analytics._detach_warehouse();
-    FOR job IN SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics.policy_etl_load_sales'::regproc LOOP
+    PERFORM analytics_internal._detach_warehouse();
+    FOR job IN SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_etl_load_sales'::regproc LOOP
         PERFORM analytics.delete_job(job);
     END LOOP;
-    UPDATE analytics.warehouse_state SET enabled = false, full_load_pending = true;
-    DELETE FROM analytics.warehouse_changes;
-    DELETE FROM analytics.warehouse_product_changes;
+    UPDATE analytics_internal.warehouse_state SET enabled = false, full_load_pending = true;
+    DELETE FROM analytics_internal.warehouse_changes;
+    DELETE FROM analytics_internal.warehouse_product_changes;
     RETURN jsonb_build_object('enabled', false);
 END
 $$;
@@ -395,12 +395,12 @@ $$;
 -- Applies the captured product changes in order, then brings the dimension in line with
 -- products for whatever capture could not see (history before enabling, a gap while
 -- detached): new versions then start now. Returns the products whose versions changed.
-CREATE FUNCTION analytics._etl_products(source_schema name, OUT touched uuid[], OUT versions_opened int, OUT versions_closed int)
+CREATE FUNCTION analytics_internal._etl_products(source_schema name, OUT touched uuid[], OUT versions_opened int, OUT versions_closed int)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     products constant regclass := to_regclass(format('%I.products', source_schema));
-    changes analytics.warehouse_product_changes[];
-    c analytics.warehouse_product_changes;
+    changes analytics_internal.warehouse_product_changes[];
+    c analytics_internal.warehouse_product_changes;
     cur analytics.dim_product;
     opened int;
     closed int;
@@ -408,7 +408,7 @@ DECLARE
 BEGIN
     versions_opened := 0;
     versions_closed := 0;
-    WITH consumed AS (DELETE FROM analytics.warehouse_product_changes RETURNING *)
+    WITH consumed AS (DELETE FROM analytics_internal.warehouse_product_changes RETURNING *)
     SELECT array_agg(consumed ORDER BY change_id) INTO changes FROM consumed;
     FOREACH c IN ARRAY coalesce(changes, '{}') LOOP
         SELECT * INTO cur FROM analytics.dim_product v WHERE v.product_id = c.product_id AND v.valid_to = 'infinity';
@@ -443,7 +443,7 @@ BEGIN
     END LOOP;
     touched := coalesce(touched, '{}');
 
-    IF NOT analytics._has_columns(products, '{id}') THEN
+    IF NOT analytics_internal._has_columns(products, '{id}') THEN
         RETURN;
     END IF;
     -- Reconciliation with products as they are now, for what capture did not see. A product
@@ -451,11 +451,11 @@ BEGIN
     -- that change exactly.
     EXECUTE format($q$
         WITH source AS (SELECT p.id AS product_id, %1$s FROM %2$s p
-                        WHERE NOT EXISTS (SELECT 1 FROM analytics.warehouse_product_changes q WHERE q.product_id = p.id)),
+                        WHERE NOT EXISTS (SELECT 1 FROM analytics_internal.warehouse_product_changes q WHERE q.product_id = p.id)),
         gone AS (
             UPDATE analytics.dim_product v SET valid_to = greatest(clock_timestamp(), v.valid_from + interval '1 microsecond')
             WHERE v.valid_to = 'infinity' AND NOT EXISTS (SELECT 1 FROM %2$s p WHERE p.id = v.product_id)
-              AND NOT EXISTS (SELECT 1 FROM analytics.warehouse_product_changes q WHERE q.product_id = v.product_id)
+              AND NOT EXISTS (SELECT 1 FROM analytics_internal.warehouse_product_changes q WHERE q.product_id = v.product_id)
             RETURNING v.product_id),
         changed AS (
             UPDATE analytics.dim_product v SET valid_to = greatest(clock_timestamp(), v.valid_from + interval '1 microsecond')
@@ -478,7 +478,7 @@ BEGIN
         SELECT (SELECT count(*) FROM opened)::int,
                (SELECT count(*) FROM gone)::int + (SELECT count(*) FROM changed)::int,
                ARRAY(SELECT product_id FROM gone UNION SELECT product_id FROM opened)$q$,
-        analytics._product_attributes(products, 'p', true), products)
+        analytics_internal._product_attributes(products, 'p', true), products)
     INTO opened, closed, reconciled;
     versions_opened := versions_opened + opened;
     versions_closed := versions_closed + closed;
@@ -488,20 +488,20 @@ $$;
 
 -- Stores from the source's stores (names, license) and the zone each store's facts are dated
 -- in. Returns the stores whose zone changed since their facts were loaded.
-CREATE FUNCTION analytics._etl_stores(source_schema name) RETURNS uuid[]
+CREATE FUNCTION analytics_internal._etl_stores(source_schema name) RETURNS uuid[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stores constant regclass := to_regclass(format('%I.stores', source_schema));
     rezoned uuid[];
 BEGIN
-    IF analytics._has_columns(stores, '{id}') THEN
+    IF analytics_internal._has_columns(stores, '{id}') THEN
         EXECUTE format($q$
             INSERT INTO analytics.dim_store AS d (store_id, name, license_status)
             SELECT s.id, %s, %s FROM %s s
             ON CONFLICT (store_id) DO UPDATE SET name = excluded.name, license_status = excluded.license_status, updated_at = now()
             WHERE (d.name, d.license_status) IS DISTINCT FROM (excluded.name, excluded.license_status)$q$,
-            CASE WHEN analytics._has_columns(stores, '{name}') THEN 's.name::text' ELSE 'NULL' END,
-            CASE WHEN analytics._has_columns(stores, '{license_status}') THEN 's.license_status::text' ELSE 'NULL' END,
+            CASE WHEN analytics_internal._has_columns(stores, '{name}') THEN 's.name::text' ELSE 'NULL' END,
+            CASE WHEN analytics_internal._has_columns(stores, '{license_status}') THEN 's.license_status::text' ELSE 'NULL' END,
             stores);
     END IF;
     INSERT INTO analytics.dim_store (store_id) SELECT st.store_id FROM analytics.store_settings st ON CONFLICT DO NOTHING;
@@ -516,22 +516,22 @@ $$;
 
 -- Customers from the source's customers; ids no customers row explains (no such table, a
 -- customer deleted since) from the facts of `sale_ids` (all facts when NULL), so they join.
-CREATE FUNCTION analytics._etl_customers(source_schema name, sale_ids uuid[]) RETURNS bigint
+CREATE FUNCTION analytics_internal._etl_customers(source_schema name, sale_ids uuid[]) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     customers constant regclass := to_regclass(format('%I.customers', source_schema));
     written bigint;
 BEGIN
-    IF analytics._has_columns(customers, '{id}') THEN
+    IF analytics_internal._has_columns(customers, '{id}') THEN
         EXECUTE format($q$
             INSERT INTO analytics.dim_customer AS d (customer_id, store_id, name, created_at)
             SELECT c.id, %s, %s, %s FROM %s c
             ON CONFLICT (customer_id) DO UPDATE
                 SET store_id = excluded.store_id, name = excluded.name, created_at = excluded.created_at, updated_at = now()
             WHERE (d.store_id, d.name, d.created_at) IS DISTINCT FROM (excluded.store_id, excluded.name, excluded.created_at)$q$,
-            CASE WHEN analytics._has_columns(customers, '{store_id}') THEN 'c.store_id' ELSE 'NULL::uuid' END,
-            CASE WHEN analytics._has_columns(customers, '{name}') THEN 'c.name::text' ELSE 'NULL' END,
-            CASE WHEN analytics._has_columns(customers, '{created_at}') THEN 'c.created_at::timestamptz' ELSE 'NULL' END,
+            CASE WHEN analytics_internal._has_columns(customers, '{store_id}') THEN 'c.store_id' ELSE 'NULL::uuid' END,
+            CASE WHEN analytics_internal._has_columns(customers, '{name}') THEN 'c.name::text' ELSE 'NULL' END,
+            CASE WHEN analytics_internal._has_columns(customers, '{created_at}') THEN 'c.created_at::timestamptz' ELSE 'NULL' END,
             customers);
         GET DIAGNOSTICS written = ROW_COUNT;
     END IF;
@@ -553,7 +553,7 @@ $$;
 
 -- The facts of the sales whose items match `filter` (aliases i, r; $1 is bound to the ETL's
 -- sale ids), each pointing to the product version valid when the sale was made.
-CREATE FUNCTION analytics._fact_sales_sql(filter text) RETURNS text
+CREATE FUNCTION analytics_internal._fact_sales_sql(filter text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format($q$
         SELECT n.sale_item_id, n.sale_id, n.store_id, n.customer_id, n.product_id, v.product_key,
@@ -563,20 +563,20 @@ LANGUAGE sql STABLE AS $$
         FROM (%s) AS n
         LEFT JOIN analytics.dim_product v
                ON v.product_id = n.product_id AND v.valid_from <= n.sold_at AND n.sold_at < v.valid_to$q$,
-        analytics._item_facts_sql('analytics.item_facts', filter, true))
+        analytics_internal._item_facts_sql('analytics_internal.item_facts', filter, true))
 $$;
 
-CREATE FUNCTION analytics._fact_columns() RETURNS text[]
+CREATE FUNCTION analytics_internal._fact_columns() RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT '{sale_item_id,sale_id,store_id,customer_id,product_id,product_key,sale_date,sale_time,sold_at,payment_method,exchange_rate,is_weight_product,is_voided,qty,amount_bs,amount_usd,unit_cost_bs,unit_cost_usd,returned_qty,returned_bs,returned_usd}'::text[]
 $$;
 
 -- Loads the facts of `sale_ids` (of every sale when NULL): new items inserted, changed ones
 -- updated, facts of items gone deleted; rows already right are not touched.
-CREATE FUNCTION analytics._etl_facts(sale_ids uuid[], OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
+CREATE FUNCTION analytics_internal._etl_facts(sale_ids uuid[], OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    columns constant text := array_to_string(analytics._fact_columns(), ', ');
+    columns constant text := array_to_string(analytics_internal._fact_columns(), ', ');
     everything constant boolean := sale_ids IS NULL;
     index_definitions text[];
     index_names text[];
@@ -593,7 +593,7 @@ BEGIN
             EXECUTE 'DROP INDEX ' || array_to_string(index_names, ', ');
         END IF;
         EXECUTE format('INSERT INTO analytics.fact_sales (%s) SELECT * FROM (%s) AS n ORDER BY n.store_id, n.sale_date',
-                       columns, analytics._fact_sales_sql('true'));
+                       columns, analytics_internal._fact_sales_sql('true'));
         GET DIAGNOSTICS inserted = ROW_COUNT;
         ALTER TABLE analytics.fact_sales ADD CONSTRAINT fact_sales_pkey PRIMARY KEY (sale_item_id);
         FOR i IN 1..coalesce(cardinality(index_definitions), 0) LOOP
@@ -622,17 +622,17 @@ BEGIN
             RETURNING 1)
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), (SELECT count(*) FROM gone)
         FROM written$q$,
-        analytics._fact_sales_sql(CASE WHEN everything THEN 'true' ELSE 'i.sale_id = ANY($1)' END),
+        analytics_internal._fact_sales_sql(CASE WHEN everything THEN 'true' ELSE 'i.sale_id = ANY($1)' END),
         columns,
-        (SELECT string_agg('excluded.' || c, ', ') FROM unnest(analytics._fact_columns()) AS c),
-        (SELECT string_agg('f.' || c, ', ') FROM unnest(analytics._fact_columns()) AS c),
+        (SELECT string_agg('excluded.' || c, ', ') FROM unnest(analytics_internal._fact_columns()) AS c),
+        (SELECT string_agg('f.' || c, ', ') FROM unnest(analytics_internal._fact_columns()) AS c),
         CASE WHEN everything THEN 'true' ELSE 'f.sale_id = ANY($1)' END)
     INTO inserted, updated, deleted USING sale_ids;
 END
 $$;
 
 -- Facts of `products` made while another version was valid point to the right one now.
-CREATE FUNCTION analytics._etl_repoint(products uuid[]) RETURNS bigint
+CREATE FUNCTION analytics_internal._etl_repoint(products uuid[]) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     moved bigint;
@@ -666,8 +666,8 @@ CREATE FUNCTION analytics.etl_load_sales(full_reload boolean DEFAULT false) RETU
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off SET random_page_cost = 1.1 AS $$
 DECLARE
     started constant timestamptz := clock_timestamp();
-    state analytics.warehouse_state;
-    cfg analytics.source_config;
+    state analytics_internal.warehouse_state;
+    cfg analytics_internal.source_config;
     everything boolean;
     changes bigint;
     sale_ids uuid[];
@@ -678,12 +678,12 @@ DECLARE
     customers bigint;
     result jsonb;
 BEGIN
-    SELECT * INTO state FROM analytics.warehouse_state FOR UPDATE;
+    SELECT * INTO state FROM analytics_internal.warehouse_state FOR UPDATE;
     IF NOT state.enabled THEN
         RAISE EXCEPTION 'the warehouse is not enabled'
             USING HINT = 'SELECT analytics.enable_warehouse();  -- captures changes from then on; the first etl_load_sales() loads all history';
     END IF;
-    SELECT * INTO cfg FROM analytics.source_config;
+    SELECT * INTO cfg FROM analytics_internal.source_config;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lacaja_analytics is detached from LA-CAJA''s tables: nothing to load from'
             USING HINT = 'SELECT analytics.attach(''public'');  -- the next run then reloads the warehouse';
@@ -691,25 +691,25 @@ BEGIN
     everything := full_reload OR state.full_load_pending;
 
     -- What this snapshot sees of the log is loaded below; later changes stay for the next run.
-    WITH consumed AS (DELETE FROM analytics.warehouse_changes RETURNING sale_id)
+    WITH consumed AS (DELETE FROM analytics_internal.warehouse_changes RETURNING sale_id)
     SELECT count(*), array_agg(DISTINCT sale_id) INTO changes, sale_ids FROM consumed;
     sale_ids := coalesce(sale_ids, '{}');
 
-    products := analytics._etl_products(cfg.source_schema);
-    rezoned := analytics._etl_stores(cfg.source_schema);
+    products := analytics_internal._etl_products(cfg.source_schema);
+    rezoned := analytics_internal._etl_stores(cfg.source_schema);
     IF cardinality(rezoned) > 0 AND NOT everything THEN
         EXECUTE format('SELECT array_agg(DISTINCT id) FROM (SELECT unnest($1) AS id UNION SELECT id FROM %I.sales WHERE store_id = ANY($2)) AS s',
                        cfg.source_schema)
            INTO sale_ids USING sale_ids, rezoned;
     END IF;
 
-    facts := analytics._etl_facts(CASE WHEN everything THEN NULL ELSE sale_ids END);
+    facts := analytics_internal._etl_facts(CASE WHEN everything THEN NULL ELSE sale_ids END);
     IF NOT everything THEN
-        repointed := analytics._etl_repoint(products.touched);
+        repointed := analytics_internal._etl_repoint(products.touched);
     END IF;
-    customers := analytics._etl_customers(cfg.source_schema, CASE WHEN everything THEN NULL ELSE sale_ids END);
+    customers := analytics_internal._etl_customers(cfg.source_schema, CASE WHEN everything THEN NULL ELSE sale_ids END);
 
-    UPDATE analytics.warehouse_state SET full_load_pending = false, last_run_at = now();
+    UPDATE analytics_internal.warehouse_state SET full_load_pending = false, last_run_at = now();
     result := jsonb_build_object(
         'mode', CASE WHEN everything THEN 'full' ELSE 'incremental' END,
         'changes', changes,
@@ -726,7 +726,7 @@ END
 $$;
 
 -- The scheduler's job (enable_warehouse() adds it).
-CREATE PROCEDURE analytics.policy_etl_load_sales(job_id int, config jsonb)
+CREATE PROCEDURE analytics_internal.policy_etl_load_sales(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM analytics.etl_load_sales();
@@ -741,8 +741,9 @@ $$;
 -- the time of sale. Plain SQL functions, inlined into the caller's query (and the helper into
 -- them), so constant arguments reach the (store_id, sale_date) index.
 
--- The lines the reports count.
-CREATE FUNCTION analytics._report_lines(store_id uuid, from_day date, to_day date)
+-- The lines the reports count (public: the reports are inlined into the caller's query and
+-- read fact_sales with the caller's rights, row-level security included).
+CREATE FUNCTION analytics.report_lines(store_id uuid, from_day date, to_day date)
 RETURNS TABLE (sale_id uuid, product_id uuid, product_key bigint, sale_date date, sale_time time, payment_method text,
                qty numeric, revenue_bs numeric, revenue_usd numeric, cost_bs numeric, cost_usd numeric,
                profit_bs numeric, profit_usd numeric)
@@ -765,7 +766,7 @@ LANGUAGE sql STABLE AS $$
            analytics.money(sum(l.cost_bs)), analytics.money(sum(l.cost_usd)),
            analytics.money(sum(l.profit_bs)), analytics.money(sum(l.profit_usd)),
            round(100 * sum(l.profit_bs) / nullif(sum(l.revenue_bs), 0), 2)
-    FROM analytics._report_lines($1, $2, $3) l
+    FROM analytics.report_lines($1, $2, $3) l
     LEFT JOIN analytics.dim_product v ON v.product_key = l.product_key
     GROUP BY 1, 2
     ORDER BY 1, 2
@@ -780,7 +781,7 @@ LANGUAGE sql STABLE AS $$
     SELECT extract(dow FROM l.sale_date)::int, extract(hour FROM l.sale_time)::int, count(DISTINCT l.sale_id), sum(l.qty),
            analytics.money(sum(l.revenue_bs)), analytics.money(sum(l.revenue_usd)),
            analytics.money(sum(l.profit_bs)), analytics.money(sum(l.profit_usd))
-    FROM analytics._report_lines($1, $2, $3) l
+    FROM analytics.report_lines($1, $2, $3) l
     GROUP BY 1, 2
     ORDER BY 1, 2
 $$;
@@ -793,7 +794,7 @@ LANGUAGE sql STABLE AS $$
     SELECT date_trunc('month', l.sale_date)::date, l.payment_method, count(DISTINCT l.sale_id),
            analytics.money(sum(l.revenue_bs)), analytics.money(sum(l.revenue_usd)),
            analytics.money(sum(l.profit_bs)), analytics.money(sum(l.profit_usd))
-    FROM analytics._report_lines($1, $2, $3) l
+    FROM analytics.report_lines($1, $2, $3) l
     GROUP BY 1, 2
     ORDER BY 1, 2
 $$;
@@ -809,7 +810,7 @@ LANGUAGE sql STABLE AS $$
     WITH per_product AS (
         SELECT l.product_id, sum(l.qty) AS qty, sum(l.revenue_bs) AS revenue_bs, sum(l.revenue_usd) AS revenue_usd,
                sum(l.profit_bs) AS profit_bs
-        FROM analytics._report_lines($1, $2, $3) l
+        FROM analytics.report_lines($1, $2, $3) l
         GROUP BY l.product_id),
     ranked AS (
         SELECT p.*, row_number() OVER w AS rank,

@@ -296,7 +296,7 @@ fn number(row: &pgrx::spi::SpiHeapTupleData, i: usize) -> f64 {
 
 /// Every verdict on every store at `at` (normal ones too: they resolve), as JSON objects;
 /// `analytics.detect_anomalies` records them and returns the anomalies.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, schema = "analytics_internal")]
 fn _anomaly_verdicts(store_id: Option<Uuid>, at: TimestampWithTimeZone, method: &str) -> JsonB {
     let (medium, high) = match method {
         "seasonal" => (MEDIUM, HIGH),
@@ -307,14 +307,14 @@ fn _anomaly_verdicts(store_id: Option<Uuid>, at: TimestampWithTimeZone, method: 
         let stores: Vec<Uuid> = match store_id {
             Some(s) => vec![s],
             None => client
-                .select("SELECT unnest(analytics._active_stores($1))", None, &[at.into()])?
+                .select("SELECT unnest(analytics_internal._active_stores($1))", None, &[at.into()])?
                 .filter_map(|r| r.get::<Uuid>(1).ok().flatten())
                 .collect(),
         };
         let rows = client.select(
             "SELECT store_id::text, kind, k, period_start::text, period_end::text, sales_count::numeric, total_bs, total_usd,
                     day_sales::numeric, holiday
-             FROM analytics._anomaly_samples($1, $2, $3) ORDER BY store_id, kind, k",
+             FROM analytics_internal._anomaly_samples($1, $2, $3) ORDER BY store_id, kind, k",
             None,
             &[stores.into(), at.into(), WEEKS.into()],
         )?;

@@ -16,13 +16,13 @@ use pgrx::prelude::*;
 use crate::jobs::in_transaction;
 
 /// True inside BEGIN ... COMMIT, where a conversion cannot wait for another transaction.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, schema = "analytics_internal")]
 fn _in_transaction_block() -> bool {
     unsafe { pg_sys::IsTransactionBlock() }
 }
 
 /// Starts the conversion worker and returns its pid once it runs.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal")]
 #[allow(clippy::too_many_arguments)]
 fn _start_conversion_worker(
     relation: pg_sys::Oid,
@@ -87,7 +87,7 @@ pub extern "C-unwind" fn lacaja_conversion_main(arg: pg_sys::Datum) {
     let flag = |bit: i64| flags & (1 << bit) != 0;
     let requested = in_transaction(0, || {
         Spi::get_one_with_args::<i32>(
-            "SELECT (analytics._request_conversion($1::oid::regclass,
+            "SELECT (analytics_internal._request_conversion($1::oid::regclass,
                         (SELECT attname FROM pg_attribute WHERE attrelid = $1::oid AND attnum = $2::int2),
                         make_interval(secs => $3::float8 / 1e6), $4, $5, $6, $7, $8, true, $9)).conversion_id",
             &[
@@ -112,14 +112,14 @@ pub extern "C-unwind" fn lacaja_conversion_main(arg: pg_sys::Datum) {
         }
     };
     loop {
-        let step = in_transaction(0, || Spi::get_one_with_args::<String>("SELECT analytics._conversion_step($1)", &[id.into()]));
+        let step = in_transaction(0, || Spi::get_one_with_args::<String>("SELECT analytics_internal._conversion_step($1)", &[id.into()]));
         match step {
             Ok(Some(status)) if status == "done" || status == "failed" => return,
             Ok(_) => {}
             Err(failure) => {
                 let abandoned = in_transaction(0, || {
                     Spi::run_with_args(
-                        "SELECT analytics._conversion_abandon($1, $2, $3)",
+                        "SELECT analytics_internal._conversion_abandon($1, $2, $3)",
                         &[id.into(), failure.sqlstate.clone().into(), failure.message.clone().into()],
                     )
                 });

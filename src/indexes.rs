@@ -13,7 +13,7 @@ use std::ffi::CString;
 
 /// Starts the builder when the calling transaction commits (the queued rows are visible then;
 /// a rollback queues and starts nothing).
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal")]
 fn _start_index_builder() -> bool {
     let database = unsafe { pg_sys::MyDatabaseId };
     let user = unsafe { pg_sys::GetUserId() };

@@ -117,7 +117,7 @@ fn run_due_jobs() -> Duration {
         // Not installed in this database (yet, or any more): look again later.
         return naptime.max(Duration::from_secs(10));
     }
-    if let Ok(Some(crashed)) = in_transaction(0, || Spi::get_one::<i32>("SELECT analytics._recover_crashed_runs()")) {
+    if let Ok(Some(crashed)) = in_transaction(0, || Spi::get_one::<i32>("SELECT analytics_internal._recover_crashed_runs()")) {
         if crashed > 0 {
             pgrx::log!("lacaja_analytics scheduler: recorded {crashed} job run(s) that ended without finishing");
         }
@@ -127,7 +127,7 @@ fn run_due_jobs() -> Duration {
         let claimed = in_transaction(0, || {
             Spi::get_two::<i32, i64>(
                 "SELECT c.job_id, (extract(epoch FROM j.max_runtime) * 1000)::bigint
-                 FROM (SELECT analytics._claim_due_job() AS job_id) AS c LEFT JOIN analytics.jobs j USING (job_id)",
+                 FROM (SELECT analytics_internal._claim_due_job() AS job_id) AS c LEFT JOIN analytics.jobs j USING (job_id)",
             )
         });
         let (job_id, max_runtime_ms) = match claimed {
@@ -140,7 +140,7 @@ fn run_due_jobs() -> Duration {
         };
         report_activity(&format!("lacaja_analytics job {job_id}"));
         let outcome = in_transaction(max_runtime_ms, || {
-            Spi::run_with_args("SELECT analytics._execute_job($1)", &[job_id.into()])
+            Spi::run_with_args("SELECT analytics_internal._execute_job($1)", &[job_id.into()])
         });
         report_activity("lacaja_analytics scheduler");
         let (code, message) = match &outcome {
@@ -149,7 +149,7 @@ fn run_due_jobs() -> Duration {
         };
         if let Err(failure) = in_transaction(0, || {
             Spi::run_with_args(
-                "SELECT analytics._record_job_run($1, $2, $3)",
+                "SELECT analytics_internal._record_job_run($1, $2, $3)",
                 &[job_id.into(), code.clone().into(), message.clone().into()],
             )
         }) {
@@ -160,7 +160,7 @@ fn run_due_jobs() -> Duration {
         }
     }
     let until_next = in_transaction(0, || {
-        Spi::get_one::<f64>("SELECT extract(epoch FROM analytics._next_due() - clock_timestamp())::float8")
+        Spi::get_one::<f64>("SELECT extract(epoch FROM analytics_internal._next_due() - clock_timestamp())::float8")
     });
     match until_next {
         Ok(Some(seconds)) if seconds > 0.0 => naptime.min(Duration::from_secs_f64(seconds)),

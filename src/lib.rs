@@ -11,14 +11,31 @@ mod hypertable;
 mod indexes;
 mod jobs;
 mod rollups;
+mod security;
 mod time_bucket;
 
 ::pgrx::pg_module_magic!(name, version);
 
+// Helpers live in their own schema, which only the extension's owner may use: `analytics`
+// holds the documented API alone (docs/api.md, docs/security.md; sql/security.sql revokes).
+#[pg_schema]
+mod analytics_internal {}
+
+pgrx::extension_sql_file!(
+    "../sql/security.sql",
+    name = "security",
+    requires = [
+        security::_store_visible,
+        security::_store_visible_to,
+        security::_caller_token,
+        security::_redeem_caller
+    ]
+);
 pgrx::extension_sql_file!(
     "../sql/rollups.sql",
     name = "rollups",
     requires = [
+        "security",
         rollups::parse_amount,
         rollups::backend_shard,
         rollups::default_timezone,
@@ -35,7 +52,11 @@ pgrx::extension_sql_file!(
     name = "indexes",
     requires = ["rollups", indexes::_start_index_builder]
 );
-pgrx::extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["rollups"]);
+pgrx::extension_sql_file!(
+    "../sql/jobs.sql",
+    name = "jobs",
+    requires = ["rollups", security::_call_as]
+);
 pgrx::extension_sql_file!(
     "../sql/timeseries.sql",
     name = "timeseries",
@@ -62,6 +83,8 @@ pub extern "C-unwind" fn _PG_init() {
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod security_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

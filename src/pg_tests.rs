@@ -2,26 +2,26 @@
 //! Commits, concurrency and the randomised oracle workload are in `tests/` against a server.
 
 #[pgrx::pg_schema]
-mod tests {
+pub(crate) mod tests {
     use pgrx::prelude::*;
 
     const SCHEMA: &str = include_str!("../sql/fixtures/lacaja_schema.sql");
     const ORACLE: &str = include_str!("../tests/sql/oracle.sql");
     const WAREHOUSE_ORACLE: &str = include_str!("../tests/sql/warehouse_oracle.sql");
 
-    const STORE_A: &str = "a0000000-0000-4000-8000-000000000001";
-    const STORE_B: &str = "b0000000-0000-4000-8000-000000000002";
+    pub(crate) const STORE_A: &str = "a0000000-0000-4000-8000-000000000001";
+    pub(crate) const STORE_B: &str = "b0000000-0000-4000-8000-000000000002";
 
-    fn run(sql: &str) {
+    pub(crate) fn run(sql: &str) {
         Spi::run(sql).unwrap_or_else(|e| panic!("{e}\n---\n{sql}"));
     }
 
-    fn scalar<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+    pub(crate) fn scalar<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
         Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{e}\n---\n{sql}"))
     }
 
     /// A LA-CAJA schema `pos` with two stores, attached.
-    fn lacaja_pos() {
+    pub(crate) fn lacaja_pos() {
         run("CREATE SCHEMA pos; SET LOCAL search_path = pos, public");
         run(SCHEMA);
         run(&format!(
@@ -34,7 +34,7 @@ mod tests {
         run(ORACLE);
     }
 
-    fn sale(id: u32, store: &str, sold_at: &str, total_bs: &str, method: &str, customer: Option<u32>) -> String {
+    pub(crate) fn sale(id: u32, store: &str, sold_at: &str, total_bs: &str, method: &str, customer: Option<u32>) -> String {
         let customer = customer
             .map(|c| format!("'c0000000-0000-4000-8000-00000000000{c}'"))
             .unwrap_or_else(|| "NULL".into());
@@ -48,11 +48,11 @@ mod tests {
         )
     }
 
-    fn sale_id(id: u32) -> String {
+    pub(crate) fn sale_id(id: u32) -> String {
         format!("('d0000000-0000-4000-8000-' || lpad('{id}', 12, '0'))::uuid")
     }
 
-    fn assert_matches_oracle() {
+    pub(crate) fn assert_matches_oracle() {
         let differences: Option<String> = scalar(
             "SELECT string_agg(relation || ': ' || differences, ', ') FROM oracle_differences WHERE differences > 0",
         );
@@ -280,7 +280,7 @@ mod tests {
         run(&sale(2, STORE_A, "2026-03-01 10:20:00-04", "7.5", "CASH_BS", None));
         run(&format!("UPDATE sales SET voided_at = now() WHERE id = {}", sale_id(1)));
         run(&format!("DELETE FROM sales WHERE id = {}", sale_id(2)));
-        let denied = PgTryBuilder::new(|| Spi::run("SELECT count(*) FROM analytics.sales_hourly_parts").is_err())
+        let denied = PgTryBuilder::new(|| Spi::run("SELECT count(*) FROM analytics_internal.sales_hourly_parts").is_err())
             .catch_others(|_| true)
             .execute();
         assert!(denied, "the POS role must not read analytics' internals");
@@ -369,7 +369,7 @@ mod tests {
         assert_eq!(sold, "1/3.000", "two lines of one sale are sold once");
         // Cost is what it was when the item was recorded.
         run("UPDATE products SET cost_bs = 999, cost_per_weight_bs = 999");
-        let cost: bool = scalar("SELECT sum(qty * unit_cost_bs) = 390 FROM analytics.item_facts WHERE counted").unwrap();
+        let cost: bool = scalar("SELECT sum(qty * unit_cost_bs) = 390 FROM analytics_internal.item_facts WHERE counted").unwrap();
         assert!(cost, "cost is 3 x 30 + 2 kg x 150, captured before the price change");
         run(&format!(
             "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
@@ -388,12 +388,12 @@ mod tests {
         run(&format!("UPDATE sales SET voided_at = NULL, store_id = '{STORE_B}' WHERE id = {}", sale_id(2)));
         run(&format!("DELETE FROM sales WHERE id = {}", sale_id(1)));
         assert_matches_oracle();
-        let facts: i64 = scalar("SELECT count(*) FROM analytics.item_facts").unwrap();
+        let facts: i64 = scalar("SELECT count(*) FROM analytics_internal.item_facts").unwrap();
         assert_eq!(facts, 1, "facts of deleted items go with them");
     }
 
     /// Sales on several local days around "today" in store A, with items of two products.
-    fn dashboard_history() {
+    pub(crate) fn dashboard_history() {
         lacaja_pos();
         run(&format!(
             "INSERT INTO products (id, store_id, name, category, cost_bs, cost_usd)
@@ -535,7 +535,7 @@ mod tests {
 
     /// dashboard_history() plus a return, stock movements, an inactive product and payment
     /// methods of every compatibility group.
-    fn compat_history() {
+    pub(crate) fn compat_history() {
         dashboard_history();
         run(&format!(
             "INSERT INTO products (id, store_id, name, category, cost_bs, cost_usd, low_stock_threshold, is_active)
@@ -669,7 +669,7 @@ mod tests {
     // Time series ----------------------------------------------------------------------
 
     /// `sql` must fail with SQLSTATE `code` (checked in a subtransaction).
-    fn assert_fails(sql: &str, code: &str) {
+    pub(crate) fn assert_fails(sql: &str, code: &str) {
         let outcome: String = scalar(&format!(
             "SELECT pg_temp.analytics_test_outcome({})",
             pgrx::spi::quote_literal(sql)
@@ -678,7 +678,7 @@ mod tests {
         assert_eq!(outcome, code, "{sql}");
     }
 
-    fn outcome_helper() {
+    pub(crate) fn outcome_helper() {
         run("CREATE FUNCTION pg_temp.analytics_test_outcome(statement text) RETURNS text LANGUAGE plpgsql AS $$
              BEGIN EXECUTE statement; RETURN 'ok';
              EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$");
@@ -811,7 +811,7 @@ mod tests {
              INSERT INTO fk.child_set_null VALUES (1, 3);");
         run("SELECT analytics.create_hypertable('fk.parent', 'at', INTERVAL '1 day', migrate_data => true,
                                                extend_unique => true, replace_foreign_keys => true)");
-        let replaced: i64 = scalar("SELECT count(*) FROM analytics.replaced_foreign_keys WHERE parent = 'fk.parent'::regclass").unwrap();
+        let replaced: i64 = scalar("SELECT count(*) FROM analytics_internal.replaced_foreign_keys WHERE parent = 'fk.parent'::regclass").unwrap();
         assert_eq!(replaced, 3);
         // child side: the parent must exist
         assert_fails("INSERT INTO fk.child_restrict VALUES (2, 99)", "23503");
@@ -1119,7 +1119,7 @@ mod tests {
         assert_eq!(days, 366);
         // anomaly detection does not judge them
         let not_judged: bool = scalar(
-            "SELECT bool_and(holiday) FROM analytics._anomaly_samples(ARRAY['a0000000-0000-4000-8000-000000000001'::uuid],
+            "SELECT bool_and(holiday) FROM analytics_internal._anomaly_samples(ARRAY['a0000000-0000-4000-8000-000000000001'::uuid],
                                                                      '2026-12-25 15:00 America/Caracas', 1) WHERE k = 0 AND kind = 'day'",
         )
         .unwrap();
@@ -1240,9 +1240,9 @@ mod tests {
         run("UPDATE sale_items SET qty = 3 WHERE id = ('e0000000-0000-4000-8000-' || lpad('11', 12, '0'))::uuid");
         run(&format!("UPDATE sales SET sold_at = sold_at - interval '40 days' WHERE id = {}", sale_id(2)));
         // A totals rewrite alone (a return's) changes no fact: nothing is logged for it.
-        let logged: i64 = scalar("SELECT count(*) FROM analytics.warehouse_changes").unwrap();
+        let logged: i64 = scalar("SELECT count(*) FROM analytics_internal.warehouse_changes").unwrap();
         run(&format!("UPDATE sales SET totals = totals || '{{\"total_bs\": 1}}' WHERE id = {}", sale_id(1)));
-        assert_eq!(scalar::<i64>("SELECT count(*) FROM analytics.warehouse_changes").unwrap(), logged);
+        assert_eq!(scalar::<i64>("SELECT count(*) FROM analytics_internal.warehouse_changes").unwrap(), logged);
 
         let third = etl();
         assert_eq!(third["product_versions_opened"].as_i64(), Some(1), "{third}");

@@ -82,7 +82,7 @@ pub(crate) fn is_sane_decimal(s: &str) -> bool {
 /// The rollup shard this session writes: its backend id, unique among live sessions, so two
 /// sessions never update the same rollup row and can neither wait on nor deadlock each other.
 /// Shard 0 is never a backend id; it holds what `refresh_all` and `refresh_store` correct.
-#[pg_extern(stable, parallel_unsafe, name = "backend_shard")]
+#[pg_extern(stable, parallel_unsafe, name = "backend_shard", schema = "analytics_internal")]
 fn backend_shard() -> i32 {
     unsafe { pg_sys::MyBackendId }
 }
@@ -94,7 +94,7 @@ fn default_timezone() -> String {
 }
 
 /// The schema `CREATE EXTENSION` attaches to: `lacaja_analytics.source_schema`.
-#[pg_extern(stable, parallel_safe, name = "configured_source_schema")]
+#[pg_extern(stable, parallel_safe, name = "configured_source_schema", schema = "analytics_internal")]
 fn configured_source_schema() -> String {
     crate::guc::source_schema()
 }
@@ -115,7 +115,7 @@ pub(crate) fn timezone_is_known(name: &CStr) -> bool {
 
 /// Makes a capture trigger part of the extension (an automatic dependency), so that a plain
 /// `DROP EXTENSION lacaja_analytics` removes it and leaves the table and its data alone.
-#[pg_extern(volatile, parallel_unsafe, name = "_bind_trigger_to_extension")]
+#[pg_extern(volatile, parallel_unsafe, name = "_bind_trigger_to_extension", schema = "analytics_internal")]
 fn bind_trigger_to_extension(table: pg_sys::Oid, trigger: &str) {
     let trigger = CString::new(trigger).expect("trigger names have no NUL byte");
     unsafe {

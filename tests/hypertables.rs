@@ -42,7 +42,7 @@ fn rollup_fingerprint(db: &mut Client) -> String {
             (SELECT string_agg(p::text, ',' ORDER BY p.store_id, p.day, p.product_id) FROM analytics.product_sales_daily p),
             (SELECT string_agg(concat_ws('/', store_id, day, cost_bs, cost_usd, returned_cost_bs, returned_cost_usd), ',' ORDER BY store_id, day)
                FROM (SELECT store_id, day, sum(cost_bs) AS cost_bs, sum(cost_usd) AS cost_usd, sum(returned_cost_bs) AS returned_cost_bs,
-                            sum(returned_cost_usd) AS returned_cost_usd FROM analytics.cost_daily_parts GROUP BY 1, 2) c)))",
+                            sum(returned_cost_usd) AS returned_cost_usd FROM analytics_internal.cost_daily_parts GROUP BY 1, 2) c)))",
         &[],
     )
     .unwrap()
@@ -189,7 +189,7 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
     assert_eq!(waiting, 2);
     let job: i32 = db
         .query_one(
-            "SELECT job_id FROM analytics.jobs WHERE proc = 'analytics.policy_chunk_maintenance'::regproc AND hypertable = 'sales'::regclass",
+            "SELECT job_id FROM analytics.jobs WHERE proc = 'analytics_internal.policy_chunk_maintenance'::regproc AND hypertable = 'sales'::regclass",
             &[],
         )
         .unwrap()

@@ -105,7 +105,7 @@ fn recommended_indexes_are_built_concurrently_by_a_worker() {
         "INSERT INTO analytics.index_builds (table_name, index_name, statement) VALUES
              ('sales', 'broken', 'CREATE INDEX CONCURRENTLY broken ON sales (no_such_column)'),
              ('sales', 'after_broken', 'CREATE INDEX CONCURRENTLY after_broken ON sales (sold_at)');
-         SELECT analytics._start_index_builder();",
+         SELECT analytics_internal._start_index_builder();",
     )
     .unwrap();
     wait_for_builds(&mut db);

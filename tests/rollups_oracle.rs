@@ -66,7 +66,7 @@ fn randomised_concurrent_workload_matches_oracle() {
     assert_exact(&mut db, seed, "after refresh_all() and compact_parts() ran while sessions kept writing");
     db.execute("SELECT analytics.compact_parts()", &[]).unwrap();
     let left: i64 = db
-        .query_one("SELECT count(*) FROM analytics.sales_daily_parts WHERE shard <> 0", &[])
+        .query_one("SELECT count(*) FROM analytics_internal.sales_daily_parts WHERE shard <> 0", &[])
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "with no session writing, compaction folds every part into shard 0");

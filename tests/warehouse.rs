@@ -234,7 +234,7 @@ fn warehouse_equals_its_definition_under_concurrent_changes_and_interrupted_runs
     for handle in run_sessions(database, seed ^ 0x4B1, 2, 200, &shared) {
         handle.join().expect("a POS session failed");
     }
-    let pending: i64 = db.query_one("SELECT count(*) FROM analytics.warehouse_changes", &[]).unwrap().get(0);
+    let pending: i64 = db.query_one("SELECT count(*) FROM analytics_internal.warehouse_changes", &[]).unwrap().get(0);
     assert!(pending > 0);
     let mut blocker = connect(database);
     blocker.batch_execute("BEGIN; LOCK TABLE analytics.fact_sales IN ACCESS EXCLUSIVE MODE").unwrap();
@@ -246,7 +246,7 @@ fn warehouse_equals_its_definition_under_concurrent_changes_and_interrupted_runs
     assert!(killed, "the ETL run should have been waiting on the lock");
     assert!(victim.join().unwrap().is_err(), "the killed run failed");
     blocker.batch_execute("ROLLBACK").unwrap();
-    let still: i64 = db.query_one("SELECT count(*) FROM analytics.warehouse_changes", &[]).unwrap().get(0);
+    let still: i64 = db.query_one("SELECT count(*) FROM analytics_internal.warehouse_changes", &[]).unwrap().get(0);
     assert_eq!(still, pending, "the killed run's consumption of the log rolled back");
 
     // A gap: weeks of POS work, late offline sales among them, and one run catches up.

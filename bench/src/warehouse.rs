@@ -36,7 +36,7 @@ FROM sales s
 JOIN sale_items i ON i.sale_id = s.id
 JOIN bench_stores z0 ON z0.id = s.store_id
 CROSS JOIN LATERAL (SELECT z0.tz AS zone) z
-LEFT JOIN analytics.item_facts c ON c.sale_item_id = i.id
+LEFT JOIN analytics_internal.item_facts c ON c.sale_item_id = i.id
 LEFT JOIN (SELECT x.sale_item_id, sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
            FROM sale_return_items x GROUP BY 1) r ON r.sale_item_id = i.id
 LEFT JOIN analytics.dim_product v ON v.product_id = i.product_id AND v.valid_from <= s.sold_at AND s.sold_at < v.valid_to";
@@ -144,7 +144,7 @@ fn write_recent(db: &mut Client, from: u64, to: u64, total: u64, stores: u64, da
             with_ms += took;
         } else {
             without_ms += took;
-            q(db, &format!("INSERT INTO analytics.warehouse_changes (sale_id) SELECT md5('sale' || i)::uuid FROM generate_series({at}, {end}) i"));
+            q(db, &format!("INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT md5('sale' || i)::uuid FROM generate_series({at}, {end}) i"));
         }
         on = !on;
         at = end + 1;

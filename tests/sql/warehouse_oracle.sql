@@ -1,6 +1,6 @@
 -- The warehouse's definitions written independently over LA-CAJA's tables (issue 7), as
 -- temporary views in the first schema of search_path holding LA-CAJA's tables. The captured
--- unit cost is read from analytics.item_facts (the rollup oracle checks its capture) and the
+-- unit cost is read from analytics_internal.item_facts (the rollup oracle checks its capture) and the
 -- product version from analytics.dim_product (checked against the products' history by the
 -- tests themselves).
 
@@ -26,7 +26,7 @@ FROM sales s
 JOIN sale_items i ON i.sale_id = s.id
 CROSS JOIN LATERAL (SELECT coalesce((SELECT st.timezone FROM analytics.store_settings st WHERE st.store_id = s.store_id),
                                     current_setting('lacaja_analytics.default_timezone')) AS zone) AS z
-LEFT JOIN analytics.item_facts c ON c.sale_item_id = i.id
+LEFT JOIN analytics_internal.item_facts c ON c.sale_item_id = i.id
 LEFT JOIN (SELECT x.sale_item_id, sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
            FROM sale_return_items x GROUP BY x.sale_item_id) AS r ON r.sale_item_id = i.id;
 

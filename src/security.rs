@@ -1,0 +1,235 @@
+//! Who is asking, and running other people's code with exactly their rights.
+//!
+//! Inside a `SECURITY DEFINER` function `current_user` is the extension's owner, and in the
+//! scheduler `session_user` is a superuser; neither says whose request it is, and neither does
+//! Postgres' "outer" user (it stays the login role inside other roles' SECURITY DEFINER
+//! functions and during ANALYZE or REFRESH, which run as a table owner). What does is
+//! `current_user` at the moment the API was called, before any switch. The public functions
+//! that need the owner's rights are therefore thin SQL wrappers with invoker rights that pass
+//! [`_caller_token`] (minted from `current_user` right there) to the owner's implementation,
+//! which redeems it with [`_redeem_caller`]. A token names only the role that minted it, so
+//! calling an implementation with someone else's identity is impossible, even for code that
+//! could reach it.
+//!
+//! [`_call_as`] runs a job's procedure (or a `check_config` function) the way Postgres runs
+//! `REFRESH MATERIALIZED VIEW` and autovacuum run users' code: as that role, in a
+//! security-restricted operation, so that `SET ROLE`, `RESET ROLE` and `SET SESSION
+//! AUTHORIZATION` fail, and with its settings undone afterwards.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+#[derive(Default)]
+struct CallerTokens {
+    next: i64,
+    open: HashMap<i64, pg_sys::Oid>,
+}
+
+thread_local! {
+    static CALLERS: RefCell<CallerTokens> = RefCell::new(CallerTokens::default());
+}
+
+/// A one-time token for `current_user` as it is now: the wrappers mint it in the caller's
+/// context and hand it to the implementation, which runs as the owner.
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal")]
+fn _caller_token() -> i64 {
+    let role = unsafe { pg_sys::GetUserId() };
+    CALLERS.with(|tokens| {
+        let mut tokens = tokens.borrow_mut();
+        // Tokens are redeemed at once; ones an error left behind are dropped in bulk.
+        if tokens.open.len() > 1000 {
+            tokens.open.clear();
+        }
+        tokens.next += 1;
+        let token = tokens.next;
+        tokens.open.insert(token, role);
+        token
+    })
+}
+
+/// The role that minted `token` (once: the token is spent).
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal")]
+fn _redeem_caller(token: i64) -> pg_sys::Oid {
+    match CALLERS.with(|tokens| tokens.borrow_mut().open.remove(&token)) {
+        Some(role) => role,
+        None => {
+            ereport!(
+                PgLogLevel::ERROR,
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "unknown caller token",
+                "Call the functions of schema analytics; the helpers of analytics_internal are not an API."
+            );
+            unreachable!("ERROR does not return")
+        }
+    }
+}
+
+/// Runs `proc` as `role` in a security-restricted operation: a procedure or function taking
+/// `(job_id int, config jsonb)`, or, when `job_id` is NULL, a `check_config` function taking
+/// `(config jsonb)`. The role must be allowed to execute it. Errors propagate after the
+/// caller's identity and settings are restored.
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal")]
+fn _call_as(role: pg_sys::Oid, proc: pg_sys::Oid, job_id: Option<i32>, config: Option<JsonB>) {
+    let target = Spi::get_three_with_args::<String, bool, bool>(
+        "SELECT format('%I.%I', n.nspname, p.proname), p.prokind = 'p',
+                has_function_privilege($2, p.oid, 'EXECUTE') AND has_schema_privilege($2, n.oid, 'USAGE')
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1",
+        &[proc.into(), role.into()],
+    )
+    .expect("reading pg_proc");
+    let (Some(name), Some(is_procedure), Some(allowed)) = target else {
+        error!("function with OID {} does not exist", u32::from(proc));
+    };
+    if !allowed {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("role {} may not execute {name}", role_name(role)),
+            "A job runs with its owner's rights: grant EXECUTE on it (and USAGE on its schema) to that role."
+        );
+    }
+    let statement = match (job_id.is_some(), is_procedure) {
+        (true, true) => format!("CALL {name}($1::int, $2::jsonb)"),
+        (true, false) => format!("SELECT {name}($1::int, $2::jsonb)"),
+        (false, _) => format!("SELECT {name}($2::jsonb)"),
+    };
+
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    let restricted = saved_context | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+    unsafe { pg_sys::SetUserIdAndSecContext(role, restricted) };
+    let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+    let restore = move |commit: bool| unsafe {
+        pg_sys::AtEOXact_GUC(commit, nest_level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+    };
+    PgTryBuilder::new(|| {
+        Spi::run_with_args(&statement, &[job_id.into(), config.into()]).expect("running the job");
+    })
+    .catch_others(|caught| {
+        restore(false);
+        caught.rethrow()
+    })
+    .execute();
+    // A job's SET (even SET LOCAL) ends with it, as in REFRESH MATERIALIZED VIEW.
+    restore(false);
+}
+
+fn role_name(role: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::regrole::text", &[role.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| u32::from(role).to_string())
+}
+
+/// Store isolation: whether the current user may see `store_id`, by the predicate that
+/// `analytics.enable_store_isolation()` recorded (always true while it is off). Per-store views
+/// and row-level security policies call it; they run as the reader. Verdicts are kept for the
+/// rest of the statement (views call this once per rollup row).
+#[pg_extern(stable, parallel_restricted, schema = "analytics_internal")]
+fn _store_visible(store_id: Option<pgrx::Uuid>) -> bool {
+    visible(unsafe { pg_sys::GetUserId() }, store_id)
+}
+
+/// The same question for `role`: what the owner's implementations of the dashboard functions
+/// ask about the role that called them.
+#[pg_extern(stable, parallel_restricted, schema = "analytics_internal")]
+fn _store_visible_to(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
+    visible(role, store_id)
+}
+
+/// The predicate runs as `role`, as row-level security would run it. Superusers and roles
+/// with BYPASSRLS see every store (as with row-level security), so nobody else's predicate
+/// ever runs with their rights. A predicate that was dropped hides every store.
+fn visible(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
+    let Some(store_id) = store_id else { return false };
+    let statement = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentCommandId(false)) };
+    let cached = VISIBILITY.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.statement != Some(statement) {
+            cache.statement = Some(statement);
+            cache.predicate = None;
+            cache.verdicts.clear();
+        }
+        cache.predicate.as_ref().map(|_| cache.verdicts.get(&(*store_id.as_bytes(), role)).copied())
+    });
+    let predicate = match cached {
+        Some(Some(verdict)) => return verdict,
+        Some(None) => VISIBILITY.with(|cache| cache.borrow().predicate.clone().flatten()),
+        None => {
+            // The setting is the owner's (analytics_internal): read it as the owner.
+            let owner = Spi::get_one::<pg_sys::Oid>(
+                "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'lacaja_analytics'",
+            )
+            .expect("reading pg_extension")
+            .expect("lacaja_analytics is installed");
+            let predicate = as_role(owner, || {
+                Spi::get_one::<String>(
+                    "SELECT CASE WHEN EXISTS (SELECT 1 FROM analytics_internal.store_isolation)
+                                 THEN coalesce((SELECT format('%I.%I', n.nspname, p.proname)
+                                                FROM analytics_internal.store_isolation i
+                                                JOIN pg_catalog.pg_proc p ON p.oid = i.predicate
+                                                JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace), '') END",
+                )
+                .expect("reading the store predicate")
+            });
+            VISIBILITY.with(|cache| cache.borrow_mut().predicate = Some(predicate.clone()));
+            predicate
+        }
+    };
+    let verdict = match predicate.as_deref() {
+        None => true,
+        Some(_) if unsafe { pg_sys::superuser_arg(role) || has_bypassrls(role) } => true,
+        Some("") => false,
+        Some(predicate) => as_role(role, || {
+            Spi::get_one_with_args::<bool>(&format!("SELECT coalesce({predicate}($1), false)"), &[store_id.into()])
+                .expect("evaluating the store predicate")
+                .unwrap_or(false)
+        }),
+    };
+    VISIBILITY.with(|cache| cache.borrow_mut().verdicts.insert((*store_id.as_bytes(), role), verdict));
+    verdict
+}
+
+unsafe fn has_bypassrls(role: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>("SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE oid = $1", &[role.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[derive(Default)]
+struct VisibilityCache {
+    /// (local transaction, command) the entries below belong to.
+    statement: Option<(u32, u32)>,
+    /// None: not read yet in this statement; Some(None): isolation is off.
+    predicate: Option<Option<String>>,
+    verdicts: std::collections::HashMap<([u8; 16], pg_sys::Oid), bool>,
+}
+
+thread_local! {
+    static VISIBILITY: std::cell::RefCell<VisibilityCache> = std::cell::RefCell::new(VisibilityCache::default());
+}
+
+/// Runs `body` with `role` as the current user, as a SECURITY DEFINER function of that role
+/// would (SET ROLE is refused inside), restoring the caller's identity on error too.
+fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let restore = move || unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    let mut body = Some(body);
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| (body.take().expect("runs once"))()))
+        .catch_others(|caught| {
+            restore();
+            caught.rethrow()
+        })
+        .execute();
+    restore();
+    result
+}
