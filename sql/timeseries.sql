@@ -926,6 +926,11 @@ BEGIN
     FOREACH stmt IN ARRAY views LOOP
         EXECUTE stmt;
     END LOOP;
+    -- The owner first (a sequence can only belong to a table of its own owner), and of its
+    -- chunks, made while the new table was still the converting role's.
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', names.old_table, pg_get_userbyid(rel.relowner));
+    PERFORM analytics_internal._exec(format('ALTER TABLE %s OWNER TO %I', i.inhrelid::regclass, pg_get_userbyid(rel.relowner)))
+    FROM pg_inherits i WHERE i.inhparent = names.old_table::regclass;
     -- serial columns keep their sequence (it would go with the old table); identity columns
     -- continue where the old table's sequence was
     PERFORM analytics_internal._exec(format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, names.old_table, a.attname))

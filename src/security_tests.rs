@@ -260,6 +260,7 @@ mod tests {
     #[pg_test]
     fn a_job_that_tries_to_escape_fails_is_recorded_and_changes_no_role() {
         job_author();
+        outcome_helper();
         let escapes = [
             ("reset_role", "RESET ROLE; ALTER ROLE lacaja_job_author SUPERUSER;"),
             ("set_role", "EXECUTE format('SET ROLE %I', session_user); ALTER ROLE lacaja_job_author SUPERUSER;"),
@@ -336,6 +337,24 @@ mod tests {
         run("RESET ROLE");
         assert!(!is_superuser("lacaja_job_author"));
         assert_eq!(scalar::<bool>(&format!("SELECT scheduled FROM analytics.jobs WHERE job_id = {job}")), Some(true));
+
+        // The implementations behind the wrappers act for the role a token names, and only a
+        // token minted by that role's own call names it.
+        assert_fails("SELECT analytics_internal._redeem_caller(424242)", "42501");
+        run("SET LOCAL ROLE lacaja_job_author");
+        assert_fails(&format!("SELECT analytics_internal._delete_job(1, {job})"), "42501");
+        run("RESET ROLE");
+        // A superuser who calls a role's SECURITY DEFINER function that adds a job (or who
+        // runs ANALYZE or REFRESH over that role's code) adds a job of that role, not its own.
+        run("SET LOCAL ROLE lacaja_job_author;
+             CREATE FUNCTION author.sneaky() RETURNS int LANGUAGE sql SECURITY DEFINER
+                 AS $$ SELECT analytics.add_job('author.mine'::regproc, interval '1 hour') $$;
+             RESET ROLE");
+        let sneaky: i32 = scalar("SELECT author.sneaky()").unwrap();
+        assert_eq!(
+            scalar::<String>(&format!("SELECT owner::text FROM analytics.jobs WHERE job_id = {sneaky}")).as_deref(),
+            Some("lacaja_job_author")
+        );
     }
 
     // Finding 3: owners whose names need quoting ----------------------------------------------
@@ -377,10 +396,12 @@ mod tests {
         );
         run(&format!("SELECT analytics.add_retention_policy({table}, interval '400 days')"));
         for policy in ["policy_chunk_maintenance", "policy_retention"] {
-            run(&format!(
-                "CALL analytics.run_job((SELECT job_id FROM analytics.jobs WHERE hypertable = {table}::regclass
-                                         AND proc = 'analytics_internal.{policy}'::regproc))"
-            ));
+            let job: i32 = scalar(&format!(
+                "SELECT job_id FROM analytics.jobs WHERE hypertable = {table}::regclass
+                 AND proc = 'analytics_internal.{policy}'::regproc"
+            ))
+            .unwrap();
+            run(&format!("CALL analytics.run_job({job})"));
         }
         let oldest: Option<i64> = scalar(&format!(
             "SELECT count(*) FROM \"Tienda Ñ\".\"Eventos \"\"raros\"\"\" WHERE \"Creado\" < now() - interval '430 days'"
@@ -422,6 +443,7 @@ mod tests {
     #[pg_test]
     fn store_scoped_roles_read_only_their_store_through_every_view_and_function() {
         compat_history();
+        outcome_helper();
         run(&sale(900, STORE_B, "2026-03-01 10:15:00-04", "77.00", "CASH_BS", None));
         run("CREATE TABLE public.role_stores (role_name name, store_id uuid)");
         run(&format!(
