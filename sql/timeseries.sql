@@ -271,7 +271,8 @@ BEGIN
     args := args[array_lower(args, 1):array_upper(args, 1)];  -- TG_ARGV counts from 0, a slice from 1
     SELECT * INTO k FROM analytics_internal.replaced_foreign_keys r
     WHERE r.constraint_name = args[1]
-      AND CASE side WHEN 'child' THEN r.child = fired_on ELSE r.parent = fired_on END
+      -- row triggers of a hypertable fire on its chunks
+      AND CASE side WHEN 'child' THEN r.child ELSE r.parent END = coalesce(pg_partition_root(fired_on), fired_on)
     -- two children may name their keys alike: the one the trigger names first
     ORDER BY side = 'parent' AND r.child = to_regclass(args[2]) DESC
     LIMIT 1;
@@ -282,6 +283,21 @@ BEGIN
     END IF;
     RETURN k;
 END
+$$;
+
+-- A column's type as SQL (format_type quotes what needs quoting).
+CREATE FUNCTION analytics_internal._column_type(relation regclass, column_name name) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+    WHERE a.attrelid = relation AND a.attname = column_name AND NOT a.attisdropped
+$$;
+
+-- `alias.col1 = (<param> ->> 'key1')::type1 AND ...`: a row of `relation` whose `columns` equal
+-- the `keys` of a row passed as JSON (to_jsonb of the other table's row).
+CREATE FUNCTION analytics_internal._key_matches(alias text, relation regclass, columns name[], param text, keys name[])
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT string_agg(format('%s.%I = (%s ->> %L)::%s', alias, c, param, k, analytics_internal._column_type(relation, c)), ' AND ')
+    FROM unnest(columns, keys) AS m (c, k)
 $$;
 
 -- Child side: the referenced row must exist (locked FOR KEY SHARE, as Postgres' own check
@@ -298,11 +314,12 @@ BEGIN
     IF has_null THEN
         RETURN NULL;  -- MATCH SIMPLE: a key with a NULL references nothing
     END IF;
-    EXECUTE format('SELECT 1 FROM %s AS p WHERE (%s) = (%s) LIMIT 1 FOR KEY SHARE OF p', k.parent,
-                   (SELECT string_agg(format('p.%I', c), ', ') FROM unnest(k.parent_columns) c),
-                   (SELECT string_agg(format('($1).%I', c), ', ') FROM unnest(k.child_columns) c))
-       USING NEW;
-    GET DIAGNOSTICS found_rows = ROW_COUNT;
+    -- As the parent's owner, as Postgres checks a foreign key (never with the extension's rights).
+    found_rows := analytics_internal._execute_as(
+        (SELECT c.relowner FROM pg_class c WHERE c.oid = k.parent),
+        format('SELECT 1 FROM %s AS p WHERE %s LIMIT 1 FOR KEY SHARE OF p', k.parent,
+               analytics_internal._key_matches('p', k.parent, k.parent_columns, '$1', k.child_columns)),
+        to_jsonb(NEW), NULL);
     IF found_rows = 0 THEN
         RAISE EXCEPTION 'insert or update on table "%" violates foreign key constraint "%"', TG_TABLE_NAME, k.constraint_name
             USING ERRCODE = 'foreign_key_violation',
@@ -320,12 +337,13 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k constant analytics_internal.replaced_foreign_keys := analytics_internal._replaced_foreign_key(TG_RELID, 'parent', TG_ARGV);
     child constant regclass := k.child;
+    child_owner constant oid := (SELECT c.relowner FROM pg_class c WHERE c.oid = k.child);
     child_cols constant name[] := k.child_columns;
     parent_cols constant name[] := k.parent_columns;
     action constant "char" := CASE TG_OP WHEN 'DELETE' THEN k.on_delete ELSE k.on_update END;
-    matches text := (SELECT string_agg(format('c.%I = ($1).%I', cc, pc), ' AND ') FROM unnest(child_cols, parent_cols) AS k (cc, pc));
+    -- the old parent row is $1 (the new one $2), as JSON, in statements run as the child's owner
+    matches constant text := analytics_internal._key_matches('c', k.child, child_cols, '$1', parent_cols);
     key_changed boolean;
-    referencing boolean;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         EXECUTE format('SELECT (%s) IS DISTINCT FROM (%s)',
@@ -336,25 +354,29 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
+    -- The child's triggers, defaults and checks run with its owner's rights, as in Postgres'
+    -- own foreign keys: never with the extension's.
     IF action IN ('a', 'r') THEN
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s AS c WHERE %s)', child, matches) INTO referencing USING OLD;
-        IF referencing THEN
+        IF analytics_internal._execute_as(child_owner, format('SELECT 1 FROM %s AS c WHERE %s LIMIT 1', child, matches),
+                                          to_jsonb(OLD), NULL) > 0 THEN
             RAISE EXCEPTION 'update or delete on table "%" violates foreign key constraint "%" on table "%"',
                 TG_TABLE_NAME, k.constraint_name, child
                 USING ERRCODE = 'foreign_key_violation',
                       DETAIL = format('Key (%s) is still referenced from table %s.', array_to_string(parent_cols, ', '), child);
         END IF;
     ELSIF action = 'c' AND TG_OP = 'DELETE' THEN
-        EXECUTE format('DELETE FROM %s AS c WHERE %s', child, matches) USING OLD;
+        PERFORM analytics_internal._execute_as(child_owner, format('DELETE FROM %s AS c WHERE %s', child, matches),
+                                               to_jsonb(OLD), NULL);
     ELSIF action = 'c' THEN
-        EXECUTE format('UPDATE %s AS c SET %s WHERE %s', child,
-                       (SELECT string_agg(format('%I = ($2).%I', cc, pc), ', ') FROM unnest(child_cols, parent_cols) AS k (cc, pc)),
-                       matches) USING OLD, NEW;
+        PERFORM analytics_internal._execute_as(child_owner, format('UPDATE %s AS c SET %s WHERE %s', child,
+                       (SELECT string_agg(format('%I = ($2 ->> %L)::%s', cc, pc, analytics_internal._column_type(k.child, cc)), ', ')
+                          FROM unnest(child_cols, parent_cols) AS k (cc, pc)),
+                       matches), to_jsonb(OLD), to_jsonb(NEW));
     ELSIF action IN ('n', 'd') THEN
-        EXECUTE format('UPDATE %s AS c SET %s WHERE %s', child,
+        PERFORM analytics_internal._execute_as(child_owner, format('UPDATE %s AS c SET %s WHERE %s', child,
                        (SELECT string_agg(format('%I = %s', cc, CASE action WHEN 'n' THEN 'NULL' ELSE 'DEFAULT' END), ', ')
                           FROM unnest(child_cols) AS cc),
-                       matches) USING OLD;
+                       matches), to_jsonb(OLD), NULL);
     END IF;
     RETURN NULL;
 END

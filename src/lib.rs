@@ -55,7 +55,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",
     name = "jobs",
-    requires = ["rollups", security::_call_as]
+    requires = ["rollups", security::_call_as, security::_execute_as]
 );
 pgrx::extension_sql_file!(
     "../sql/timeseries.sql",

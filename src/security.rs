@@ -218,9 +218,16 @@ thread_local! {
 /// would (SET ROLE is refused inside), restoring the caller's identity on error too.
 fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    as_role_with(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, body)
+}
+
+/// [`as_role`] with the security context given.
+fn as_role_with<R>(role: pg_sys::Oid, context: i32, body: impl FnOnce() -> R) -> R {
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(role, context);
     }
     let restore = move || unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     let mut body = Some(body);
@@ -232,4 +239,25 @@ fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
         .execute();
     restore();
     result
+}
+
+/// Runs one statement as `role`, the way Postgres runs a foreign key's check and actions as
+/// the owner of the table they touch (ri_triggers.c): that table's triggers, defaults and
+/// constraint functions then run with its owner's rights, never the extension owner's.
+/// `$1` and `$2` are the statement's parameters; returns the rows it processed.
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal")]
+fn _execute_as(role: pg_sys::Oid, statement: &str, first: Option<JsonB>, second: Option<JsonB>) -> i64 {
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    let context = saved_context
+        | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+        | pg_sys::SECURITY_NOFORCE_RLS as i32;
+    as_role_with(role, context, || {
+        Spi::connect_mut(|client| {
+            client
+                .update(statement, None, &[first.into(), second.into()])
+                .map(|table| table.len() as i64)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    })
 }
