@@ -266,11 +266,13 @@ CREATE FUNCTION analytics.refresh_real_time_metrics(at timestamptz DEFAULT now()
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     schema_name name := (SELECT c.source_schema FROM analytics_internal.source_config c);
-    metrics regclass := to_regclass(format('%I.real_time_metrics', schema_name));
-    thresholds regclass := to_regclass(format('%I.alert_thresholds', schema_name));
-    alerts regclass := to_regclass(format('%I.real_time_alerts', schema_name));
+    -- LA-CAJA's tables, never views (whose functions would run with the owner's rights)
+    metrics regclass := analytics_internal._source_table(schema_name, 'real_time_metrics');
+    thresholds regclass := analytics_internal._source_table(schema_name, 'alert_thresholds');
+    alerts regclass := analytics_internal._source_table(schema_name, 'real_time_alerts');
     written bigint := 0;
     raised bigint := 0;
+    new_rows jsonb;
 BEGIN
     IF metrics IS NULL THEN
         RAISE EXCEPTION 'no table real_time_metrics in schema %', coalesce(schema_name, '(not attached)')
@@ -282,15 +284,26 @@ BEGIN
     SELECT m.* FROM lacaja_metrics_now m
     LEFT JOIN analytics_internal.real_time_metric_state s ON s.store_id = m.store_id AND s.metric_name = m.metric_name
     WHERE s.store_id IS NULL OR s.period_start <> m.period_start OR s.value IS DISTINCT FROM m.metric_value;
-    EXECUTE format($q$INSERT INTO %s (store_id, metric_type, metric_name, metric_value, previous_value, change_percentage,
-                                      period_type, period_start, period_end, metadata)
-        SELECT m.store_id, m.metric_type, m.metric_name, analytics_internal._clamp(coalesce(m.metric_value, 0), 18, 2),
-               analytics_internal._clamp(m.previous_value, 18, 2),
-               analytics_internal._clamp(c.change, 5, 2), m.period_type, m.period_start, m.period_end,
-               jsonb_build_object('source', 'lacaja_analytics', 'exact_value', m.metric_value, 'exact_change_percentage', c.change)
-        FROM lacaja_metrics_changed m
-        CROSS JOIN LATERAL (SELECT (m.metric_value - m.previous_value) / nullif(m.previous_value, 0) * 100 AS change) c$q$, metrics);
-    GET DIAGNOSTICS written = ROW_COUNT;
+    -- Written as the table's owner (its triggers, defaults and checks run with that role's
+    -- rights, never the extension's), from rows computed here.
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'store_id', m.store_id, 'metric_type', m.metric_type, 'metric_name', m.metric_name,
+               'metric_value', analytics_internal._clamp(coalesce(m.metric_value, 0), 18, 2),
+               'previous_value', analytics_internal._clamp(m.previous_value, 18, 2),
+               'change_percentage', analytics_internal._clamp(c.change, 5, 2), 'period_type', m.period_type,
+               'period_start', m.period_start, 'period_end', m.period_end,
+               'metadata', jsonb_build_object('source', 'lacaja_analytics', 'exact_value', m.metric_value,
+                                              'exact_change_percentage', c.change))), '[]')
+      INTO new_rows
+    FROM lacaja_metrics_changed m
+    CROSS JOIN LATERAL (SELECT (m.metric_value - m.previous_value) / nullif(m.previous_value, 0) * 100 AS change) c;
+    written := analytics_internal._execute_as((SELECT c.relowner FROM pg_class c WHERE c.oid = metrics),
+        format($q$INSERT INTO %s (store_id, metric_type, metric_name, metric_value, previous_value, change_percentage,
+                                   period_type, period_start, period_end, metadata)
+                  SELECT * FROM jsonb_to_recordset($1) AS r (store_id uuid, metric_type text, metric_name text,
+                      metric_value numeric, previous_value numeric, change_percentage numeric, period_type text,
+                      period_start timestamptz, period_end timestamptz, metadata jsonb)$q$, metrics),
+        new_rows, NULL);
     INSERT INTO analytics_internal.real_time_metric_state AS s (store_id, metric_name, period_start, value, written_at)
     SELECT store_id, metric_name, period_start, metric_value, now() FROM lacaja_metrics_changed
     ON CONFLICT (store_id, metric_name) DO UPDATE SET period_start = excluded.period_start, value = excluded.value,
@@ -307,18 +320,27 @@ BEGIN
                         WHEN 'not_equals' THEN m.metric_value <> t.threshold_value END AS holds
             FROM %s t JOIN lacaja_metrics_now m ON m.store_id = t.store_id AND m.metric_name = t.metric_name
             WHERE t.is_active$q$, thresholds);
-        EXECUTE format($q$INSERT INTO %s (store_id, threshold_id, alert_type, severity, title, message, metric_name,
-                                          current_value, threshold_value, metadata)
-            SELECT t.store_id, t.id, t.alert_type, t.severity,
-                   format('%%s %%s', t.metric_name, replace(t.comparison_operator, '_', ' ')),
-                   format('%%s is %%s, %%s the threshold of %%s', t.metric_name, round(t.current_value, 2),
-                          replace(t.comparison_operator, '_', ' '), t.threshold_value),
-                   t.metric_name, analytics_internal._clamp(t.current_value, 18, 2), t.threshold_value,
-                   jsonb_build_object('source', 'lacaja_analytics', 'exact_value', t.current_value)
-            FROM lacaja_thresholds t
-            LEFT JOIN analytics_internal.alert_state a ON a.threshold_id = t.id
-            WHERE t.holds AND NOT coalesce(a.holding, false)$q$, alerts);
-        GET DIAGNOSTICS raised = ROW_COUNT;
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'store_id', t.store_id, 'threshold_id', t.id, 'alert_type', t.alert_type, 'severity', t.severity,
+                   'title', format('%s %s', t.metric_name, replace(t.comparison_operator, '_', ' ')),
+                   'message', format('%s is %s, %s the threshold of %s', t.metric_name, round(t.current_value, 2),
+                                     replace(t.comparison_operator, '_', ' '), t.threshold_value),
+                   'metric_name', t.metric_name, 'current_value', analytics_internal._clamp(t.current_value, 18, 2),
+                   'threshold_value', t.threshold_value,
+                   'metadata', jsonb_build_object('source', 'lacaja_analytics', 'exact_value', t.current_value))), '[]')
+          INTO new_rows
+        FROM lacaja_thresholds t
+        LEFT JOIN analytics_internal.alert_state a ON a.threshold_id = t.id
+        WHERE t.holds AND NOT coalesce(a.holding, false);
+        raised := analytics_internal._execute_as((SELECT c.relowner FROM pg_class c WHERE c.oid = alerts),
+            format($q$INSERT INTO %s (store_id, threshold_id, alert_type, severity, title, message, metric_name,
+                                       current_value, threshold_value, metadata)
+                      SELECT r.store_id, r.threshold_id, r.alert_type, r.severity, r.title, r.message, r.metric_name,
+                             r.current_value, r.threshold_value, r.metadata
+                      FROM jsonb_to_recordset($1) AS r (store_id uuid, threshold_id %s, alert_type text, severity text,
+                          title text, message text, metric_name text, current_value numeric, threshold_value numeric,
+                          metadata jsonb)$q$, alerts, analytics_internal._column_type(alerts, 'threshold_id')),
+            new_rows, NULL);
         INSERT INTO analytics_internal.alert_state AS a (threshold_id, holding, since)
         SELECT id, coalesce(holds, false), now() FROM lacaja_thresholds
         ON CONFLICT (threshold_id) DO UPDATE SET holding = excluded.holding,

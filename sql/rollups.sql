@@ -613,9 +613,20 @@ SELECT analytics_internal._set_capture_body(source, 'BEGIN RETURN NULL; END') FR
 
 -- Attach and detach ---------------------------------------------------------------------
 
+-- `schema_name.table_name` when it is a table (plain or partitioned), else NULL: the owner's
+-- code reads and writes LA-CAJA's tables, never views or foreign tables in their place.
+CREATE FUNCTION analytics_internal._source_table(schema_name name, table_name name) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+    SELECT c.oid::regclass FROM pg_class c
+    WHERE c.oid = to_regclass(format('%I.%I', schema_name, table_name)) AND c.relkind IN ('r', 'p')
+$$;
+
+-- Whether `rel` is a table (plain or partitioned) with all of `columns`. Only tables: the
+-- owner's code never reads a view or a foreign table of the source schema, whose functions would
+-- run with the owner's rights.
 CREATE FUNCTION analytics_internal._has_columns(rel regclass, columns text[]) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT rel IS NOT NULL AND NOT EXISTS (
+    SELECT rel IS NOT NULL AND (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) IN ('r', 'p') AND NOT EXISTS (
         SELECT 1 FROM unnest(columns) AS c
         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
                           WHERE a.attrelid = rel AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped))

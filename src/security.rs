@@ -83,6 +83,18 @@ fn _call_as(role: pg_sys::Oid, proc: pg_sys::Oid, job_id: Option<i32>, config: O
     let (Some(name), Some(is_procedure), Some(allowed)) = target else {
         error!("function with OID {} does not exist", u32::from(proc));
     };
+    // The extension's own policies (chunk maintenance moves rows through a temporary table)
+    // run as a SECURITY DEFINER function of the owner would: SET ROLE and SET SESSION
+    // AUTHORIZATION are refused there too. Anyone else's code runs restricted.
+    let extension_policy = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+                        WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = $1
+                          AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                          AND e.extname = 'lacaja_analytics')",
+        &[proc.into()],
+    )
+    .expect("reading pg_depend")
+    .unwrap_or(false);
     if !allowed {
         ereport!(
             PgLogLevel::ERROR,
@@ -99,8 +111,13 @@ fn _call_as(role: pg_sys::Oid, proc: pg_sys::Oid, job_id: Option<i32>, config: O
 
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
     unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
-    let restricted = saved_context | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
-    unsafe { pg_sys::SetUserIdAndSecContext(role, restricted) };
+    let context = saved_context
+        | if extension_policy {
+            pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+        } else {
+            pg_sys::SECURITY_RESTRICTED_OPERATION as i32
+        };
+    unsafe { pg_sys::SetUserIdAndSecContext(role, context) };
     let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
     let restore = move |commit: bool| unsafe {
         pg_sys::AtEOXact_GUC(commit, nest_level);

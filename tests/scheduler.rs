@@ -53,18 +53,11 @@ fn kill_9(pid: i32) {
 }
 
 fn reset_scheduler_settings() {
-    let mut admin = connect("postgres");
-    for statement in ["ALTER SYSTEM RESET lacaja_analytics.database", "ALTER SYSTEM RESET lacaja_analytics.scheduler_naptime",
-                      "SELECT pg_reload_conf()"] {
-        admin.batch_execute(statement).unwrap();
-    }
+    common::point_scheduler_at(None, "");
 }
 
 fn set_scheduler_database(name: &str) {
-    let mut admin = connect("postgres");
-    admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.database = '{name}'")).unwrap();
-    admin.batch_execute("ALTER SYSTEM SET lacaja_analytics.scheduler_naptime = '500ms'").unwrap();
-    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    common::point_scheduler_at(Some(name), "500ms");
 }
 
 #[test]

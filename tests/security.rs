@@ -32,21 +32,6 @@ fn is_superuser(db: &mut Client, role: &str) -> bool {
     db.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role]).unwrap().get(0)
 }
 
-fn set_scheduler(database: Option<&str>) {
-    let mut admin = connect("postgres");
-    match database {
-        Some(name) => {
-            admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.database = '{name}'")).unwrap();
-            admin.batch_execute("ALTER SYSTEM SET lacaja_analytics.scheduler_naptime = '200ms'").unwrap();
-        }
-        None => {
-            admin.batch_execute("ALTER SYSTEM RESET lacaja_analytics.database").unwrap();
-            admin.batch_execute("ALTER SYSTEM RESET lacaja_analytics.scheduler_naptime").unwrap();
-        }
-    }
-    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
-}
-
 #[test]
 fn no_route_to_superuser_through_the_scheduler_and_odd_owner_names_everywhere() {
     let mut admin = connect("postgres");
@@ -85,7 +70,7 @@ fn no_route_to_superuser_through_the_scheduler_and_odd_owner_names_everywhere() 
         .unwrap();
     }
     db.batch_execute("RESET ROLE").unwrap();
-    set_scheduler(Some(DATABASE));
+    common::point_scheduler_at(Some(DATABASE), "200ms");
     // every escape ran (and the job the add_job escape added, too)
     eventually(
         "the scheduler to run the six jobs",
@@ -93,7 +78,7 @@ fn no_route_to_superuser_through_the_scheduler_and_odd_owner_names_everywhere() 
         &mut db,
         "SELECT count(*) = 6 FROM analytics.job_stats WHERE proc_schema = 'author' AND total_runs > 0",
     );
-    set_scheduler(None);
+    common::point_scheduler_at(None, "");
     assert!(!is_superuser(&mut db, "lacaja_sec_author"), "a job became superuser");
     let failures: Vec<String> = db
         .query("SELECT DISTINCT proc_name || ':' || sqlerrcode FROM analytics.job_errors ORDER BY 1", &[])

@@ -133,3 +133,19 @@ pub fn seed() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     })
 }
+
+/// Points the scheduler at `database` (None: back to idle) with `naptime`, and reloads.
+pub fn point_scheduler_at(database: Option<&str>, naptime: &str) {
+    let mut admin = connect("postgres");
+    match database {
+        Some(name) => {
+            admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.database = '{name}'")).unwrap();
+            admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.scheduler_naptime = '{naptime}'")).unwrap();
+        }
+        None => {
+            admin.batch_execute("ALTER SYSTEM RESET lacaja_analytics.database").unwrap();
+            admin.batch_execute("ALTER SYSTEM RESET lacaja_analytics.scheduler_naptime").unwrap();
+        }
+    }
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
