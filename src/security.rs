@@ -124,6 +124,8 @@ fn _call_as(role: pg_sys::Oid, proc: pg_sys::Oid, job_id: Option<i32>, config: O
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
     };
     PgTryBuilder::new(|| {
+        // The job's own name lookups, not the extension's pinned search_path.
+        Spi::run("SET LOCAL search_path TO DEFAULT").expect("resetting search_path");
         Spi::run_with_args(&statement, &[job_id.into(), config.into()]).expect("running the job");
     })
     .catch_others(|caught| {

@@ -134,7 +134,7 @@ fn no_route_to_superuser_through_the_scheduler_and_odd_owner_names_everywhere() 
     db.batch_execute(
         "SET ROLE lacaja_sec_author;
          INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
-         SELECT gen_random_uuid(), id, gen_random_uuid(), 1, 'SaleCreated', now(), '{}' FROM stores LIMIT 1;
+         VALUES (gen_random_uuid(), 'a0000000-0000-4000-8000-000000000001', gen_random_uuid(), 1, 'SaleCreated', now(), '{}');
          RESET ROLE;",
     )
     .unwrap();
