@@ -72,6 +72,14 @@ BEGIN
     END LOOP;
     -- Row-level security policies of store isolation call this one as the reader.
     GRANT EXECUTE ON FUNCTION analytics_internal._store_visible(uuid) TO PUBLIC;
+    -- What runs SQL or code as any role, or redeems a caller's identity, stays the owner's
+    -- whatever a wrapper comes to name.
+    IF EXISTS (SELECT 1 FROM pg_proc p
+               WHERE p.pronamespace = 'analytics_internal'::regnamespace
+                 AND p.proname IN ('_execute_as', '_call_as', '_redeem_caller', '_store_visible_to')
+                 AND has_function_privilege('public', p.oid, 'EXECUTE')) THEN
+        RAISE EXCEPTION 'lacaja_analytics install: a helper that acts as another role became executable by PUBLIC';
+    END IF;
 END
 $$;
 

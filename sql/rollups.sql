@@ -619,14 +619,23 @@ CREATE FUNCTION analytics_internal._source_table(schema_name name, table_name na
 LANGUAGE sql STABLE AS $$
     SELECT c.oid::regclass FROM pg_class c
     WHERE c.oid = to_regclass(format('%I.%I', schema_name, table_name)) AND c.relkind IN ('r', 'p')
+      -- every column of a built-in type (see _has_columns)
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                        AND t.typnamespace <> 'pg_catalog'::regnamespace)
 $$;
 
--- Whether `rel` is a table (plain or partitioned) with all of `columns`. Only tables: the
--- owner's code never reads a view or a foreign table of the source schema, whose functions would
--- run with the owner's rights.
+-- Whether `rel` is a table (plain or partitioned) with all of `columns`, each of a built-in
+-- type. Only tables: the owner's code never reads a view or a foreign table of the source
+-- schema, whose functions would run with the owner's rights; only built-in types: a cast or
+-- operator of a type someone else owns would too.
 CREATE FUNCTION analytics_internal._has_columns(rel regclass, columns text[]) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT rel IS NOT NULL AND (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) IN ('r', 'p') AND NOT EXISTS (
+    SELECT rel IS NOT NULL AND (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) IN ('r', 'p')
+       AND NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                       WHERE a.attrelid = rel AND a.attname = ANY (columns) AND a.attnum > 0
+                         AND t.typnamespace <> 'pg_catalog'::regnamespace)
+       AND NOT EXISTS (
         SELECT 1 FROM unnest(columns) AS c
         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
                           WHERE a.attrelid = rel AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped))
@@ -771,6 +780,37 @@ BEGIN
         'next_step', 'SELECT analytics.refresh_all();  -- backfills the rollups from history');
 END
 $$;
+
+-- LA-CAJA's tables the owner's code reads (capture triggers, dashboards, the warehouse): they
+-- must stay tables. Replaced by a view (or a foreign table, or a rule), reading them would run
+-- someone else's code with the extension's rights, so such DDL in the attached schema is refused
+-- while the extension is attached.
+CREATE FUNCTION analytics_internal._guard_source_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source_schema constant name := (SELECT c.source_schema FROM analytics_internal.source_config c);
+    replaced text;
+BEGIN
+    IF source_schema IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%I.%I', source_schema, t), ', ' ORDER BY t) INTO replaced
+    FROM unnest(ARRAY['sales', 'sale_items', 'sale_returns', 'sale_return_items', 'products', 'inventory_movements',
+                      'stores', 'customers', 'real_time_metrics', 'alert_thresholds', 'real_time_alerts']) AS t
+    JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
+    WHERE c.relkind NOT IN ('r', 'p');
+    IF replaced IS NOT NULL THEN
+        RAISE EXCEPTION 'lacaja_analytics reads % as a table; it cannot stand in for one while the extension is attached', replaced
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Its code would run with the extension''s rights. SELECT analytics.detach() first, or keep a table of that name.';
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER lacaja_analytics_guard_source_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE VIEW', 'CREATE MATERIALIZED VIEW', 'CREATE FOREIGN TABLE', 'CREATE RULE', 'ALTER TABLE',
+                 'ALTER VIEW', 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION analytics_internal._guard_source_tables();
 
 -- Verify and repair ---------------------------------------------------------------------
 

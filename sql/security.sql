@@ -58,7 +58,8 @@ BEGIN
     FOR t IN SELECT * FROM analytics_internal._per_store_tables() LOOP
         EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('DROP POLICY IF EXISTS lacaja_store_isolation ON %s', t);
-        EXECUTE format('CREATE POLICY lacaja_store_isolation ON %s USING (analytics_internal._store_visible(store_id))', t);
+        -- rows of no store (national holidays) are everyone's
+        EXECUTE format('CREATE POLICY lacaja_store_isolation ON %s USING (store_id IS NULL OR analytics_internal._store_visible(store_id))', t);
         tables := tables || t::text;
     END LOOP;
     RETURN jsonb_build_object('predicate', predicate::text, 'row_level_security', to_jsonb(tables),

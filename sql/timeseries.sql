@@ -300,6 +300,22 @@ RETURNS text LANGUAGE sql STABLE AS $$
     FROM unnest(columns, keys) AS m (c, k)
 $$;
 
+-- The key columns of a row as JSON text, each through its type's output function: never
+-- to_jsonb() or a cast, which would run a cast function the type's owner wrote with the
+-- extension's rights. Statements run as the tables' owners turn them back into values.
+CREATE FUNCTION analytics_internal._key_values(row_value anyelement, columns name[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keys jsonb;
+BEGIN
+    EXECUTE format('SELECT jsonb_build_object(%s)',
+                   (SELECT string_agg(format('%L, CASE WHEN ($1).%I IS NULL THEN NULL ELSE format(''%%s'', ($1).%I) END', c, c, c), ', ')
+                    FROM unnest(columns) AS c))
+       INTO keys USING row_value;
+    RETURN keys;
+END
+$$;
+
 -- Child side: the referenced row must exist (locked FOR KEY SHARE, as Postgres' own check
 -- does). TG_ARGV: constraint name, parent, child columns, parent columns.
 CREATE FUNCTION analytics_internal._fk_check_parent() RETURNS trigger
@@ -319,7 +335,7 @@ BEGIN
         (SELECT c.relowner FROM pg_class c WHERE c.oid = k.parent),
         format('SELECT 1 FROM %s AS p WHERE %s LIMIT 1 FOR KEY SHARE OF p', k.parent,
                analytics_internal._key_matches('p', k.parent, k.parent_columns, '$1', k.child_columns)),
-        to_jsonb(NEW), NULL);
+        analytics_internal._key_values(NEW, k.child_columns), NULL);
     IF found_rows = 0 THEN
         RAISE EXCEPTION 'insert or update on table "%" violates foreign key constraint "%"', TG_TABLE_NAME, k.constraint_name
             USING ERRCODE = 'foreign_key_violation',
@@ -358,7 +374,7 @@ BEGIN
     -- own foreign keys: never with the extension's.
     IF action IN ('a', 'r') THEN
         IF analytics_internal._execute_as(child_owner, format('SELECT 1 FROM %s AS c WHERE %s LIMIT 1', child, matches),
-                                          to_jsonb(OLD), NULL) > 0 THEN
+                                          analytics_internal._key_values(OLD, parent_cols), NULL) > 0 THEN
             RAISE EXCEPTION 'update or delete on table "%" violates foreign key constraint "%" on table "%"',
                 TG_TABLE_NAME, k.constraint_name, child
                 USING ERRCODE = 'foreign_key_violation',
@@ -366,17 +382,17 @@ BEGIN
         END IF;
     ELSIF action = 'c' AND TG_OP = 'DELETE' THEN
         PERFORM analytics_internal._execute_as(child_owner, format('DELETE FROM %s AS c WHERE %s', child, matches),
-                                               to_jsonb(OLD), NULL);
+                                               analytics_internal._key_values(OLD, parent_cols), NULL);
     ELSIF action = 'c' THEN
         PERFORM analytics_internal._execute_as(child_owner, format('UPDATE %s AS c SET %s WHERE %s', child,
                        (SELECT string_agg(format('%I = ($2 ->> %L)::%s', cc, pc, analytics_internal._column_type(k.child, cc)), ', ')
                           FROM unnest(child_cols, parent_cols) AS k (cc, pc)),
-                       matches), to_jsonb(OLD), to_jsonb(NEW));
+                       matches), analytics_internal._key_values(OLD, parent_cols), analytics_internal._key_values(NEW, parent_cols));
     ELSIF action IN ('n', 'd') THEN
         PERFORM analytics_internal._execute_as(child_owner, format('UPDATE %s AS c SET %s WHERE %s', child,
                        (SELECT string_agg(format('%I = %s', cc, CASE action WHEN 'n' THEN 'NULL' ELSE 'DEFAULT' END), ', ')
                           FROM unnest(child_cols) AS cc),
-                       matches), to_jsonb(OLD), NULL);
+                       matches), analytics_internal._key_values(OLD, parent_cols), NULL);
     END IF;
     RETURN NULL;
 END
@@ -607,6 +623,14 @@ BEGIN
                   HINT = 'This trigger function serves only the triggers an online create_hypertable creates.';
     END IF;
     log_table := (analytics_internal._conversion_names(c)).log_table;
+    -- Found by name in LA-CAJA's schema, whose owner could put another table there: only the
+    -- table the conversion made (its requester's, plain, no triggers) is written.
+    IF NOT EXISTS (SELECT 1 FROM pg_class l WHERE l.oid = to_regclass(log_table) AND l.relkind = 'r'
+                   AND l.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = c.requested_by)
+                   AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = l.oid)) THEN
+        RAISE EXCEPTION 'the change log % of the conversion of % is not the one it made', log_table, TG_RELID::regclass
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     columns := analytics_internal._key_list(analytics_internal._logged_columns(c));
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM old_rows', log_table, columns, columns);

@@ -124,8 +124,12 @@ fn _call_as(role: pg_sys::Oid, proc: pg_sys::Oid, job_id: Option<i32>, config: O
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
     };
     PgTryBuilder::new(|| {
-        // The job's own name lookups, not the extension's pinned search_path.
-        Spi::run("SET LOCAL search_path TO DEFAULT").expect("resetting search_path");
+        if extension_policy {
+            pin_search_path();
+        } else {
+            // The job's own name lookups (the database's default path), not the extension's.
+            Spi::run("SET LOCAL search_path TO DEFAULT").expect("resetting search_path");
+        }
         Spi::run_with_args(&statement, &[job_id.into(), config.into()]).expect("running the job");
     })
     .catch_others(|caught| {
@@ -147,7 +151,8 @@ fn role_name(role: pg_sys::Oid) -> String {
 /// Store isolation: whether the current user may see `store_id`, by the predicate that
 /// `analytics.enable_store_isolation()` recorded (always true while it is off). Per-store views
 /// and row-level security policies call it; they run as the reader. Verdicts are kept for the
-/// rest of the statement (views call this once per rollup row).
+/// rest of the statement (views call this once per rollup row): a statement that changes a
+/// setting the predicate reads is answered afresh.
 #[pg_extern(stable, parallel_restricted, schema = "analytics_internal")]
 fn _store_visible(store_id: Option<pgrx::Uuid>) -> bool {
     visible(unsafe { pg_sys::GetUserId() }, store_id)
@@ -165,7 +170,7 @@ fn _store_visible_to(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
 /// ever runs with their rights. A predicate that was dropped hides every store.
 fn visible(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
     let Some(store_id) = store_id else { return false };
-    let statement = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentCommandId(false)) };
+    let statement = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentStatementStartTimestamp()) };
     let cached = VISIBILITY.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.statement != Some(statement) {
@@ -180,12 +185,10 @@ fn visible(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
         Some(None) => VISIBILITY.with(|cache| cache.borrow().predicate.clone().flatten()),
         None => {
             // The setting is the owner's (analytics_internal): read it as the owner.
-            let owner = Spi::get_one::<pg_sys::Oid>(
-                "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'lacaja_analytics'",
-            )
-            .expect("reading pg_extension")
-            .expect("lacaja_analytics is installed");
-            let predicate = as_role(owner, || {
+            let owner = extension_owner();
+            let (mut user, mut context) = (pg_sys::InvalidOid, 0i32);
+            unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
+            let predicate = as_role_with(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, SearchPath::Pinned, || {
                 Spi::get_one::<String>(
                     "SELECT CASE WHEN EXISTS (SELECT 1 FROM analytics_internal.store_isolation)
                                  THEN coalesce((SELECT format('%I.%I', n.nspname, p.proname)
@@ -214,16 +217,40 @@ fn visible(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
 }
 
 unsafe fn has_bypassrls(role: pg_sys::Oid) -> bool {
-    Spi::get_one_with_args::<bool>("SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE oid = $1", &[role.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    pg_sys::has_bypassrls_privilege(role)
+}
+
+/// The owner of the extension, from the catalog cache (no SQL: nothing to resolve by name).
+fn extension_owner() -> pg_sys::Oid {
+    unsafe {
+        let extension = pg_sys::get_extension_oid(c"lacaja_analytics".as_ptr(), false);
+        let relation = pg_sys::table_open(pg_sys::ExtensionRelationId, pg_sys::AccessShareLock as i32);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1, // Anum_pg_extension_oid
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_OIDEQ),
+            pg_sys::Datum::from(extension),
+        );
+        let scan = pg_sys::systable_beginscan(relation, pg_sys::Oid::from(pg_sys::ExtensionOidIndexId), true, std::ptr::null_mut(), 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let owner = if tuple.is_null() {
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)
+        } else {
+            let form = pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_extension;
+            (*form).extowner
+        };
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(relation, pg_sys::AccessShareLock as i32);
+        owner
+    }
 }
 
 #[derive(Default)]
 struct VisibilityCache {
-    /// (local transaction, command) the entries below belong to.
-    statement: Option<(u32, u32)>,
+    /// (local transaction, statement start) the entries below belong to.
+    statement: Option<(u32, i64)>,
     /// None: not read yet in this statement; Some(None): isolation is off.
     predicate: Option<Option<String>>,
     verdicts: std::collections::HashMap<([u8; 16], pg_sys::Oid), bool>,
@@ -238,17 +265,37 @@ thread_local! {
 fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
     unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
-    as_role_with(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, body)
+    as_role_with(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, SearchPath::Keep, body)
 }
 
-/// [`as_role`] with the security context given.
-fn as_role_with<R>(role: pg_sys::Oid, context: i32, body: impl FnOnce() -> R) -> R {
+/// What `search_path` code run by [`as_role_with`] sees.
+#[derive(Clone, Copy, PartialEq)]
+enum SearchPath {
+    /// The session's: for code that is the role's own (a store predicate runs as the reader,
+    /// with the reader's path, exactly as if the reader had called it).
+    Keep,
+    /// `pg_catalog, pg_temp`: for the extension's own SQL, which must never resolve a name,
+    /// an operator or a function from a schema somebody else controls.
+    Pinned,
+}
+
+/// [`as_role`] with the security context given. Whatever settings the body changes (even a
+/// session-wide `SET` inside someone's trigger) are undone when it returns, as in
+/// `REFRESH MATERIALIZED VIEW`: nothing the other role's code does outlives it.
+fn as_role_with<R>(role: pg_sys::Oid, context: i32, search_path: SearchPath, body: impl FnOnce() -> R) -> R {
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
-    unsafe {
+    let nest_level = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(role, context);
+        pg_sys::NewGUCNestLevel()
+    };
+    if search_path == SearchPath::Pinned {
+        pin_search_path();
     }
-    let restore = move || unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    let restore = move || unsafe {
+        pg_sys::AtEOXact_GUC(false, nest_level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+    };
     let mut body = Some(body);
     let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| (body.take().expect("runs once"))()))
         .catch_others(|caught| {
@@ -258,6 +305,22 @@ fn as_role_with<R>(role: pg_sys::Oid, context: i32, body: impl FnOnce() -> R) ->
         .execute();
     restore();
     result
+}
+
+/// `SET LOCAL search_path = pg_catalog, pg_temp` at the current GUC nest level.
+fn pin_search_path() {
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// Runs one statement as `role`, the way Postgres runs a foreign key's check and actions as
@@ -271,7 +334,7 @@ fn _execute_as(role: pg_sys::Oid, statement: &str, first: Option<JsonB>, second:
     let context = saved_context
         | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
         | pg_sys::SECURITY_NOFORCE_RLS as i32;
-    as_role_with(role, context, || {
+    as_role_with(role, context, SearchPath::Pinned, || {
         Spi::connect_mut(|client| {
             client
                 .update(statement, None, &[first.into(), second.into()])

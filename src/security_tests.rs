@@ -197,6 +197,54 @@ mod tests {
         assert_eq!(scalar::<i64>("SELECT sum(sales_count)::bigint FROM analytics.sales_daily"), Some(1));
     }
 
+    // LA-CAJA's objects run no code with the extension's rights ---------------------------------
+
+    #[pg_test]
+    fn a_source_table_cannot_be_replaced_by_a_view_while_attached() {
+        lacaja_pos();
+        outcome_helper();
+        // A view's functions would run with the extension's rights when the capture reads it.
+        assert_fails("ALTER TABLE pos.products RENAME TO products_kept; CREATE VIEW pos.products AS SELECT * FROM pos.products_kept", "55000");
+        assert_eq!(scalar::<String>("SELECT relkind::text FROM pg_class WHERE oid = 'pos.products'::regclass").as_deref(), Some("r"));
+        // Detached, the schema is LA-CAJA's business again.
+        run("SELECT analytics.detach()");
+        run("ALTER TABLE pos.products RENAME TO products_kept; CREATE VIEW pos.products AS SELECT * FROM pos.products_kept");
+    }
+
+    #[pg_test]
+    fn replaced_foreign_keys_act_as_the_tables_owners_and_run_no_casts() {
+        outcome_helper();
+        run("CREATE ROLE lacaja_app NOLOGIN;
+             CREATE SCHEMA app AUTHORIZATION lacaja_app;
+             CREATE TABLE app.seen (what text, by_role name);
+             ALTER TABLE app.seen OWNER TO lacaja_app;
+             SET LOCAL ROLE lacaja_app;
+             CREATE TYPE app.mood AS ENUM ('calm');
+             CREATE FUNCTION app.spy(app.mood) RETURNS json LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO app.seen VALUES ('cast', current_user); RETURN '1'; END $$;
+             CREATE CAST (app.mood AS json) WITH FUNCTION app.spy(app.mood);
+             CREATE TABLE app.parent (id int PRIMARY KEY, at timestamptz NOT NULL);
+             CREATE TABLE app.child (id int PRIMARY KEY, parent_id int REFERENCES app.parent ON DELETE CASCADE,
+                                     mood app.mood DEFAULT 'calm');
+             CREATE FUNCTION app.note() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO app.seen VALUES (TG_OP, current_user); RETURN NULL; END $$;
+             CREATE TRIGGER note AFTER DELETE ON app.child FOR EACH ROW EXECUTE FUNCTION app.note();
+             INSERT INTO app.parent SELECT i, '2026-01-01'::timestamptz + i * interval '1 day' FROM generate_series(1, 3) i;
+             RESET ROLE");
+        run("SELECT analytics.create_hypertable('app.parent', 'at', INTERVAL '1 day', migrate_data => true,
+                                               extend_unique => true, replace_foreign_keys => true, online => false)");
+        // the check and the cascade as the tables' owner; the type's cast never runs
+        run("INSERT INTO app.child (id, parent_id) VALUES (1, 1), (2, 2)");
+        assert_fails("INSERT INTO app.child (id, parent_id) VALUES (3, 99)", "23503");
+        run("DELETE FROM app.parent WHERE id = 1");
+        assert_eq!(scalar::<i64>("SELECT count(*) FROM app.child WHERE parent_id = 1"), Some(0));
+        assert_eq!(
+            scalar::<String>("SELECT string_agg(what || ' by ' || by_role, ', ') FROM app.seen").as_deref(),
+            Some("DELETE by lacaja_app"),
+            "the child's trigger ran as its owner, and no cast of its types ran at all"
+        );
+    }
+
     // Finding 2 (part 2): caller text never reaches dynamic SQL ----------------------------------
 
     #[pg_test]
@@ -488,6 +536,20 @@ mod tests {
         assert_eq!(seen, 2);
         run("RESET ROLE");
         run("SELECT analytics.enable_store_isolation('public.may_see_store(uuid)')");
+        // A reader's own operators, first on its search_path, never run inside the extension's
+        // lookups (which run as the owner).
+        run("CREATE SCHEMA trap; GRANT USAGE, CREATE ON SCHEMA trap TO lacaja_store_a;
+             SET LOCAL ROLE lacaja_store_a;
+             CREATE FUNCTION trap.hijack(oid, regprocedure) RETURNS boolean LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+             CREATE OPERATOR trap.= (LEFTARG = oid, RIGHTARG = regprocedure, FUNCTION = trap.hijack);
+             CREATE FUNCTION trap.hijack_oid(oid, oid) RETURNS boolean LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+             CREATE OPERATOR trap.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = trap.hijack_oid);
+             SET LOCAL search_path = trap, pg_catalog, public;");
+        let hijacked: i64 = scalar("SELECT count(*) FROM analytics.sales_daily").unwrap();
+        assert!(hijacked > 0);
+        run("RESET ROLE; SET LOCAL search_path = pos, public");
         for (role, own, other, own_lines) in [("lacaja_store_a", STORE_A, STORE_B, lines[0]), ("lacaja_store_b", STORE_B, STORE_A, lines[1])] {
             run(&format!("SET LOCAL ROLE {role}"));
             for view in &views {
