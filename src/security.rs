@@ -170,7 +170,9 @@ fn _store_visible_to(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
 /// ever runs with their rights. A predicate that was dropped hides every store.
 fn visible(role: pg_sys::Oid, store_id: Option<pgrx::Uuid>) -> bool {
     let Some(store_id) = store_id else { return false };
-    let statement = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentStatementStartTimestamp()) };
+    let statement = unsafe {
+        ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentStatementStartTimestamp(), pg_sys::GetCurrentCommandId(false))
+    };
     let cached = VISIBILITY.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.statement != Some(statement) {
@@ -249,8 +251,9 @@ fn extension_owner() -> pg_sys::Oid {
 
 #[derive(Default)]
 struct VisibilityCache {
-    /// (local transaction, statement start) the entries below belong to.
-    statement: Option<(u32, i64)>,
+    /// (local transaction, statement start, command) the entries below belong to: a new
+    /// statement, or a write (enable_store_isolation() itself) earlier in this one, starts afresh.
+    statement: Option<(u32, i64, u32)>,
     /// None: not read yet in this statement; Some(None): isolation is off.
     predicate: Option<Option<String>>,
     verdicts: std::collections::HashMap<([u8; 16], pg_sys::Oid), bool>,
