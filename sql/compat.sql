@@ -96,11 +96,19 @@ COMMENT ON TABLE analytics_internal.compat_replaced IS
 
 -- LA-CAJA's materialized views that are still materialized (not replaced), refreshed without
 -- blocking readers where they allow it. The analytics.mv_* views never need a refresh.
-CREATE FUNCTION analytics.refresh_analytics_views() RETURNS void
+-- The schema the materialized views live in: a name, for the caller-rights refresh below.
+CREATE FUNCTION analytics_internal._compat_schema() RETURNS name
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT c.source_schema FROM analytics_internal.source_config c),
+                    analytics_internal.configured_source_schema())::name
+$$;
+
+-- Refreshes LA-CAJA's materialized views that are still materialized views, with the caller's
+-- rights (REFRESH needs their owner, and runs their query): LA-CAJA's own role calls it through
+-- its refresh_analytics_views(). Reads only the catalogs, so callers need nothing else.
+CREATE FUNCTION analytics_internal._refresh_materialized_views(source_schema name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    source_schema name := coalesce((SELECT c.source_schema FROM analytics_internal.source_config c),
-                                   analytics_internal.configured_source_schema());
     mv record;
 BEGIN
     FOR mv IN
@@ -121,6 +129,11 @@ BEGIN
     END LOOP;
 END
 $$;
+
+CREATE FUNCTION analytics.refresh_analytics_views() RETURNS void LANGUAGE sql
+BEGIN ATOMIC
+    SELECT analytics_internal._refresh_materialized_views(analytics_internal._compat_schema());
+END;
 
 -- The view that stands in for `original`: the original's columns in its order and types, taken
 -- by name from `replacement`; an `id uuid` column becomes a stable id of the row's key; any
@@ -253,8 +266,9 @@ BEGIN
         INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, definition)
         VALUES ('refresh_analytics_views', source_schema, 'f', pg_get_functiondef(refresh));
         BEGIN
+            -- A SQL-standard body, bound now: LA-CAJA's role needs no USAGE on analytics to call it.
             EXECUTE format($f$CREATE OR REPLACE FUNCTION %I.refresh_analytics_views() RETURNS void
-                LANGUAGE sql SET search_path = pg_catalog AS 'SELECT analytics.refresh_analytics_views()'$f$, source_schema);
+                LANGUAGE sql BEGIN ATOMIC SELECT analytics.refresh_analytics_views(); END$f$, source_schema);
         EXCEPTION WHEN invalid_function_definition THEN
             RAISE EXCEPTION 'install_compat changed nothing: % does not return void, so it cannot be redefined', refresh
                 USING HINT = 'Rename your refresh_analytics_views() and run install_compat again.';

@@ -36,6 +36,8 @@ BEGIN
             -- pure functions (SPEC §2 and §3)
             'time_bucket', 'amount', 'parse_amount', 'money', 'payment_method', 'payment_group',
             'default_timezone', 'is_valid_timezone', 'store_timezone', 'store_today',
+            -- LA-CAJA's refresh_analytics_views() (after install_compat) calls it, with its rights
+            'refresh_analytics_views',
             'easter_sunday', 'venezuela_holidays',
             -- dashboards: each checks that its caller may read the rollups (and the store)
             'kpis', 'sales_by_day', 'top_products', 'heatmap', 'inventory_metrics_of', 'current_metrics',

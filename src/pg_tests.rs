@@ -524,7 +524,7 @@ pub(crate) mod tests {
     fn public_cannot_write_analytics() {
         let writable: i64 = scalar(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'analytics' AND c.relkind IN ('r', 'v', 'S', 'p')
+             WHERE n.nspname IN ('analytics', 'analytics_internal') AND c.relkind IN ('r', 'v', 'S', 'p')
                AND (has_table_privilege('public', c.oid, 'INSERT') OR has_table_privilege('public', c.oid, 'UPDATE')
                     OR has_table_privilege('public', c.oid, 'DELETE') OR has_table_privilege('public', c.oid, 'TRUNCATE'))",
         )

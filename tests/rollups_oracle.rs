@@ -144,6 +144,11 @@ fn drop_extension_leaves_source_tables_untouched() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "nothing of the extension may stay behind");
+    let internal: i64 = db
+        .query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'analytics_internal'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(internal, 0, "the internal schema goes with the extension");
     let mut tx = db.transaction().unwrap();
     insert_sales(&mut tx, &mut rng, 5);
     tx.commit().expect("sales keep working without the extension");

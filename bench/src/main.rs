@@ -510,7 +510,7 @@ fn main() {
         "SELECT format('%s|%s|%s',
              pg_size_pretty(sum(pg_total_relation_size(c.oid)) FILTER (WHERE n.nspname = 'public'
                  AND c.relname IN ('sales', 'sale_items', 'sale_returns', 'sale_return_items', 'inventory_movements', 'products'))),
-             pg_size_pretty(sum(pg_total_relation_size(c.oid)) FILTER (WHERE n.nspname = 'analytics' AND c.relname <> 'item_facts')),
+             pg_size_pretty(sum(pg_total_relation_size(c.oid)) FILTER (WHERE n.nspname IN ('analytics', 'analytics_internal') AND c.relname <> 'item_facts')),
              pg_size_pretty(pg_total_relation_size('analytics_internal.item_facts')))
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'",
     );
