@@ -26,6 +26,7 @@ COMMENT ON TABLE analytics.store_settings IS
 CREATE TABLE analytics_internal.source_config (
     singleton           bool PRIMARY KEY DEFAULT true CHECK (singleton),
     source_schema       name NOT NULL,
+    source_schema_oid   oid  NOT NULL,
     variant             text NOT NULL CHECK (variant IN ('real', 'simplified')),
     sales_has_status    bool NOT NULL,
     sales_has_voided_at bool NOT NULL,
@@ -701,6 +702,7 @@ DECLARE
     found_tables text[];
     stock_source text;
     triggers text[];
+    problems text;
     -- Re-attaching in one transaction misses no change: the warehouse needs no reload then.
     warehouse_reload constant boolean := (SELECT w.full_load_pending FROM analytics_internal.warehouse_state w)
         OR (SELECT c.source_schema FROM analytics_internal.source_config c) IS DISTINCT FROM source_schema;
@@ -739,10 +741,19 @@ BEGIN
                                     '{store_id,product_id,qty_delta}')
             THEN 'movements' END;
 
+    -- What the owner's code will read must be tables of built-in column types, and stay so.
+    problems := analytics_internal._source_table_problems(source_schema);
+    IF problems IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot attach to schema %: %', source_schema, problems
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'lacaja_analytics reads these as tables with columns of built-in types (anything else would run its code with the extension''s rights).';
+    END IF;
+
     PERFORM analytics.detach();
-    INSERT INTO analytics_internal.source_config (source_schema, variant, sales_has_status, sales_has_voided_at, valid_sale, stock_source)
-    VALUES (source_schema, CASE WHEN has_status THEN 'simplified' ELSE 'real' END, has_status, has_voided_at,
-            valid_sale, stock_source);
+    INSERT INTO analytics_internal.source_config (source_schema, source_schema_oid, variant, sales_has_status, sales_has_voided_at,
+                                                  valid_sale, stock_source)
+    VALUES (source_schema, to_regnamespace(quote_ident(source_schema))::oid, CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
+            has_status, has_voided_at, valid_sale, stock_source);
 
     PERFORM analytics_internal._set_capture_body('sales',
         analytics_internal._capture_body('sales', analytics_internal._capture_columns('sales', NULL), valid_sale));
@@ -781,35 +792,69 @@ BEGIN
 END
 $$;
 
--- LA-CAJA's tables the owner's code reads (capture triggers, dashboards, the warehouse): they
--- must stay tables. Replaced by a view (or a foreign table, or a rule), reading them would run
--- someone else's code with the extension's rights, so such DDL in the attached schema is refused
--- while the extension is attached.
+CREATE FUNCTION analytics_internal._read_source_tables() RETURNS SETOF name
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT unnest(ARRAY['sales', 'sale_items', 'sale_returns', 'sale_return_items', 'products', 'inventory_movements',
+                        'stores', 'customers', 'real_time_metrics', 'alert_thresholds', 'real_time_alerts']::name[])
+$$;
+
+-- LA-CAJA's tables the owner's code reads (capture triggers, dashboards, the warehouse) must
+-- be tables whose columns are of built-in types, in the schema that was attached: a view, a
+-- rule, a foreign table, or a column of a type someone else owns (with its casts and
+-- operators) would run that someone's code with the extension's rights. NULL when all is well,
+-- else what is wrong.
+CREATE FUNCTION analytics_internal._source_table_problems(source_schema name) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(problem, '; ' ORDER BY problem) FROM (
+        SELECT format('%I.%I is a %s, not a table', source_schema, c.relname,
+                      CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                     WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || c.relkind END) AS problem
+        FROM analytics_internal._read_source_tables() AS t
+        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
+        WHERE c.relkind NOT IN ('r', 'p')
+        UNION ALL
+        SELECT format('column %I.%I.%I is of type %s, not a built-in one', source_schema, c.relname, a.attname,
+                      format_type(a.atttypid, a.atttypmod))
+        FROM analytics_internal._read_source_tables() AS t
+        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        JOIN pg_type ty ON ty.oid = a.atttypid
+        WHERE ty.typnamespace <> 'pg_catalog'::regnamespace
+        UNION ALL
+        SELECT format('%s is a foreign partition or child of %I.%I', i.inhrelid::regclass, source_schema, c.relname)
+        FROM analytics_internal._read_source_tables() AS t
+        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
+        JOIN pg_inherits i ON i.inhparent = c.oid
+        JOIN pg_class child ON child.oid = i.inhrelid AND child.relkind = 'f') AS p
+$$;
+
+-- While attached, DDL that breaks that (in the schema, or of the schema: a rename that puts
+-- another schema in its place) is refused. Every DDL command is looked at: the check reads a
+-- few catalog rows.
 CREATE FUNCTION analytics_internal._guard_source_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    source_schema constant name := (SELECT c.source_schema FROM analytics_internal.source_config c);
-    replaced text;
+    config analytics_internal.source_config;
+    problems text;
 BEGIN
-    IF source_schema IS NULL THEN
+    SELECT * INTO config FROM analytics_internal.source_config;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
-    SELECT string_agg(format('%I.%I', source_schema, t), ', ' ORDER BY t) INTO replaced
-    FROM unnest(ARRAY['sales', 'sale_items', 'sale_returns', 'sale_return_items', 'products', 'inventory_movements',
-                      'stores', 'customers', 'real_time_metrics', 'alert_thresholds', 'real_time_alerts']) AS t
-    JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
-    WHERE c.relkind NOT IN ('r', 'p');
-    IF replaced IS NOT NULL THEN
-        RAISE EXCEPTION 'lacaja_analytics reads % as a table; it cannot stand in for one while the extension is attached', replaced
+    IF to_regnamespace(quote_ident(config.source_schema)) IS DISTINCT FROM config.source_schema_oid::regnamespace THEN
+        problems := format('schema %I is no longer the schema that was attached', config.source_schema);
+    ELSE
+        problems := analytics_internal._source_table_problems(config.source_schema);
+    END IF;
+    IF problems IS NOT NULL THEN
+        RAISE EXCEPTION 'lacaja_analytics is attached to schema % and refuses this change: %', quote_ident(config.source_schema), problems
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Its code would run with the extension''s rights. SELECT analytics.detach() first, or keep a table of that name.';
+                  HINT = 'The extension reads those as tables of built-in types, with its own rights. SELECT analytics.detach() first.';
     END IF;
 END
 $$;
 
 CREATE EVENT TRIGGER lacaja_analytics_guard_source_tables ON ddl_command_end
-    WHEN TAG IN ('CREATE VIEW', 'CREATE MATERIALIZED VIEW', 'CREATE FOREIGN TABLE', 'CREATE RULE', 'ALTER TABLE',
-                 'ALTER VIEW', 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE', 'CREATE TABLE AS', 'SELECT INTO')
     EXECUTE FUNCTION analytics_internal._guard_source_tables();
 
 -- Verify and repair ---------------------------------------------------------------------

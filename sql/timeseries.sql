@@ -304,7 +304,9 @@ $$;
 -- to_jsonb() or a cast, which would run a cast function the type's owner wrote with the
 -- extension's rights. Statements run as the tables' owners turn them back into values.
 CREATE FUNCTION analytics_internal._key_values(row_value anyelement, columns name[]) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    -- text that reads back as the same value, whatever the session set
+    SET extra_float_digits = 3 SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     keys jsonb;
 BEGIN

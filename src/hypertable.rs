@@ -84,6 +84,7 @@ pub extern "C-unwind" fn lacaja_conversion_main(arg: pg_sys::Datum) {
         return;
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), Some(pg_sys::Oid::from(user as u32)));
+    crate::security::pin_worker_search_path();
     let flag = |bit: i64| flags & (1 << bit) != 0;
     let requested = in_transaction(0, || {
         Spi::get_one_with_args::<i32>(

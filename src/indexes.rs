@@ -44,6 +44,7 @@ pub extern "C-unwind" fn lacaja_index_builder_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     let user = pg_sys::Oid::from(BackgroundWorker::get_extra().parse::<u32>().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), Some(user));
+    crate::security::pin_worker_search_path();
 
     while !BackgroundWorker::sigterm_received() {
         let next: Option<(i64, String)> = BackgroundWorker::transaction(|| {

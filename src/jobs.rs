@@ -200,6 +200,7 @@ pub extern "C-unwind" fn lacaja_scheduler_main(_arg: pg_sys::Datum) {
         return;
     }
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    crate::security::pin_worker_search_path();
     report_activity("lacaja_analytics scheduler");
     loop {
         if BackgroundWorker::sighup_received() {

@@ -310,6 +310,17 @@ fn as_role_with<R>(role: pg_sys::Oid, context: i32, search_path: SearchPath, bod
     result
 }
 
+/// A background worker's session starts with the database's settings, which its owner
+/// chooses (`ALTER DATABASE … SET search_path`): the extension's workers run the extension's
+/// SQL, as a superuser or the DBA, so they pin `search_path` for the session. Users' jobs
+/// still get the database's default (`SET LOCAL search_path TO DEFAULT` in [`_call_as`]).
+pub(crate) fn pin_worker_search_path() {
+    let pinned = crate::jobs::in_transaction(0, || Spi::run("SET search_path = pg_catalog, pg_temp"));
+    if let Err(failure) = pinned {
+        pgrx::error!("lacaja_analytics worker: could not pin search_path: {}", failure.message);
+    }
+}
+
 /// `SET LOCAL search_path = pg_catalog, pg_temp` at the current GUC nest level.
 fn pin_search_path() {
     unsafe {

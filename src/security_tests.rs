@@ -206,6 +206,15 @@ mod tests {
         // A view's functions would run with the extension's rights when the capture reads it.
         assert_fails("ALTER TABLE pos.products RENAME TO products_kept; CREATE VIEW pos.products AS SELECT * FROM pos.products_kept", "55000");
         assert_eq!(scalar::<String>("SELECT relkind::text FROM pg_class WHERE oid = 'pos.products'::regclass").as_deref(), Some("r"));
+        // Nor a column of a type whose casts and operators someone else wrote, nor another
+        // schema in the attached one's place.
+        run("CREATE TYPE public.quantity AS (v numeric)");
+        assert_fails("ALTER TABLE pos.inventory_movements ALTER COLUMN qty_delta TYPE public.quantity USING row(qty_delta)", "55000");
+        assert_fails("ALTER SCHEMA pos RENAME TO pos_old", "55000");
+        assert_fails("CREATE SCHEMA pos_other; CREATE VIEW pos_other.sales AS SELECT * FROM pos.sales;
+                      ALTER SCHEMA pos RENAME TO pos_old; ALTER SCHEMA pos_other RENAME TO pos", "55000");
+        // Ordinary migrations go on.
+        run("ALTER TABLE pos.products ADD COLUMN barcode_2 text; CREATE VIEW pos.products_report AS SELECT id FROM pos.products");
         // Detached, the schema is LA-CAJA's business again.
         run("SELECT analytics.detach()");
         run("ALTER TABLE pos.products RENAME TO products_kept; CREATE VIEW pos.products AS SELECT * FROM pos.products_kept");
