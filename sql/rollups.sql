@@ -808,7 +808,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(problem, '; ' ORDER BY problem) FROM (
         SELECT format('%I.%I is a %s, not a table', source_schema, c.relname,
                       CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
-                                     WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || c.relkind END) AS problem
+                                     WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || c.relkind::text END) AS problem
         FROM analytics_internal._read_source_tables() AS t
         JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
         WHERE c.relkind NOT IN ('r', 'p')
