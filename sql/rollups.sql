@@ -829,8 +829,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- While attached, DDL that breaks that (in the schema, or of the schema: a rename that puts
--- another schema in its place) is refused. Every DDL command is looked at: the check reads a
--- few catalog rows.
+-- another schema in its place) is refused. Every command that can make or change a relation or
+-- a schema is looked at (the check reads a few catalog rows); index commands are not (they
+-- cannot, and CREATE INDEX CONCURRENTLY run by the index builder has no snapshot for it).
 CREATE FUNCTION analytics_internal._guard_source_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -855,6 +856,10 @@ END
 $$;
 
 CREATE EVENT TRIGGER lacaja_analytics_guard_source_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'DROP TABLE', 'CREATE TABLE AS', 'SELECT INTO',
+                 'CREATE VIEW', 'ALTER VIEW', 'DROP VIEW', 'CREATE MATERIALIZED VIEW', 'ALTER MATERIALIZED VIEW',
+                 'DROP MATERIALIZED VIEW', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'DROP FOREIGN TABLE',
+                 'IMPORT FOREIGN SCHEMA', 'CREATE RULE', 'CREATE SCHEMA', 'ALTER SCHEMA', 'DROP SCHEMA', 'ALTER TYPE')
     EXECUTE FUNCTION analytics_internal._guard_source_tables();
 
 -- Verify and repair ---------------------------------------------------------------------
