@@ -101,10 +101,11 @@ fn recommended_indexes_are_built_concurrently_by_a_worker() {
     assert_eq!(again, 0, "everything recommended now exists");
 
     // A build that fails is recorded with its error, and the worker goes on with the next.
+    // (Statements name their tables in full: the builder's session pins search_path.)
     db.batch_execute(
         "INSERT INTO analytics.index_builds (table_name, index_name, statement) VALUES
-             ('sales', 'broken', 'CREATE INDEX CONCURRENTLY broken ON sales (no_such_column)'),
-             ('sales', 'after_broken', 'CREATE INDEX CONCURRENTLY after_broken ON sales (sold_at)');
+             ('sales', 'broken', 'CREATE INDEX CONCURRENTLY broken ON public.sales (no_such_column)'),
+             ('sales', 'after_broken', 'CREATE INDEX CONCURRENTLY after_broken ON public.sales (sold_at)');
          SELECT analytics_internal._start_index_builder();",
     )
     .unwrap();
