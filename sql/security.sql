@@ -41,8 +41,19 @@ LANGUAGE sql STABLE AS $$
     ORDER BY c.relname
 $$;
 
+-- Row-level security changes need ACCESS EXCLUSIVE, and the capture reads store_settings on
+-- every sale: all the tables are locked at once with short, retried tries (the conversion's
+-- way), so that the change gives way to sales instead of queueing them behind a report.
+CREATE FUNCTION analytics_internal._lock_per_store_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM analytics_internal._lock_tables(ARRAY(SELECT t::text FROM analytics_internal._per_store_tables() AS t),
+                                            'ACCESS EXCLUSIVE');
+END
+$$;
+
 CREATE FUNCTION analytics.enable_store_isolation(predicate regprocedure) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t regclass;
     tables text[] := '{}';
@@ -55,6 +66,7 @@ BEGIN
     END IF;
     INSERT INTO analytics_internal.store_isolation AS i (predicate) VALUES (predicate)
     ON CONFLICT (singleton) DO UPDATE SET predicate = excluded.predicate, enabled_at = now();
+    PERFORM analytics_internal._lock_per_store_tables();
     FOR t IN SELECT * FROM analytics_internal._per_store_tables() LOOP
         EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('DROP POLICY IF EXISTS lacaja_store_isolation ON %s', t);
@@ -68,12 +80,13 @@ END
 $$;
 
 CREATE FUNCTION analytics.disable_store_isolation() RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t regclass;
     tables text[] := '{}';
 BEGIN
     DELETE FROM analytics_internal.store_isolation;
+    PERFORM analytics_internal._lock_per_store_tables();
     FOR t IN SELECT * FROM analytics_internal._per_store_tables() LOOP
         EXECUTE format('DROP POLICY IF EXISTS lacaja_store_isolation ON %s', t);
         EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', t);

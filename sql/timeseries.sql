@@ -679,6 +679,10 @@ BEGIN
                     INCLUDING STORAGE INCLUDING COMMENTS INCLUDING STATISTICS) PARTITION BY RANGE (%I)',
                    names.staging, names.old_table, c.time_column);
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', names.staging, c.time_column);
+    -- The table's owner owns the new table from the start, and so its chunks and sequences
+    -- (nothing to re-own while the swap holds POS writes back).
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', names.staging,
+                   (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = c.relation));
     h := analytics_internal._register_hypertable(names.staging::regclass, c.time_column, c.time_type, c.chunk_interval,
                                         c.chunks_ahead, c.table_name);
     FOR chunk_start IN EXECUTE format('SELECT DISTINCT analytics_internal._chunk_start($1, %s) FROM %s ORDER BY 1',
@@ -882,7 +886,7 @@ BEGIN
         EXCEPTION WHEN lock_not_available THEN
             attempt := attempt + 1;
             IF attempt >= attempts THEN
-                RAISE EXCEPTION 'could not lock % for the conversion: POS transactions kept them busy', listed
+                RAISE EXCEPTION 'could not lock %: POS transactions kept them busy', listed
                     USING ERRCODE = 'lock_not_available', HINT = 'Nothing was changed. Try again at a quieter time.';
             END IF;
             PERFORM pg_sleep(0.05 + random() * 0.2);
@@ -974,11 +978,6 @@ BEGIN
     FOREACH stmt IN ARRAY views LOOP
         EXECUTE stmt;
     END LOOP;
-    -- The owner first (a sequence can only belong to a table of its own owner), and of its
-    -- chunks, made while the new table was still the converting role's.
-    EXECUTE format('ALTER TABLE %s OWNER TO %I', names.old_table, pg_get_userbyid(rel.relowner));
-    PERFORM analytics_internal._exec(format('ALTER TABLE %s OWNER TO %I', i.inhrelid::regclass, pg_get_userbyid(rel.relowner)))
-    FROM pg_inherits i WHERE i.inhparent = names.old_table::regclass;
     -- serial columns keep their sequence (it would go with the old table); identity columns
     -- continue where the old table's sequence was
     PERFORM analytics_internal._exec(format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, names.old_table, a.attname))

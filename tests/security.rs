@@ -153,6 +153,33 @@ fn no_route_to_superuser_through_the_scheduler_and_odd_owner_names_everywhere() 
     let old: i64 = db.query_one("SELECT count(*) FROM events WHERE created_at < now() - interval '30 days'", &[]).unwrap().get(0);
     assert_eq!(old, 0, "retention dropped the old chunks");
     assert!(!is_superuser(&mut db, "lacaja_sec_author"));
+
+    // Store isolation changes row-level security (ACCESS EXCLUSIVE) on tables the capture reads
+    // on every sale: behind a long report, it gives way to sales instead of queueing them.
+    db.batch_execute(
+        "CREATE FUNCTION public.sees_every_store(store_id uuid) RETURNS boolean LANGUAGE sql STABLE AS 'SELECT true'",
+    )
+    .unwrap();
+    let mut report = connect(DATABASE);
+    report.batch_execute("BEGIN; SELECT count(*) FROM analytics.store_settings;").unwrap();
+    let enabling = std::thread::spawn(|| {
+        let mut dba = connect(DATABASE);
+        dba.batch_execute("SELECT analytics.enable_store_isolation('public.sees_every_store(uuid)')").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut pos = connect(DATABASE);
+    let started = Instant::now();
+    pos.batch_execute(
+        "INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
+         VALUES (gen_random_uuid(), 'a0000000-0000-4000-8000-000000000001', now(), 36.5, 'BS',
+                 '{\"total_bs\": 10, \"total_usd\": 1}', '{\"method\": \"CASH_BS\"}')",
+    )
+    .unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(1000), "a sale waited {waited:?} behind enable_store_isolation()");
+    std::thread::sleep(Duration::from_millis(1500));
+    report.batch_execute("COMMIT").unwrap();
+    enabling.join().expect("enable_store_isolation() succeeds once the report ends");
     drop(db);
     let mut admin = connect("postgres");
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
