@@ -805,26 +805,25 @@ $$;
 -- else what is wrong.
 CREATE FUNCTION analytics_internal._source_table_problems(source_schema name) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH read AS (
+        SELECT c.oid, c.relname, c.relkind FROM analytics_internal._read_source_tables() AS t
+        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t)))
     SELECT string_agg(problem, '; ' ORDER BY problem) FROM (
-        SELECT format('%I.%I is a %s, not a table', source_schema, c.relname,
-                      CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
-                                     WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || c.relkind::text END) AS problem
-        FROM analytics_internal._read_source_tables() AS t
-        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
-        WHERE c.relkind NOT IN ('r', 'p')
+        SELECT format('%I.%I is a %s, not a table', source_schema, r.relname,
+                      CASE r.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                     WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || r.relkind::text END) AS problem
+        FROM read r WHERE r.relkind NOT IN ('r', 'p')
         UNION ALL
-        SELECT format('column %I.%I.%I is of type %s, not a built-in one', source_schema, c.relname, a.attname,
+        SELECT format('column %I.%I.%I is of type %s, not a built-in one', source_schema, r.relname, a.attname,
                       format_type(a.atttypid, a.atttypmod))
-        FROM analytics_internal._read_source_tables() AS t
-        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        FROM read r
+        JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
         JOIN pg_type ty ON ty.oid = a.atttypid
         WHERE ty.typnamespace <> 'pg_catalog'::regnamespace
         UNION ALL
-        SELECT format('%s is a foreign partition or child of %I.%I', i.inhrelid::regclass, source_schema, c.relname)
-        FROM analytics_internal._read_source_tables() AS t
-        JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', source_schema, t))
-        JOIN pg_inherits i ON i.inhparent = c.oid
+        SELECT format('%s is a foreign partition or child of %I.%I', i.inhrelid::regclass, source_schema, r.relname)
+        FROM read r
+        JOIN pg_inherits i ON i.inhparent = r.oid
         JOIN pg_class child ON child.oid = i.inhrelid AND child.relkind = 'f') AS p
 $$;
 
