@@ -10,11 +10,15 @@
 -- writer left. The captured unit cost travels with the facts: a later change of the product's
 -- cost never rewrites a past day.
 
+-- Keyed where the sale is, not by random ids: a sale's facts sit together, after the store's
+-- earlier sales, so recording them appends to a few hot index pages whatever the history's
+-- size. A sale without store or time is filed under the nil uuid and -infinity.
 CREATE TABLE analytics_internal.item_facts (
-    sale_item_id  uuid PRIMARY KEY,
-    sale_id       uuid    NOT NULL,
+    store_id      uuid        NOT NULL,
+    sold_at       timestamptz NOT NULL,
+    sale_id       uuid        NOT NULL,
+    sale_item_id  uuid        NOT NULL,
     product_id    uuid,
-    store_id      uuid,
     day           date,
     counted       boolean NOT NULL,
     qty           numeric NOT NULL,
@@ -26,7 +30,7 @@ CREATE TABLE analytics_internal.item_facts (
     returned_bs   numeric NOT NULL,
     returned_usd  numeric NOT NULL
 );
-CREATE INDEX item_facts_sale ON analytics_internal.item_facts (sale_id);
+CREATE INDEX item_facts_sale ON analytics_internal.item_facts (store_id, sold_at, sale_id);
 COMMENT ON TABLE analytics_internal.item_facts IS
     'What each sale item contributes to the product rollups, with the unit cost captured when the item was recorded.';
 
@@ -96,9 +100,12 @@ HAVING sum(p.lines) <> 0;
 
 -- Item facts of the sales matching `filter` (aliases: i item, r sale), recomputed from the
 -- source tables; captured unit costs are taken from `captured` (a relation shaped like
--- item_facts) and captured from products now for items that have none. `warehouse` adds
--- what the warehouse's facts carry besides (sale time, customer, payment method, ...).
-CREATE FUNCTION analytics_internal._item_facts_sql(captured text, filter text, warehouse boolean DEFAULT false) RETURNS text
+-- item_facts) and captured from products now for items that have none. `located`: look the
+-- captured facts up where the sale is now (item_facts itself: its index serves that), else
+-- by item alone (a few facts just taken back). `warehouse` adds what the warehouse's facts
+-- carry besides (the sale's own store and time, customer, payment method, ...).
+CREATE FUNCTION analytics_internal._item_facts_sql(captured text, filter text, warehouse boolean DEFAULT false,
+                                                   located boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     cfg analytics_internal.source_config;
@@ -128,7 +135,9 @@ BEGIN
             THEN format('CASE WHEN %s THEN coalesce(p.cost_per_weight_%%1$s, p.cost_%%1$s) ELSE p.cost_%%1$s END', weight)
         ELSE 'p.cost_%1$s' END;
     RETURN format($q$
-        SELECT i.id AS sale_item_id, i.sale_id, i.product_id, r.store_id,
+        SELECT coalesce(r.store_id, '00000000-0000-0000-0000-000000000000') AS store_id,
+               coalesce(r.sold_at, '-infinity') AS sold_at,
+               i.sale_id, i.id AS sale_item_id, i.product_id,
                (r.sold_at AT TIME ZONE coalesce(st.timezone, analytics.default_timezone()))::date AS day,
                coalesce((%1$s) AND r.store_id IS NOT NULL AND r.sold_at IS NOT NULL AND i.product_id IS NOT NULL, false)
                    AS counted,
@@ -142,7 +151,7 @@ BEGIN
         FROM %6$s AS i
         JOIN %7$I.sales AS r ON r.id = i.sale_id
         LEFT JOIN analytics.store_settings AS st ON st.store_id = r.store_id
-        LEFT JOIN %8$s AS c ON c.sale_item_id = i.id AND c.product_id IS NOT DISTINCT FROM i.product_id
+        LEFT JOIN %8$s AS c ON c.sale_item_id = i.id AND c.product_id IS NOT DISTINCT FROM i.product_id%13$s
         %9$s
         %10$s
         WHERE %11$s$q$,
@@ -162,161 +171,135 @@ BEGIN
              ELSE 'LEFT JOIN (SELECT NULL::numeric AS qty, NULL::numeric AS total_bs, NULL::numeric AS total_usd) AS ret ON true' END,
         filter,
         CASE WHEN warehouse THEN format($c$,
-               r.customer_id, r.sold_at,
+               r.store_id AS sale_store_id, r.sold_at AS sale_sold_at, r.customer_id,
                (r.sold_at AT TIME ZONE coalesce(st.timezone, analytics.default_timezone()))::time AS sale_time,
                analytics.payment_method(r.payment) AS payment_method, %s AS exchange_rate,
                coalesce(%s, false) AS is_weight_product, NOT coalesce((%s), false) AS is_voided$c$,
             CASE WHEN analytics_internal._has_columns(format('%I.sales', cfg.source_schema)::regclass, '{exchange_rate}')
                  THEN 'r.exchange_rate::numeric' ELSE 'NULL::numeric' END,
             weight, cfg.valid_sale)
+        ELSE '' END,
+        CASE WHEN located THEN $c$ AND c.sale_id = i.sale_id
+              AND c.store_id = coalesce(r.store_id, '00000000-0000-0000-0000-000000000000') AND c.sold_at = coalesce(r.sold_at, '-infinity')$c$
         ELSE '' END);
 END
 $$;
 
--- Recomputes the item facts of `sale_ids` and moves the product rollups by the difference.
--- attach() generates the body for the source it finds.
-CREATE FUNCTION analytics_internal._refresh_items(sale_ids uuid[]) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The item facts of the sales a transaction inserted or changed, recomputed from the source
+-- tables when it commits (src/capture calls it once, at PRE_COMMIT), and the product rollups
+-- moved by new facts minus old ones. `new_sale_ids`: sales this transaction inserted (their
+-- facts are new; nobody else can have written them). `changed_sale_ids`: sales whose items,
+-- place or validity changed; their old facts are taken back from where the sale is now and
+-- from where it was (`moved_*`: the old rows of updates and deletes). `returned_item_ids`:
+-- items whose returns changed. attach() generates the body for the source it finds.
+CREATE FUNCTION analytics_internal._fold_items(target_shard int, new_sale_ids uuid[], changed_sale_ids uuid[],
+                                               moved_sale_ids uuid[], moved_stores uuid[], moved_times timestamptz[],
+                                               returned_item_ids uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
     RETURN;
 END
 $$;
 
-CREATE FUNCTION analytics_internal._refresh_items_body() RETURNS text
+CREATE FUNCTION analytics_internal._item_fact_columns() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'store_id, sold_at, sale_id, sale_item_id, product_id, day, counted, qty, revenue_bs, revenue_usd, '
+           'unit_cost_bs, unit_cost_usd, returned_qty, returned_bs, returned_usd'
+$$;
+
+CREATE FUNCTION analytics_internal._fold_items_body() RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     cfg analytics_internal.source_config;
-    columns constant text := 'sale_item_id, sale_id, product_id, store_id, day, counted, qty, revenue_bs, revenue_usd,
-                              unit_cost_bs, unit_cost_usd, returned_qty, returned_bs, returned_usd';
+    columns constant text := analytics_internal._item_fact_columns();
     -- Every rollup over item facts receives the measured delta in one statement: the first
     -- ones as CTEs, the last one as the statement itself.
-    skipping_zero constant text[] := ARRAY(
-        SELECT analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'), 'analytics_internal.backend_shard()', true)
-        FROM analytics_internal.rollup_catalog c WHERE c.source = 'items' ORDER BY c.position);
     adding constant text[] := ARRAY(
-        SELECT analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'), 'analytics_internal.backend_shard()', false)
+        SELECT analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'), 'target_shard', true)
         FROM analytics_internal.rollup_catalog c WHERE c.source = 'items' ORDER BY c.position);
-    n constant int := cardinality(skipping_zero);
+    n constant int := cardinality(adding);
+    returns regclass;
 BEGIN
     SELECT * INTO STRICT cfg FROM analytics_internal.source_config;
+    returns := to_regclass(format('%I.sale_return_items', cfg.source_schema));
     RETURN format($f$
+DECLARE
+    slow uuid[];
+    every_sale uuid[];
 BEGIN
-    IF coalesce(cardinality(sale_ids), 0) = 0 THEN
+    -- Sales whose stored facts change; a sale inserted here has none (items returned in the
+    -- same transaction are read with it).
+    slow := ARRAY(
+        SELECT DISTINCT s.id FROM (
+            SELECT unnest(changed_sale_ids) AS id
+            UNION ALL
+            SELECT i.sale_id FROM %1$I.sale_items AS i
+            WHERE i.id = ANY(returned_item_ids) AND NOT i.sale_id = ANY(new_sale_ids)) AS s
+        WHERE s.id IS NOT NULL);
+    every_sale := slow || ARRAY(SELECT unnest(new_sale_ids) EXCEPT SELECT unnest(slow));
+    IF cardinality(every_sale) = 0 THEN
         RETURN;
     END IF;
-    -- Writers of the same sale take turns; the next statement then starts from their facts.
-    PERFORM 1 FROM %1$I.sales WHERE id = ANY(sale_ids) ORDER BY id FOR NO KEY UPDATE;
-    PERFORM 1 FROM unnest(sale_ids) AS s (id) JOIN analytics_internal.item_facts f ON f.sale_id = s.id LIMIT 1;
-    IF NOT FOUND THEN
-        -- The usual case, a sale's first items: nothing to take back.
-        WITH old AS (SELECT %2$s FROM analytics_internal.item_facts f WHERE false),
-             new AS (%3$s),
-             kept AS (INSERT INTO analytics_internal.item_facts (%2$s) SELECT %2$s FROM new),
-             measured AS (SELECT 1 AS sign, %2$s FROM new)%6$s
-        %8$s;
-        RETURN;
+    IF cardinality(slow) > 0 THEN
+        -- Writers of the same sale take turns; the facts taken back below are then the
+        -- previous writer's (read in this statement's fresh snapshot).
+        PERFORM 1 FROM %1$I.sales WHERE id = ANY(slow) ORDER BY id FOR NO KEY UPDATE;
     END IF;
-    WITH old AS (SELECT %2$s FROM analytics_internal.item_facts f WHERE f.sale_id = ANY(sale_ids)),
+    WITH located AS (
+             SELECT coalesce(r.store_id, '00000000-0000-0000-0000-000000000000') AS store_id,
+                    coalesce(r.sold_at, '-infinity') AS sold_at, r.id AS sale_id
+             FROM %1$I.sales AS r WHERE r.id = ANY(slow)
+             UNION
+             SELECT coalesce(m.store_id, '00000000-0000-0000-0000-000000000000'), coalesce(m.sold_at, '-infinity'), m.sale_id
+             FROM unnest(moved_sale_ids, moved_stores, moved_times) AS m (sale_id, store_id, sold_at)),
+         old AS (DELETE FROM analytics_internal.item_facts AS f USING located AS l
+                 WHERE f.store_id = l.store_id AND f.sold_at = l.sold_at AND f.sale_id = l.sale_id
+                 RETURNING f.*),
          new AS (%3$s),
-         kept AS (INSERT INTO analytics_internal.item_facts AS f (%2$s) SELECT %2$s FROM new
-                  ON CONFLICT (sale_item_id) DO UPDATE SET %4$s),
-         gone AS (DELETE FROM analytics_internal.item_facts f
-                  WHERE f.sale_id = ANY(sale_ids)
-                    AND NOT EXISTS (SELECT 1 FROM new WHERE new.sale_item_id = f.sale_item_id)),
-         measured AS (SELECT -1 AS sign, %2$s FROM old UNION ALL SELECT 1, %2$s FROM new)%5$s
-    %7$s;
+         kept AS (INSERT INTO analytics_internal.item_facts (%2$s) SELECT %2$s FROM new),
+         measured AS (SELECT -1 AS sign, %2$s FROM old UNION ALL SELECT 1, %2$s FROM new)%4$s
+    %5$s;
 END$f$,
         cfg.source_schema, columns,
-        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(sale_ids)'),
-        (SELECT string_agg(format('%1$I = excluded.%1$I', c), ', ')
-           FROM unnest(string_to_array(replace(replace(columns, E'\n', ''), ' ', ''), ',')) AS c
-          WHERE c <> 'sale_item_id'),
-        (SELECT string_agg(format(E',\n         add_%s AS (%s)', i, skipping_zero[i]), '') FROM generate_series(1, n - 1) AS i),
-        (SELECT string_agg(format(E',\n             add_%s AS (%s)', i, adding[i]), '') FROM generate_series(1, n - 1) AS i),
-        skipping_zero[n], adding[n]);
+        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(every_sale)'),
+        (SELECT string_agg(format(E',\n         add_%s AS (%s)', i, adding[i]), '') FROM generate_series(1, n - 1) AS i),
+        adding[n]);
 END
 $$;
-
--- Capture functions of items, return items and sales for the product rollup (bodies set by
--- attach(): which sales a statement concerns).
-SELECT analytics_internal._set_capture_body(source, 'BEGIN RETURN NULL; END')
-FROM unnest(ARRAY['items', 'item_returns', 'item_sales']) AS source;
 
 CREATE FUNCTION analytics_internal._detach_items() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM analytics_internal._set_capture_body(source, 'BEGIN RETURN NULL; END')
-    FROM unnest(ARRAY['items', 'item_returns', 'item_sales']) AS source;
-    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._refresh_items(sale_ids uuid[]) RETURNS void
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$, 'BEGIN RETURN; END');
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._fold_items(target_shard int, new_sale_ids uuid[],
+            changed_sale_ids uuid[], moved_sale_ids uuid[], moved_stores uuid[], moved_times timestamptz[],
+            returned_item_ids uuid[]) RETURNS void
+        LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS %L$f$, 'BEGIN RETURN; END');
 END
 $$;
 
--- Called by attach(): captures products when sale_items has what the rollup reads.
+-- Called by attach(): captures products when sale_items has what the rollup reads. The sales
+-- triggers report sales whose place or validity changed (src/capture).
 CREATE FUNCTION analytics_internal._attach_items(source_schema name, valid_sale text) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     items regclass := to_regclass(format('%I.sale_items', source_schema));
     returns regclass := to_regclass(format('%I.sale_return_items', source_schema));
     triggers text[];
-    changed_sale text;
 BEGIN
     IF NOT analytics_internal._has_columns(items, '{id,sale_id,product_id,qty,unit_price_bs,unit_price_usd}') THEN
         RETURN '{}';
     END IF;
     UPDATE analytics_internal.source_config SET captures_items = true;
-    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._refresh_items(sale_ids uuid[]) RETURNS void
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-        -- It touches the few sales of one statement: plan once per session, not per call.
-        SET plan_cache_mode = force_generic_plan AS %L$f$, analytics_internal._refresh_items_body());
-
-    PERFORM analytics_internal._set_capture_body('items', $b$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT sale_id FROM new_rows));
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT sale_id FROM old_rows));
-    ELSE
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT sale_id FROM old_rows UNION SELECT sale_id FROM new_rows));
-    END IF;
-    RETURN NULL;
-END$b$);
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._fold_items(target_shard int, new_sale_ids uuid[],
+            changed_sale_ids uuid[], moved_sale_ids uuid[], moved_stores uuid[], moved_times timestamptz[],
+            returned_item_ids uuid[]) RETURNS void
+        LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+        -- A POS commit folds one or two sales: plan once per session, not per commit.
+        SET plan_cache_mode = force_generic_plan AS %L$f$, analytics_internal._fold_items_body());
     triggers := analytics_internal._create_capture_triggers(items, 'items');
-
     IF analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
-        PERFORM analytics_internal._set_capture_body('item_returns', $b$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
-                                                WHERE f.sale_item_id IN (SELECT sale_item_id FROM new_rows)));
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
-                                                WHERE f.sale_item_id IN (SELECT sale_item_id FROM old_rows)));
-    ELSE
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
-                                                WHERE f.sale_item_id IN (SELECT sale_item_id FROM old_rows
-                                                                         UNION SELECT sale_item_id FROM new_rows)));
-    END IF;
-    RETURN NULL;
-END$b$);
         triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns');
     END IF;
-
-    -- A void, un-void, moved sold_at or store moves the sale's items; a deleted sale drops them.
-    changed_sale := format('(n.store_id, n.sold_at, (%s)) IS DISTINCT FROM (o.store_id, o.sold_at, (%s))',
-                           replace(valid_sale, 'r.', 'n.'), replace(valid_sale, 'r.', 'o.'));
-    PERFORM analytics_internal._set_capture_body('item_sales', format($b$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT o.id FROM old_rows o
-                                                WHERE EXISTS (SELECT 1 FROM analytics_internal.item_facts f WHERE f.sale_id = o.id)));
-    ELSE
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE %s));
-    END IF;
-    RETURN NULL;
-END$b$, changed_sale));
-    triggers := triggers || analytics_internal._create_capture_triggers(
-        to_regclass(format('%I.sales', source_schema)), 'item_sales', '{update,delete}');
     RETURN triggers;
 END
 $$;
@@ -326,18 +309,18 @@ CREATE FUNCTION analytics_internal._item_facts_difference_sql(store_id uuid, fro
 LANGUAGE sql STABLE AS $$
     SELECT format($q$
         SELECT coalesce(e.sale_item_id, a.sale_item_id) AS sale_item_id,
-               coalesce(e.sale_id, a.sale_id) AS sale_id,
+               coalesce(e.sale_id, a.sale_id) AS sale_id, a.store_id AS found_store_id, a.sold_at AS found_sold_at,
                CASE WHEN e.sale_item_id IS NOT NULL THEN to_jsonb(e) END AS expected,
                CASE WHEN a.sale_item_id IS NOT NULL THEN to_jsonb(a) END AS actual
         FROM (SELECT * FROM (%1$s) AS x WHERE %3$s) AS e
         FULL JOIN (SELECT * FROM analytics_internal.item_facts r WHERE %2$s AND %4$s) AS a ON a.sale_item_id = e.sale_item_id
-        WHERE (e.sale_item_id, e.sale_id, e.product_id, e.store_id, e.day, e.counted, e.qty, e.revenue_bs, e.revenue_usd,
-               e.unit_cost_bs, e.unit_cost_usd, e.returned_qty, e.returned_bs, e.returned_usd)
+        WHERE (e.sale_item_id, e.sale_id, e.product_id, e.store_id, e.sold_at, e.day, e.counted, e.qty, e.revenue_bs,
+               e.revenue_usd, e.unit_cost_bs, e.unit_cost_usd, e.returned_qty, e.returned_bs, e.returned_usd)
               IS DISTINCT FROM
-              (a.sale_item_id, a.sale_id, a.product_id, a.store_id, a.day, a.counted, a.qty, a.revenue_bs, a.revenue_usd,
-               a.unit_cost_bs, a.unit_cost_usd, a.returned_qty, a.returned_bs, a.returned_usd)$q$,
+              (a.sale_item_id, a.sale_id, a.product_id, a.store_id, a.sold_at, a.day, a.counted, a.qty, a.revenue_bs,
+               a.revenue_usd, a.unit_cost_bs, a.unit_cost_usd, a.returned_qty, a.returned_bs, a.returned_usd)$q$,
         analytics_internal._item_facts_sql('analytics_internal.item_facts',
-            CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END),
+            CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END, false, true),
         CASE WHEN store_id IS NULL THEN 'true' ELSE format('r.store_id = %L::uuid', store_id) END,
         analytics_internal._day_filter('x.day', from_day, to_day), analytics_internal._day_filter('r.day', from_day, to_day))
 $$;
@@ -361,13 +344,25 @@ CREATE FUNCTION analytics_internal._repair_item_facts(store_id uuid, from_day da
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sale_ids uuid[];
+    found_ids uuid[];
+    found_stores uuid[];
+    found_times timestamptz[];
 BEGIN
     IF NOT coalesce((SELECT captures_items FROM analytics_internal.source_config), false) THEN
         RETURN 0;
     END IF;
-    EXECUTE format('SELECT array_agg(DISTINCT d.sale_id) FROM (%s) AS d', analytics_internal._item_facts_difference_sql(store_id, from_day, to_day))
-       INTO sale_ids;
-    PERFORM analytics_internal._refresh_items(sale_ids);
+    -- Wrong facts are taken back from wherever they are (a sale moved with triggers off
+    -- left its facts behind).
+    EXECUTE format($q$SELECT array_agg(DISTINCT d.sale_id),
+                             array_agg(d.sale_id) FILTER (WHERE d.found_store_id IS NOT NULL),
+                             array_agg(d.found_store_id) FILTER (WHERE d.found_store_id IS NOT NULL),
+                             array_agg(d.found_sold_at) FILTER (WHERE d.found_store_id IS NOT NULL)
+                      FROM (%s) AS d$q$, analytics_internal._item_facts_difference_sql(store_id, from_day, to_day))
+       INTO sale_ids, found_ids, found_stores, found_times;
+    IF sale_ids IS NOT NULL THEN
+        PERFORM analytics_internal._fold_items(analytics_internal.backend_shard(), '{}', sale_ids,
+                                               coalesce(found_ids, '{}'), coalesce(found_stores, '{}'), coalesce(found_times, '{}'), '{}');
+    END IF;
     RETURN coalesce(cardinality(sale_ids), 0);
 END
 $$;

@@ -472,58 +472,84 @@ LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
--- A capture trigger's body: `columns` are read from the transition rows (alias r) that
--- satisfy `valid`; the source's rollups in the catalog receive the statement's net delta.
-CREATE FUNCTION analytics_internal._capture_body(source text, columns text, valid text) RETURNS text
+-- The fold of the sales and stock rows a transaction captured (src/capture calls it when the
+-- transaction commits, and earlier for a level that captured many rows): every rollup of the
+-- source receives the net delta per key in one statement per source, into `target_shard`'s
+-- parts. Rows are signed (old −1, new +1); `sale_counts` says which sales rows count (valid,
+-- with store and time); new rows are checked for malformed JSON (ingest_errors), counted or
+-- not. attach() generates the body.
+CREATE FUNCTION analytics_internal._fold_rows(target_shard int, sale_signs int[], sale_ids uuid[], sale_stores uuid[],
+        sale_times timestamptz[], sale_customers uuid[], sale_totals jsonb[], sale_payments jsonb[], sale_counts boolean[],
+        stock_signs int[], stock_stores uuid[], stock_products uuid[], stock_quantities text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._fold_rows_body() RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    changes constant text[] := ARRAY[
-        format('SELECT 1 AS sign, %s FROM new_rows r WHERE %s', columns, valid),
-        format('SELECT -1 AS sign, %s FROM old_rows r WHERE %s', columns, valid),
-        format('SELECT -1 AS sign, %1$s FROM old_rows r WHERE %2$s
-                UNION ALL
-                SELECT 1, %1$s FROM new_rows r WHERE %2$s', columns, valid)];
-    -- Sales only: what could not be read is reported, once, without failing the sale.
+    rows_of constant jsonb := jsonb_build_object(
+        'sales', $q$SELECT r.sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment
+                    FROM unnest(sale_signs, sale_stores, sale_times, sale_customers, sale_totals, sale_payments, sale_counts)
+                         AS r (sign, store_id, sold_at, customer_id, totals, payment, counts)
+                    WHERE r.counts$q$,
+        'stock', $q$SELECT r.sign, r.store_id, r.product_id, r.qty
+                    FROM unnest(stock_signs, stock_stores, stock_products, stock_quantities) AS r (sign, store_id, product_id, qty)$q$);
+    -- What could not be read is reported, once, without failing the sale.
     problems constant text := $q$problems AS (
             INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
             SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
-            FROM new_rows r CROSS JOIN LATERAL analytics_internal.sale_problems(r.totals, r.payment) AS p
-            WHERE NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)
+            FROM unnest(sale_signs, sale_ids, sale_totals, sale_payments) AS r (sign, id, totals, payment)
+            CROSS JOIN LATERAL analytics_internal.sale_problems(r.totals, r.payment) AS p
+            WHERE r.sign > 0 AND NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)
             ON CONFLICT DO NOTHING)$q$;
+    fold_source text;
     upserts text[];
-    branches text[] := '{}';
-    i int;
     statement text;
+    body text := '';
 BEGIN
-    FOR i IN 1..3 LOOP
-        -- Inserted or deleted rows always move a count; only an update can net to zero.
+    FOREACH fold_source IN ARRAY ARRAY['sales', 'stock'] LOOP
         SELECT array_agg(analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'),
-                                                     'analytics_internal.backend_shard()', i = 3) ORDER BY c.position)
-          INTO upserts FROM analytics_internal.rollup_catalog c WHERE c.source = _capture_body.source;
-        statement := format('WITH changed AS (%s), measured AS (%s)', changes[i],
-                            analytics_internal._measured_sql(source, 'SELECT * FROM changed'));
-        IF i <> 2 AND source = 'sales' THEN
+                                                              'target_shard', true) ORDER BY c.position)
+          INTO upserts FROM analytics_internal.rollup_catalog c WHERE c.source = fold_source;
+        statement := format('WITH changed AS (%s), measured AS (%s)', rows_of ->> fold_source,
+                            analytics_internal._measured_sql(fold_source, 'SELECT * FROM changed'));
+        IF fold_source = 'sales' THEN
             statement := statement || ', ' || problems;
         END IF;
         FOR j IN 1..cardinality(upserts) - 1 LOOP
             statement := statement || format(', add_%s AS (%s)', j, upserts[j]);
         END LOOP;
-        branches := branches || (statement || E'\n' || upserts[cardinality(upserts)] || ';');
+        body := body || format(E'\n    IF cardinality(%s) > 0 THEN\n        %s\n        %s;\n    END IF;',
+                               CASE fold_source WHEN 'sales' THEN 'sale_signs' ELSE 'stock_signs' END,
+                               statement, upserts[cardinality(upserts)]);
     END LOOP;
-    RETURN format($f$
-BEGIN
-    -- generated by analytics.attach(): %s rows where %s
-    IF TG_OP = 'INSERT' THEN
-        %s
-    ELSIF TG_OP = 'DELETE' THEN
-        %s
-    ELSE
-        %s
-    END IF;
-    RETURN NULL;
-END$f$, source, valid, branches[1], branches[2], branches[3]);
+    RETURN format(E'\nBEGIN\n    -- generated by analytics.attach() from analytics_internal.rollup_catalog%s\nEND', body);
 END
 $$;
+
+-- Sets the body of a fold function (it stays a member of the extension).
+CREATE FUNCTION analytics_internal._set_fold_rows_body(body text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._fold_rows(target_shard int, sale_signs int[],
+            sale_ids uuid[], sale_stores uuid[], sale_times timestamptz[], sale_customers uuid[], sale_totals jsonb[],
+            sale_payments jsonb[], sale_counts boolean[], stock_signs int[], stock_stores uuid[], stock_products uuid[],
+            stock_quantities text[]) RETURNS void
+        LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+        -- Called at every commit that sold something: plan once per session.
+        SET plan_cache_mode = force_generic_plan AS %L$f$, body);
+END
+$$;
+
+-- The capture triggers (src/capture/triggers.rs) run as the extension's owner, who folds what
+-- they capture when the transaction commits, whatever the POS session's role.
+ALTER FUNCTION analytics_internal._capture_sales() SECURITY DEFINER;
+ALTER FUNCTION analytics_internal._capture_items() SECURITY DEFINER;
+ALTER FUNCTION analytics_internal._capture_item_returns() SECURITY DEFINER;
+ALTER FUNCTION analytics_internal._capture_stock() SECURITY DEFINER;
 
 -- Whether trigger `trigger_name` on `relation` is one the extension created (and bound to itself
 -- with _bind_trigger_to_extension): nobody else can make such a trigger.
@@ -555,10 +581,14 @@ BEGIN
     END IF;
     IF TG_ARGV[0] = 'item_returns' THEN
         -- Returned quantities are part of the item facts: recompute the sales that had any.
-        PERFORM analytics_internal._refresh_items(ARRAY(SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
-                                                WHERE (f.returned_qty, f.returned_bs, f.returned_usd) <> (0, 0, 0)));
+        PERFORM analytics_internal._fold_items(analytics_internal.backend_shard(), '{}', array_agg(f.sale_id), '{}', '{}', '{}', '{}')
+        FROM (SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
+              WHERE (f.returned_qty, f.returned_bs, f.returned_usd) <> (0, 0, 0)) AS f
+        HAVING count(*) > 0;
         RETURN NULL;
     END IF;
+    -- What this transaction captured of the table and has not folded yet is gone with it.
+    PERFORM analytics_internal._capture_discard(TG_ARGV[0]);
     FOR r IN SELECT * FROM analytics_internal.rollup_catalog WHERE source = TG_ARGV[0] ORDER BY position LOOP
         EXECUTE format('TRUNCATE %s', r.parts);
     END LOOP;
@@ -571,10 +601,11 @@ $$;
 
 -- The four capture triggers of one table, bound to the extension so DROP EXTENSION removes them.
 CREATE FUNCTION analytics_internal._create_capture_triggers(rel regclass, source text,
-                                                   events text[] DEFAULT '{insert,update,delete,truncate}')
+                                                   events text[] DEFAULT '{insert,update,delete,truncate}',
+                                                   argument text DEFAULT NULL)
 RETURNS text[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fn constant text := format('analytics_internal.%I', '_capture_' || source);
+    fn constant text := format('analytics_internal.%I(%s)', '_capture_' || source, coalesce(quote_literal(argument), ''));
     prefix constant text := 'lacaja_analytics_' || source;
     event text;
     created text[] := '{}';
@@ -582,11 +613,11 @@ BEGIN
     FOREACH event IN ARRAY events LOOP
         EXECUTE CASE event
             WHEN 'insert' THEN format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
-                                       FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_insert', rel, fn)
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_insert', rel, fn)
             WHEN 'update' THEN format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-                                       FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_update', rel, fn)
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_update', rel, fn)
             WHEN 'delete' THEN format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
-                                       FOR EACH STATEMENT EXECUTE FUNCTION %s()', prefix || '_delete', rel, fn)
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_delete', rel, fn)
             WHEN 'truncate' THEN format('CREATE TRIGGER %I AFTER TRUNCATE ON %s
                                          FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._capture_truncate(%L)',
                                         prefix || '_truncate', rel, source)
@@ -608,9 +639,6 @@ BEGIN
 END
 $$;
 
--- The capture functions exist from install on (so that triggers and privileges can name
--- them); attach() replaces their bodies with ones generated for the source it finds.
-SELECT analytics_internal._set_capture_body(source, 'BEGIN RETURN NULL; END') FROM unnest(ARRAY['sales', 'stock']) AS source;
 
 -- Attach and detach ---------------------------------------------------------------------
 
@@ -668,8 +696,7 @@ DECLARE
     dropped constant text[] := analytics_internal._drop_capture_triggers('lacaja_analytics_');
 BEGIN
     DELETE FROM analytics_internal.source_config;
-    PERFORM analytics_internal._set_capture_body('sales', 'BEGIN RETURN NULL; END');
-    PERFORM analytics_internal._set_capture_body('stock', 'BEGIN RETURN NULL; END');
+    PERFORM analytics_internal._set_fold_rows_body('BEGIN RETURN; END');
     PERFORM analytics_internal._detach_items();
     PERFORM analytics_internal._warehouse_detached();
     RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
@@ -755,16 +782,16 @@ BEGIN
     VALUES (source_schema, to_regnamespace(quote_ident(source_schema))::oid, CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
             has_status, has_voided_at, valid_sale, stock_source);
 
-    PERFORM analytics_internal._set_capture_body('sales',
-        analytics_internal._capture_body('sales', analytics_internal._capture_columns('sales', NULL), valid_sale));
-    triggers := analytics_internal._create_capture_triggers(sales, 'sales');
+    PERFORM analytics_internal._set_fold_rows_body(analytics_internal._fold_rows_body());
+    -- The triggers read the columns themselves (src/capture); validity is their argument.
+    triggers := analytics_internal._create_capture_triggers(sales, 'sales', argument =>
+        CASE WHEN has_status AND has_voided_at THEN 'status_voided_at' WHEN has_status THEN 'status'
+             WHEN has_voided_at THEN 'voided_at' ELSE 'all' END);
     IF stock_source IS NOT NULL THEN
-        PERFORM analytics_internal._set_capture_body('stock',
-            analytics_internal._capture_body('stock', analytics_internal._capture_columns('stock', stock_source), 'true'));
         triggers := triggers || analytics_internal._create_capture_triggers(
             to_regclass(format('%I.%I', source_schema,
                                CASE stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
-            'stock');
+            'stock', argument => stock_source);
     END IF;
     triggers := triggers || analytics_internal._attach_items(source_schema, valid_sale);
     triggers := triggers || analytics_internal._warehouse_reattached(source_schema, warehouse_reload);
@@ -820,6 +847,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
         JOIN pg_type ty ON ty.oid = a.atttypid
         WHERE ty.typnamespace <> 'pg_catalog'::regnamespace
+        UNION ALL
+        -- The capture triggers read these columns' values directly (src/capture).
+        SELECT format('column %I.%I.%I is of type %s; lacaja_analytics reads it as %s', source_schema, r.relname, a.attname,
+                      format_type(a.atttypid, a.atttypmod), x.type)
+        FROM read r
+        JOIN (VALUES ('sales', 'id', 'uuid'::regtype), ('sales', 'store_id', 'uuid'), ('sales', 'sold_at', 'timestamptz'),
+                     ('sales', 'customer_id', 'uuid'), ('sales', 'totals', 'jsonb'), ('sales', 'payment', 'jsonb'),
+                     ('sale_items', 'sale_id', 'uuid'), ('sale_return_items', 'sale_item_id', 'uuid'),
+                     ('inventory_movements', 'store_id', 'uuid'), ('inventory_movements', 'product_id', 'uuid'),
+                     ('products', 'id', 'uuid'), ('products', 'store_id', 'uuid')) AS x (relname, column_name, type)
+          ON x.relname = r.relname
+        JOIN pg_attribute a ON a.attrelid = r.oid AND a.attname = x.column_name AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE a.atttypid <> x.type
         UNION ALL
         SELECT format('%s is a foreign partition or child of %I.%I', i.inhrelid::regclass, source_schema, r.relname)
         FROM read r

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod anomaly;
+mod capture;
 mod guc;
 mod hypertable;
 mod indexes;
@@ -36,6 +37,11 @@ pgrx::extension_sql_file!(
     name = "rollups",
     requires = [
         "security",
+        capture::capture_discard,
+        capture::triggers::analytics_internal::_capture_sales,
+        capture::triggers::analytics_internal::_capture_items,
+        capture::triggers::analytics_internal::_capture_item_returns,
+        capture::triggers::analytics_internal::_capture_stock,
         rollups::parse_amount,
         rollups::backend_shard,
         rollups::default_timezone,
@@ -76,6 +82,7 @@ pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    capture::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         jobs::register_scheduler();
     }

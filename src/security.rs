@@ -357,3 +357,11 @@ fn _execute_as(role: pg_sys::Oid, statement: &str, first: Option<JsonB>, second:
         })
     })
 }
+
+/// Runs the extension's own SQL as its owner (`owner`), with `search_path` pinned: the
+/// capture's fold, which runs in a POS session at commit, whatever that session's role.
+pub(crate) fn as_owner_pinned<R>(owner: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    as_role_with(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, SearchPath::Pinned, body)
+}
