@@ -36,7 +36,8 @@ CONF
   if as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
     return 0
   fi
-  as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOG" -w -t 60 start >/dev/null
+  # Prepared transactions (two-phase commit) are exercised by the tests.
+  as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOG" -o "-c max_prepared_transactions=20" -w -t 60 start >/dev/null
 }
 
 stop() {

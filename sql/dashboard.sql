@@ -8,17 +8,27 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- Sales figures of one store over several day ranges (SPEC §3 kpis period shape), from one
--- pass over the daily rollups and one over the customer rollups spanning them all.
+-- pass over the store's daily parts and one over its customer parts spanning them all. Read
+-- from the parts (not the views) with a plan kept for the session: a dashboard call is a few
+-- index range scans. A range's total is at the largest scale among its sales (the scale
+-- histograms of its days add up), so averages divide exactly as over the source.
 CREATE FUNCTION analytics_internal._period_figures(store_id uuid, names text[], from_days date[], to_days date[]) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    WITH ranges AS (
-        SELECT r.name, r.from_day, r.to_day FROM unnest($2, $3, $4) AS r (name, from_day, to_day)),
-    days AS (
-        SELECT d.day, d.sales_count, d.total_bs, d.total_usd FROM analytics.sales_daily d
-        WHERE d.store_id = $1 AND d.day BETWEEN (SELECT min(from_day) FROM ranges) AND (SELECT max(to_day) FROM ranges)),
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    first_day constant date := (SELECT min(d) FROM unnest(from_days) AS d);
+    last_day constant date := (SELECT max(d) FROM unnest(to_days) AS d);
+    figures jsonb;
+BEGIN
+    WITH days AS (
+        SELECT p.day, sum(p.sales_count) AS sales_count,
+               sum(p.total_bs) AS total_bs, sum(p.total_bs_scales) AS total_bs_scales,
+               sum(p.total_usd) AS total_usd, sum(p.total_usd_scales) AS total_usd_scales
+        FROM analytics_internal.sales_daily_parts p
+        WHERE p.store_id = _period_figures.store_id AND p.day BETWEEN first_day AND last_day
+        GROUP BY p.day),
     customers AS (
-        SELECT c.customer_id, c.day, sum(c.sales_count) AS sales_count FROM analytics_internal.customer_daily_parts c
-        WHERE c.store_id = $1 AND c.day BETWEEN (SELECT min(from_day) FROM ranges) AND (SELECT max(to_day) FROM ranges)
+        SELECT c.customer_id, c.day FROM analytics_internal.customer_daily_parts c
+        WHERE c.store_id = _period_figures.store_id AND c.day BETWEEN first_day AND last_day
         GROUP BY c.customer_id, c.day HAVING sum(c.sales_count) > 0)
     SELECT jsonb_object_agg(r.name, jsonb_build_object(
         'from', r.from_day, 'to', r.to_day,
@@ -28,36 +38,50 @@ LANGUAGE sql STABLE AS $$
         'avg_ticket_bs', f.total_bs / nullif(f.sales_count, 0),
         'avg_ticket_usd', f.total_usd / nullif(f.sales_count, 0),
         'unique_customers', (SELECT count(DISTINCT c.customer_id) FROM customers c WHERE c.day BETWEEN r.from_day AND r.to_day)))
-    FROM ranges r
-    CROSS JOIN LATERAL (SELECT sum(d.sales_count) AS sales_count, sum(d.total_bs) AS total_bs, sum(d.total_usd) AS total_usd
-                        FROM days d WHERE d.day BETWEEN r.from_day AND r.to_day) AS f
+      INTO figures
+    FROM unnest(names, from_days, to_days) AS r (name, from_day, to_day)
+    CROSS JOIN LATERAL (
+        SELECT nullif(sum(d.sales_count), 0)::bigint AS sales_count,
+               CASE WHEN sum(d.sales_count) <> 0 THEN analytics_internal.at_scale(sum(d.total_bs), sum(d.total_bs_scales)) END AS total_bs,
+               CASE WHEN sum(d.sales_count) <> 0 THEN analytics_internal.at_scale(sum(d.total_usd), sum(d.total_usd_scales)) END AS total_usd
+        FROM days d WHERE d.day BETWEEN r.from_day AND r.to_day) AS f;
+    RETURN figures;
+END
 $$;
 
 -- Net quantity sold per product over [from_day, to_day], with name and category. Summed from
 -- the parts in one level: a product and day whose lines net to zero has no live item facts,
--- so all its sums are zero too.
+-- so all its sums are zero too. attach() writes the body for the products table it finds
+-- (analytics_internal._generate_readers).
 CREATE FUNCTION analytics_internal._products_sold(store_id uuid, from_day date, to_day date)
 RETURNS TABLE (product_id uuid, name text, category text, qty numeric, returned_qty numeric, net_qty numeric,
                revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    products regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics_internal.source_config c)));
-    names text := CASE WHEN analytics_internal._has_columns(products, '{id,name,category}')
-                       THEN format('LEFT JOIN %s AS p ON p.id = s.product_id', products)
-                       ELSE 'LEFT JOIN (SELECT NULL::uuid AS id, NULL::text AS name, NULL::text AS category) AS p ON false' END;
 BEGIN
-    RETURN QUERY EXECUTE format($q$
-        SELECT s.product_id, p.name::text, p.category::text, s.qty, s.returned_qty, s.qty - s.returned_qty,
-               s.revenue_bs, s.revenue_usd, s.times_sold, s.returned_bs, s.returned_usd
-        FROM (SELECT d.product_id, sum(d.qty) AS qty, sum(d.returned_qty) AS returned_qty,
-                     sum(d.revenue_bs) AS revenue_bs, sum(d.revenue_usd) AS revenue_usd, sum(d.times_sold)::bigint AS times_sold,
-                     sum(d.returned_bs) AS returned_bs, sum(d.returned_usd) AS returned_usd
-              FROM analytics_internal.product_daily_parts d
-              WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3
-              GROUP BY d.product_id HAVING sum(d.lines) <> 0) AS s
-        %s$q$, names)
-    USING store_id, from_day, to_day;
+    RETURN;
 END
+$$;
+
+CREATE FUNCTION analytics_internal._products_sold_body(products regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format($f$
+BEGIN
+    -- generated by analytics.attach()
+    RETURN QUERY
+    SELECT s.product_id, %s, s.qty, s.returned_qty, s.qty - s.returned_qty,
+           s.revenue_bs, s.revenue_usd, s.times_sold, s.returned_bs, s.returned_usd
+    FROM (SELECT d.product_id, sum(d.qty) AS qty, sum(d.returned_qty) AS returned_qty,
+                 sum(d.revenue_bs) AS revenue_bs, sum(d.revenue_usd) AS revenue_usd, sum(d.times_sold)::bigint AS times_sold,
+                 sum(d.returned_bs) AS returned_bs, sum(d.returned_usd) AS returned_usd
+          FROM analytics_internal.product_daily_parts d
+          WHERE d.store_id = _products_sold.store_id AND d.day BETWEEN from_day AND to_day
+          GROUP BY d.product_id HAVING sum(d.lines) <> 0) AS s
+    %s;
+END$f$,
+        CASE WHEN analytics_internal._has_columns(products, '{id,name,category}') THEN 'p.name::text, p.category::text'
+             ELSE 'NULL::text, NULL::text' END,
+        CASE WHEN analytics_internal._has_columns(products, '{id,name,category}') THEN format('LEFT JOIN %s AS p ON p.id = s.product_id', products)
+             ELSE '' END)
 $$;
 
 -- The dashboard functions. Each public one is a wrapper with the caller's rights that hands the

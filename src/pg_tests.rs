@@ -12,11 +12,15 @@ pub(crate) mod tests {
     pub(crate) const STORE_A: &str = "a0000000-0000-4000-8000-000000000001";
     pub(crate) const STORE_B: &str = "b0000000-0000-4000-8000-000000000002";
 
+    /// Runs `sql`, then folds what it captured as its commit would (a test's transaction
+    /// never commits).
     pub(crate) fn run(sql: &str) {
         Spi::run(sql).unwrap_or_else(|e| panic!("{e}\n---\n{sql}"));
+        crate::capture::fold_current_level();
     }
 
     pub(crate) fn scalar<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+        crate::capture::fold_current_level();
         Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{e}\n---\n{sql}"))
     }
 

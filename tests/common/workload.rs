@@ -253,6 +253,22 @@ pub fn pos_session(database: &str, seed: u64, transactions: usize, shared: Share
                 }
             }
         }
+        // Some transactions sell more inside a savepoint that is rolled back or released
+        // (a driver's autosave, a PL/pgSQL exception block): only what is released counts.
+        if rng.chance(15) {
+            let mut savepoint = tx.savepoint("pos_savepoint").unwrap();
+            let n = 1 + rng.below(3) as usize;
+            let inner = insert_sales(&mut savepoint, &mut rng, n);
+            if rng.chance(30) {
+                change_stock(&mut savepoint, &mut rng, &products);
+            }
+            if rng.chance(50) {
+                savepoint.rollback().unwrap();
+            } else {
+                savepoint.commit().unwrap();
+                created.extend(inner);
+            }
+        }
         if roll_back {
             tx.rollback().unwrap();
         } else {
