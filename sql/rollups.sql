@@ -546,10 +546,10 @@ $$;
 
 -- The capture triggers (src/capture/triggers.rs) run as the extension's owner, who folds what
 -- they capture when the transaction commits, whatever the POS session's role.
-ALTER FUNCTION analytics_internal._capture_sales() SECURITY DEFINER;
-ALTER FUNCTION analytics_internal._capture_items() SECURITY DEFINER;
-ALTER FUNCTION analytics_internal._capture_item_returns() SECURITY DEFINER;
-ALTER FUNCTION analytics_internal._capture_stock() SECURITY DEFINER;
+ALTER FUNCTION analytics_internal._capture_sales() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION analytics_internal._capture_items() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION analytics_internal._capture_item_returns() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION analytics_internal._capture_stock() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Whether trigger `trigger_name` on `relation` is one the extension created (and bound to itself
 -- with _bind_trigger_to_extension): nobody else can make such a trigger.
@@ -1175,7 +1175,8 @@ $$;
 CREATE FUNCTION analytics_internal._generate_readers() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    products constant regclass := to_regclass(format('%I.products', (SELECT c.source_schema FROM analytics_internal.source_config c)));
+    source_schema constant name := (SELECT c.source_schema FROM analytics_internal.source_config c);
+    products constant regclass := CASE WHEN source_schema IS NOT NULL THEN to_regclass(format('%I.products', source_schema)) END;
 BEGIN
     EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._inventory_figures(for_store uuid DEFAULT NULL)
         RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
