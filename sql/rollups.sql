@@ -241,15 +241,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                               ELSE trunc(power(4294967296::numeric, scale(amount))) END
 $$;
 
-CREATE FUNCTION analytics_internal.largest_scale(scales numeric) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN scales < 4294967296 THEN 0
-                WHEN scales < 18446744073709551616 THEN 1
-                WHEN scales < 79228162514264337593543950336 THEN 2
-                ELSE (SELECT d + (trunc(power(4294967296::numeric, d + 1)) <= scales)::int
-                               - (trunc(power(4294967296::numeric, d)) > scales)::int
-                      FROM (SELECT floor(log(4294967296::numeric, scales))::int AS d) AS estimate) END
-$$;
+-- analytics_internal.largest_scale(scales): the highest non-zero base-2^32 digit (src/rollups.rs).
 
 -- A sum of parts at the scale the same sum over the source has.
 -- A SQL-standard body: it is parsed once, here, so readers of the views that call it need no

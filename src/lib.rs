@@ -43,6 +43,7 @@ pgrx::extension_sql_file!(
         capture::triggers::analytics_internal::_capture_item_returns,
         capture::triggers::analytics_internal::_capture_stock,
         rollups::parse_amount,
+        rollups::largest_scale,
         rollups::backend_shard,
         rollups::default_timezone,
         rollups::configured_source_schema,

@@ -79,6 +79,39 @@ pub(crate) fn is_sane_decimal(s: &str) -> bool {
     significant_int_digits + exponent <= MAX_MAGNITUDE && (frac_len as i64 - exponent) < 10_000
 }
 
+/// The largest scale among the amounts a histogram of scales counts (each amount of scale `s`
+/// adds 2^(32·s), see `scale_mark` in sql/rollups.sql): the position of its highest non-zero
+/// base-2^32 digit. Rust because readers call it once per group they show.
+#[pg_extern(immutable, parallel_safe, strict, name = "largest_scale", schema = "analytics_internal")]
+fn largest_scale(scales: AnyNumeric) -> i32 {
+    largest_scale_of(&scales.to_string())
+}
+
+/// [`largest_scale`] of a non-negative integer written in decimal (0 for anything else).
+pub(crate) fn largest_scale_of(decimal: &str) -> i32 {
+    let integer = decimal.split('.').next().unwrap_or("");
+    if integer.is_empty() || !integer.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    // The number in base 2^32, least significant digit first.
+    let mut digits: Vec<u32> = vec![0];
+    for b in integer.bytes() {
+        let mut carry = u64::from(b - b'0');
+        for digit in digits.iter_mut() {
+            let value = u64::from(*digit) * 10 + carry;
+            *digit = value as u32;
+            carry = value >> 32;
+        }
+        if carry > 0 {
+            digits.push(carry as u32);
+        }
+    }
+    while digits.len() > 1 && digits.last() == Some(&0) {
+        digits.pop();
+    }
+    digits.len() as i32 - 1
+}
+
 /// The rollup shard this session writes: its backend id, unique among live sessions, so two
 /// sessions never update the same rollup row and can neither wait on nor deadlock each other.
 /// Shard 0 is never a backend id; it holds what `refresh_all` and `refresh_store` correct.
@@ -137,7 +170,29 @@ fn bind_trigger_to_extension(table: pg_sys::Oid, trigger: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_sane_decimal;
+    use super::{is_sane_decimal, largest_scale_of};
+
+    #[test]
+    fn largest_scale_is_the_highest_base_2_32_digit() {
+        for (scales, expected) in [
+            ("0", 0),
+            ("1", 0),
+            ("4294967295", 0),
+            ("4294967296", 1),                                      // one amount of scale 1
+            ("4294967297", 1),                                      // scales 0 and 1
+            ("18446744073709551615", 1),
+            ("18446744073709551616", 2),                            // 2^64: scale 2
+            ("36893488151714070528", 2),                            // two amounts of scale 2
+            ("79228162514264337593543950336", 3),                   // 2^96
+            ("340282366920938463463374607431768211456", 4),         // 2^128
+            ("340282366920938463463374607431768211455", 3),
+            ("6277101735386680763835789423207666416102355444464034512896", 6), // 2^192
+            ("-5", 0),
+            ("12.5", 0),
+        ] {
+            assert_eq!(largest_scale_of(scales), expected, "{scales}");
+        }
+    }
 
     #[test]
     fn decimals_that_count() {

@@ -232,8 +232,7 @@ impl Bench {
             let to = (from + batch - 1).min(self.args.sales);
             let next_checkpoint = checkpoints.iter().find(|c| **c >= from).copied().unwrap_or(self.args.sales);
             let to = to.min(next_checkpoint);
-            let sql = self.dataset_batch(from, to, self.args.sales);
-            self.q(&sql);
+            self.load_in_sessions(from, to);
             progress("sales", to, self.args.sales, started);
             if to == next_checkpoint {
                 eprintln!();
@@ -245,6 +244,28 @@ impl Bench {
         self.loaded = self.args.sales;
         self.markdown_load(ms(started.elapsed()));
         growth
+    }
+
+    /// Sales `from..=to`, written by LOAD_SESSIONS concurrent sessions (a slice each, one
+    /// transaction per slice), as a store's registers write: the rollups then hold the parts
+    /// of that many sessions, which the dashboard reads until compaction folds them.
+    fn load_in_sessions(&mut self, from: u64, to: u64) {
+        let slice = (to - from + 1).div_ceil(LOAD_SESSIONS);
+        let handles: Vec<_> = (0..LOAD_SESSIONS)
+            .map(|k| (from + k * slice, (from + (k + 1) * slice - 1).min(to)))
+            .filter(|(a, b)| a <= b)
+            .map(|(a, b)| {
+                let sql = self.dataset_batch(a, b, self.args.sales);
+                let server = self.args.server.clone();
+                std::thread::spawn(move || {
+                    let mut db = connect(&server, DATABASE);
+                    db.batch_execute(&sql).unwrap_or_else(|e| panic!("{e}"));
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("a loading session failed");
+        }
     }
 
     fn markdown_load(&mut self, load_ms: f64) {
@@ -506,6 +527,10 @@ fn main() {
     let differences = bench.scalar_text("SELECT count(*)::text FROM analytics.verify()");
     let verify_ms = ms(verify_started.elapsed());
     let dashboard = bench.dashboard();
+    eprintln!("==> compacting the parts (what the compaction job does every 10 minutes)");
+    while bench.scalar_text("SELECT (SELECT sum(value::bigint) FROM jsonb_each_text(analytics.compact_parts(1000000) -> 'keys_folded'))::text") != "0" {}
+    bench.q("VACUUM ANALYZE");
+    let compacted = bench.dashboard();
     let sizes = bench.scalar_text(
         "SELECT format('%s|%s|%s',
              pg_size_pretty(sum(pg_total_relation_size(c.oid)) FILTER (WHERE n.nspname = 'public'
@@ -572,17 +597,22 @@ fn main() {
         args.runs,
         (args.runs / 5).max(5)
     );
-    let _ = writeln!(md, "| question | ours median | ours p95 | plain SQL median | plain SQL p95 | ratio | aim |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for (i, (question, om, op, rm, rp)) in dashboard.iter().enumerate() {
-        let ratio = rm / om;
+    let _ = writeln!(
+        md,
+        "Ours twice: on the parts as the {LOAD_SESSIONS} loading sessions wrote them (one row per key and writing\n\
+         session), and after `compact_parts()` folded them into one row per key (what the compaction job\n\
+         does every 10 minutes).\n"
+    );
+    let _ = writeln!(md, "| question | ours median / p95 ({LOAD_SESSIONS} sessions' parts) | ours median / p95 (compacted) | plain SQL median / p95 | ratio | aim |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (i, ((question, om, op, rm, rp), (_, cm, cp, _, _))) in dashboard.iter().zip(&compacted).enumerate() {
+        let ratio = rm / om.max(*cm);
         let compared = if ratio >= 1.0 { format!("{ratio:.0}× faster") } else { format!("{:.1}× slower", 1.0 / ratio) };
         let aim = match i {
-            0 => format!("< 5 ms: {}; ≥ 500×: {}", verdict(*om < 5.0), verdict(ratio >= 500.0)),
-            1 => format!("< 10 ms: {}", verdict(*om < 10.0)),
-            _ => format!("< 5 ms: {}", verdict(*om < 5.0)),
+            0 => format!("< 2 ms: {}; < 1 ms compacted: {}; faster than plain: {}", verdict(*om < 2.0), verdict(*cm < 1.0), verdict(ratio > 1.0)),
+            _ => format!("< 1 ms: {}; faster than plain: {}", verdict(om.max(*cm) < 1.0), verdict(ratio > 1.0)),
         };
-        let _ = writeln!(md, "| {question} | {om:.2} ms | {op:.2} ms | {rm:.1} ms | {rp:.1} ms | {compared} | {aim} |");
+        let _ = writeln!(md, "| {question} | {om:.2} / {op:.2} ms | {cm:.2} / {cp:.2} ms | {rm:.1} / {rp:.1} ms | {compared} | {aim} |");
     }
     let _ = writeln!(
         md,
@@ -699,6 +729,9 @@ fn main() {
     std::fs::write(&output, md).unwrap_or_else(|e| panic!("cannot write {output}: {e}"));
     eprintln!("==> {output} rewritten ({:.0} s in all)", started.elapsed().as_secs_f64());
 }
+
+/// Sessions that load the history (and so write parts) concurrently.
+const LOAD_SESSIONS: u64 = 8;
 
 const LIMITS: &str = "
 ## What limits it

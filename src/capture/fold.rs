@@ -61,20 +61,46 @@ pub(super) fn rows(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[S
     FOLD_ROWS.with(|plan| execute(owner, plan, &args));
 }
 
+/// Sales whose item facts one call of `_fold_items` recomputes: a million-sale transaction is
+/// folded in slices, each with bounded memory (recomputing a sale twice is harmless: the
+/// second call takes back what the first stored).
+const ITEM_FOLD_SALES: usize = 10_000;
+
 /// Recomputes the item facts of the sales the transaction inserted or changed.
 pub(super) fn items(owner: pg_sys::Oid, shard: i32, frame: &Frame) {
+    use std::collections::{HashMap, HashSet};
     if frame.new_sales.is_empty() && frame.changed_sales.is_empty() && frame.returned_items.is_empty() {
         return;
     }
-    let mut args = Args::default();
-    args.int(shard);
-    args.uuids(frame.new_sales.iter().map(Some));
-    args.uuids(frame.changed_sales.iter().map(Some));
-    args.uuids(frame.moved_from.iter().map(|(id, _)| Some(id)));
-    args.uuids(frame.moved_from.iter().map(|(_, at)| at.store.as_ref()));
-    args.times(frame.moved_from.iter().map(|(_, at)| at.sold_at));
-    args.uuids(frame.returned_items.iter().map(Some));
-    FOLD_ITEMS.with(|plan| execute(owner, plan, &args));
+    // A sale both inserted and changed (deleted and inserted again under its id) is changed:
+    // its old facts are taken back.
+    let changed: Vec<Id> = frame.changed_sales.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+    let changed_set: HashSet<&Id> = changed.iter().collect();
+    let inserted: Vec<&Id> = frame.new_sales.iter().filter(|id| !changed_set.contains(id)).collect();
+    let mut moved: HashMap<&Id, Vec<&super::Location>> = HashMap::new();
+    for (id, at) in &frame.moved_from {
+        moved.entry(id).or_default().push(at);
+    }
+    let slices = changed.len().div_ceil(ITEM_FOLD_SALES).max(inserted.len().div_ceil(ITEM_FOLD_SALES)).max(1);
+    for slice in 0..slices {
+        let range = |len: usize| (slice * ITEM_FOLD_SALES).min(len)..((slice + 1) * ITEM_FOLD_SALES).min(len);
+        let changed_here = &changed[range(changed.len())];
+        let inserted_here = &inserted[range(inserted.len())];
+        let moved_here: Vec<(&Id, &super::Location)> =
+            changed_here.iter().flat_map(|id| moved.get(id).into_iter().flatten().map(move |at| (id, *at))).collect();
+        let mut args = Args::default();
+        args.int(shard);
+        args.uuids(inserted_here.iter().map(|id| Some(*id)));
+        args.uuids(changed_here.iter().map(Some));
+        args.uuids(moved_here.iter().map(|(id, _)| Some(*id)));
+        args.uuids(moved_here.iter().map(|(_, at)| at.store.as_ref()));
+        args.times(moved_here.iter().map(|(_, at)| at.sold_at));
+        // Returned items go with the last slice: their sales are found in SQL, and a sale
+        // inserted here whose facts an earlier slice stored is then recomputed like any other.
+        let returned: &[Id] = if slice + 1 == slices { &frame.returned_items } else { &[] };
+        args.uuids(returned.iter().map(Some));
+        FOLD_ITEMS.with(|plan| execute(owner, plan, &args));
+    }
 }
 
 /// Datums of the parameters, and the memory they point into.

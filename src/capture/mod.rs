@@ -233,6 +233,7 @@ fn fold_transaction(shard: i32) {
 /// for the capture's purposes (a sale inserted here is an existing sale afterwards). The
 /// in-transaction tests read rollups this way; a TRUNCATE recorded at this level stays
 /// recorded.
+#[cfg(any(test, feature = "pg_test"))]
 pub(crate) fn fold_current_level() {
     let level = nest_level();
     let (owner, frame) = CAPTURE.with(|c| {
@@ -305,3 +306,6 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
 }
 
 mod fold;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod capture_tests;
