@@ -19,14 +19,15 @@ DECLARE
     last_day constant date := (SELECT max(d) FROM unnest(to_days) AS d);
     figures jsonb;
 BEGIN
-    WITH days AS (
+    -- Materialized: each is computed once, then read for every range.
+    WITH days AS MATERIALIZED (
         SELECT p.day, sum(p.sales_count) AS sales_count,
                sum(p.total_bs) AS total_bs, sum(p.total_bs_scales) AS total_bs_scales,
                sum(p.total_usd) AS total_usd, sum(p.total_usd_scales) AS total_usd_scales
         FROM analytics_internal.sales_daily_parts p
         WHERE p.store_id = _period_figures.store_id AND p.day BETWEEN first_day AND last_day
         GROUP BY p.day),
-    customers AS (
+    customers AS MATERIALIZED (
         SELECT c.customer_id, c.day FROM analytics_internal.customer_daily_parts c
         WHERE c.store_id = _period_figures.store_id AND c.day BETWEEN first_day AND last_day
         GROUP BY c.customer_id, c.day HAVING sum(c.sales_count) > 0)
@@ -80,7 +81,9 @@ BEGIN
 END$f$,
         CASE WHEN analytics_internal._has_columns(products, '{id,name,category}') THEN 'p.name::text, p.category::text'
              ELSE 'NULL::text, NULL::text' END,
-        CASE WHEN analytics_internal._has_columns(products, '{id,name,category}') THEN format('LEFT JOIN %s AS p ON p.id = s.product_id', products)
+        -- A lookup per product sold (the plan is generic: a join could hash the whole table).
+        CASE WHEN analytics_internal._has_columns(products, '{id,name,category}')
+             THEN format('LEFT JOIN LATERAL (SELECT x.name, x.category FROM %s AS x WHERE x.id = s.product_id OFFSET 0) AS p ON true', products)
              ELSE '' END)
 $$;
 
@@ -158,8 +161,12 @@ BEGIN
     SELECT coalesce(s.day, c.day), coalesce(s.sales_count, 0), coalesce(s.total_bs, 0), coalesce(s.total_usd, 0),
            coalesce(c.cost_bs, 0), coalesce(c.cost_usd, 0),
            coalesce(s.total_bs, 0) - coalesce(c.cost_bs, 0), coalesce(s.total_usd, 0) - coalesce(c.cost_usd, 0)
-    FROM (SELECT d.day, d.sales_count, d.total_bs, d.total_usd FROM analytics.sales_daily d
-          WHERE d.store_id = $1 AND d.day BETWEEN $2 AND $3) AS s
+    FROM (SELECT p.day, sum(p.sales_count)::bigint AS sales_count,
+                 analytics_internal.at_scale(sum(p.total_bs), sum(p.total_bs_scales)) AS total_bs,
+                 analytics_internal.at_scale(sum(p.total_usd), sum(p.total_usd_scales)) AS total_usd
+          FROM analytics_internal.sales_daily_parts p
+          WHERE p.store_id = $1 AND p.day BETWEEN $2 AND $3
+          GROUP BY p.day HAVING sum(p.sales_count) <> 0) AS s
     FULL JOIN (SELECT p.day, sum(p.cost_bs - p.returned_cost_bs) AS cost_bs, sum(p.cost_usd - p.returned_cost_usd) AS cost_usd
                FROM analytics_internal.cost_daily_parts p
                WHERE p.store_id = $1 AND p.day BETWEEN $2 AND $3

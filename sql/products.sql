@@ -227,6 +227,17 @@ DECLARE
     slow uuid[];
     every_sale uuid[];
 BEGIN
+    IF cardinality(changed_sale_ids) = 0 AND cardinality(returned_item_ids) = 0 THEN
+        -- The usual commit, sales inserted here and nothing else: no facts to take back.
+        IF cardinality(new_sale_ids) > 0 THEN
+            WITH old AS (SELECT %2$s FROM analytics_internal.item_facts WHERE false),
+                 new AS (%6$s),
+                 kept AS (INSERT INTO analytics_internal.item_facts (%2$s) SELECT %2$s FROM new),
+                 measured AS (SELECT 1 AS sign, %2$s FROM new)%4$s
+            %5$s;
+        END IF;
+        RETURN;
+    END IF;
     -- Sales whose stored facts change; a sale inserted here has none (items returned in the
     -- same transaction are read with it).
     slow := ARRAY(
@@ -263,7 +274,8 @@ END$f$,
         cfg.source_schema, columns,
         analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(every_sale)'),
         (SELECT string_agg(format(E',\n         add_%s AS (%s)', i, adding[i]), '') FROM generate_series(1, n - 1) AS i),
-        adding[n]);
+        adding[n],
+        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(new_sale_ids)'));
 END
 $$;
 
@@ -294,8 +306,10 @@ BEGIN
             changed_sale_ids uuid[], moved_sale_ids uuid[], moved_stores uuid[], moved_times timestamptz[],
             returned_item_ids uuid[]) RETURNS void
         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-        -- A POS commit folds one or two sales: plan once per session, not per commit.
-        SET plan_cache_mode = force_generic_plan AS %L$f$, analytics_internal._fold_items_body());
+        -- A POS commit folds one or two sales: plan once per session, not per commit, with
+        -- index lookups (a generic plan would hash LA-CAJA's whole products table).
+        SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off
+        AS %L$f$, analytics_internal._fold_items_body());
     triggers := analytics_internal._create_capture_triggers(items, 'items');
     IF analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
         triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns');

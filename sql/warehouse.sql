@@ -556,14 +556,14 @@ $$;
 CREATE FUNCTION analytics_internal._fact_sales_sql(filter text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format($q$
-        SELECT n.sale_item_id, n.sale_id, n.store_id, n.customer_id, n.product_id, v.product_key,
-               n.day AS sale_date, n.sale_time, n.sold_at, n.payment_method, n.exchange_rate, n.is_weight_product,
+        SELECT n.sale_item_id, n.sale_id, n.sale_store_id AS store_id, n.customer_id, n.product_id, v.product_key,
+               n.day AS sale_date, n.sale_time, n.sale_sold_at AS sold_at, n.payment_method, n.exchange_rate, n.is_weight_product,
                n.is_voided, n.qty, n.revenue_bs AS amount_bs, n.revenue_usd AS amount_usd,
                n.unit_cost_bs, n.unit_cost_usd, n.returned_qty, n.returned_bs, n.returned_usd
         FROM (%s) AS n
         LEFT JOIN analytics.dim_product v
-               ON v.product_id = n.product_id AND v.valid_from <= n.sold_at AND n.sold_at < v.valid_to$q$,
-        analytics_internal._item_facts_sql('analytics_internal.item_facts', filter, true))
+               ON v.product_id = n.product_id AND v.valid_from <= n.sale_sold_at AND n.sale_sold_at < v.valid_to$q$,
+        analytics_internal._item_facts_sql('analytics_internal.item_facts', filter, true, true))
 $$;
 
 CREATE FUNCTION analytics_internal._fact_columns() RETURNS text[]

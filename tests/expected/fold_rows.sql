@@ -31,13 +31,7 @@ BEGIN
                analytics.amount(c.totals -> 'total_bs')     AS total_bs,
                analytics.amount(c.totals -> 'total_usd')    AS total_usd
                OFFSET 0) AS a
-        WHERE c.store_id IS NOT NULL AND c.sold_at IS NOT NULL), problems AS (
-            INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
-            SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
-            FROM unnest(sale_signs, sale_ids, sale_totals, sale_payments) AS r (sign, id, totals, payment)
-            CROSS JOIN LATERAL analytics_internal.sale_problems(r.totals, r.payment) AS p
-            WHERE r.sign > 0 AND NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)
-            ON CONFLICT DO NOTHING), add_1 AS (INSERT INTO analytics_internal.sales_hourly_parts AS p (store_id, bucket, local_hour, shard, sales_count, subtotal_bs, subtotal_usd, discount_bs, discount_usd, total_bs, total_usd, total_bs_scales, total_usd_scales)
+        WHERE c.store_id IS NOT NULL AND c.sold_at IS NOT NULL), add_1 AS (INSERT INTO analytics_internal.sales_hourly_parts AS p (store_id, bucket, local_hour, shard, sales_count, subtotal_bs, subtotal_usd, discount_bs, discount_usd, total_bs, total_usd, total_bs_scales, total_usd_scales)
         SELECT store_id, bucket, local_hour, target_shard, sales_count, subtotal_bs, subtotal_usd, discount_bs, discount_usd, total_bs, total_usd, total_bs_scales, total_usd_scales FROM (SELECT store_id AS store_id, local_hour AT TIME ZONE tz AS bucket, local_hour AS local_hour, sum(sign) AS sales_count, sum(subtotal_bs) AS subtotal_bs, sum(subtotal_usd) AS subtotal_usd, sum(discount_bs) AS discount_bs, sum(discount_usd) AS discount_usd, sum(total_bs) AS total_bs, sum(total_usd) AS total_usd, sum(total_bs_scales) AS total_bs_scales, sum(total_usd_scales) AS total_usd_scales FROM measured WHERE true GROUP BY 1, 2, 3) AS d
         WHERE ROW(sales_count, subtotal_bs, subtotal_usd, discount_bs, discount_usd, total_bs, total_usd, total_bs_scales, total_usd_scales) <> ROW(0, 0, 0, 0, 0, 0, 0, 0, 0)
         ON CONFLICT (store_id, bucket, local_hour, shard) DO UPDATE SET sales_count = p.sales_count + excluded.sales_count, subtotal_bs = p.subtotal_bs + excluded.subtotal_bs, subtotal_usd = p.subtotal_usd + excluded.subtotal_usd, discount_bs = p.discount_bs + excluded.discount_bs, discount_usd = p.discount_usd + excluded.discount_usd, total_bs = p.total_bs + excluded.total_bs, total_usd = p.total_usd + excluded.total_usd, total_bs_scales = p.total_bs_scales + excluded.total_bs_scales, total_usd_scales = p.total_usd_scales + excluded.total_usd_scales), add_2 AS (INSERT INTO analytics_internal.sales_daily_parts AS p (store_id, day, method, shard, sales_count, subtotal_bs, subtotal_usd, discount_bs, discount_usd, total_bs, total_usd, total_bs_scales, total_usd_scales)
@@ -48,6 +42,15 @@ BEGIN
         SELECT store_id, day, customer_id, target_shard, sales_count FROM (SELECT store_id AS store_id, day AS day, customer_id AS customer_id, sum(sign) AS sales_count FROM measured WHERE customer_id IS NOT NULL GROUP BY 1, 2, 3) AS d
         WHERE ROW(sales_count) <> ROW(0)
         ON CONFLICT (store_id, day, customer_id, shard) DO UPDATE SET sales_count = p.sales_count + excluded.sales_count;
+    IF EXISTS (SELECT 1 FROM unnest(sale_signs, sale_totals, sale_payments) AS r (sign, totals, payment)
+               WHERE r.sign > 0 AND NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)) THEN
+        INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
+        SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
+        FROM unnest(sale_signs, sale_ids, sale_totals, sale_payments) AS r (sign, id, totals, payment)
+        CROSS JOIN LATERAL analytics_internal.sale_problems(r.totals, r.payment) AS p
+        WHERE r.sign > 0 AND NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)
+        ON CONFLICT DO NOTHING;
+    END IF;
     END IF;
     IF cardinality(stock_signs) > 0 THEN
         WITH changed AS (SELECT r.sign, r.store_id, r.product_id, r.qty
