@@ -105,7 +105,7 @@ HAVING sum(p.lines) <> 0;
 -- by item alone (a few facts just taken back). `warehouse` adds what the warehouse's facts
 -- carry besides (the sale's own store and time, customer, payment method, ...).
 CREATE FUNCTION analytics_internal._item_facts_sql(captured text, filter text, warehouse boolean DEFAULT false,
-                                                   located boolean DEFAULT false) RETURNS text
+                                                   located boolean DEFAULT false, lookups boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     cfg analytics_internal.source_config;
@@ -160,7 +160,11 @@ BEGIN
         CASE WHEN analytics_internal._has_columns(items, '{discount_usd}') THEN 'coalesce(i.discount_usd, 0)' ELSE '0' END,
         format(unit_cost, 'bs'), format(unit_cost, 'usd'),
         items, cfg.source_schema, captured,
-        CASE WHEN products IS NOT NULL THEN format('LEFT JOIN %s AS p ON p.id = i.product_id', products) ELSE '' END,
+        -- `lookups`: one index lookup per item (a commit's few sales; a generic plan would
+        -- hash the whole products table), else a join (verify, repair, the warehouse).
+        CASE WHEN products IS NOT NULL AND lookups
+                 THEN format('LEFT JOIN LATERAL (SELECT * FROM %s AS x WHERE x.id = i.product_id OFFSET 0) AS p ON true', products)
+             WHEN products IS NOT NULL THEN format('LEFT JOIN %s AS p ON p.id = i.product_id', products) ELSE '' END,
         -- Returns: looked up per item for a few sales, aggregated once for all of them.
         CASE WHEN returns IS NOT NULL AND filter = 'true' THEN format(
             'LEFT JOIN (SELECT x.sale_item_id, sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
@@ -272,10 +276,10 @@ BEGIN
     %5$s;
 END$f$,
         cfg.source_schema, columns,
-        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(every_sale)'),
+        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(every_sale)', lookups => true),
         (SELECT string_agg(format(E',\n         add_%s AS (%s)', i, adding[i]), '') FROM generate_series(1, n - 1) AS i),
         adding[n],
-        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(new_sale_ids)'));
+        analytics_internal._item_facts_sql('old', 'i.sale_id = ANY(new_sale_ids)', lookups => true));
 END
 $$;
 
@@ -306,10 +310,8 @@ BEGIN
             changed_sale_ids uuid[], moved_sale_ids uuid[], moved_stores uuid[], moved_times timestamptz[],
             returned_item_ids uuid[]) RETURNS void
         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-        -- A POS commit folds one or two sales: plan once per session, not per commit, with
-        -- index lookups (a generic plan would hash LA-CAJA's whole products table).
-        SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off
-        AS %L$f$, analytics_internal._fold_items_body());
+        -- A POS commit folds one or two sales: plan once per session, not per commit.
+        SET plan_cache_mode = force_generic_plan AS %L$f$, analytics_internal._fold_items_body());
     triggers := analytics_internal._create_capture_triggers(items, 'items');
     IF analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
         triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns');

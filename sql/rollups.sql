@@ -578,11 +578,11 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_ARGV[0] = 'item_returns' THEN
-        -- Returned quantities are part of the item facts: recompute the sales that had any.
-        PERFORM analytics_internal._fold_items(analytics_internal.backend_shard(), '{}', array_agg(f.sale_id), '{}', '{}', '{}', '{}')
-        FROM (SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
-              WHERE (f.returned_qty, f.returned_bs, f.returned_usd) <> (0, 0, 0)) AS f
-        HAVING count(*) > 0;
+        -- Returned quantities are part of the item facts: the sales that had any are
+        -- recomputed when the transaction commits, with whatever else it changed.
+        PERFORM analytics_internal._capture_changed_sales(ARRAY(
+            SELECT DISTINCT f.sale_id FROM analytics_internal.item_facts f
+            WHERE (f.returned_qty, f.returned_bs, f.returned_usd) <> (0, 0, 0)));
         RETURN NULL;
     END IF;
     -- What this transaction captured of the table and has not folded yet is gone with it.

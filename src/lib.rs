@@ -38,6 +38,7 @@ pgrx::extension_sql_file!(
     requires = [
         "security",
         capture::capture_discard,
+        capture::capture_changed_sales,
         capture::triggers::analytics_internal::_capture_sales,
         capture::triggers::analytics_internal::_capture_items,
         capture::triggers::analytics_internal::_capture_item_returns,

@@ -343,3 +343,60 @@ fn dropping_the_extension_in_the_selling_transaction_commits() {
         .expect("nothing is left to fold into; the commit goes through");
     assert_eq!(count(&mut db, "SELECT count(*) FROM sales"), 1);
 }
+
+#[test]
+fn exception_block_loops_read_only_commits_and_truncated_returns() {
+    let seed = common::seed();
+    let database = "lacaja_test_capture_edges";
+    let mut db = lacaja_database(database);
+    seed_products(&mut db);
+    // 30,000 sales, each in its own EXCEPTION block (as a PL/pgSQL import loop or a driver's
+    // autosave does): the outer level never records, its children fold as they commit.
+    db.batch_execute(
+        "DO $$
+         BEGIN
+             FOR g IN 1..30000 LOOP
+                 BEGIN
+                     INSERT INTO sales (id, store_id, sold_at, totals, payment)
+                     VALUES (gen_random_uuid(), (ARRAY['a0000000-0000-4000-8000-000000000001'::uuid,
+                                                       'b0000000-0000-4000-8000-000000000002'::uuid])[1 + g % 2],
+                             now() - g * interval '3 minutes', jsonb_build_object('total_bs', g % 50 + 0.5, 'total_usd', 0.1),
+                             '{\"method\": \"CASH_USD\"}');
+                     IF g % 1000 = 0 THEN
+                         RAISE EXCEPTION 'this one is rolled back';
+                     END IF;
+                 EXCEPTION WHEN raise_exception THEN
+                     NULL;
+                 END;
+             END LOOP;
+         END $$;",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sales"), 29_970);
+    assert_exact(&mut db, seed, "after 30,000 sales in EXCEPTION blocks, 30 of them rolled back");
+
+    // A transaction that wrote, then turned read-only: its commit still folds what it wrote.
+    db.batch_execute(&format!("BEGIN; {} SET TRANSACTION READ ONLY; COMMIT;", sale_with_items(&uuid(1), STORES[0].0, "12.00")))
+        .unwrap();
+    assert_exact(&mut db, seed, "after a transaction set read-only once it had sold");
+
+    // Returns truncated in a transaction that also moved a returned sale.
+    db.batch_execute(&format!(
+        "{sale}
+         WITH r AS (INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+                    VALUES (gen_random_uuid(), '{store}', '{id}', 5, 0.1) RETURNING id)
+         INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+         SELECT gen_random_uuid(), r.id, i.id, i.product_id, 1, 5, 0.1
+         FROM r, LATERAL (SELECT * FROM sale_items WHERE sale_id = '{id}' ORDER BY id LIMIT 1) i;",
+        sale = sale_with_items(&uuid(2), STORES[0].0, "20.00"),
+        store = STORES[0].0,
+        id = uuid(2)
+    ))
+    .unwrap();
+    db.batch_execute(&format!(
+        "BEGIN; UPDATE sales SET sold_at = sold_at - interval '5 days' WHERE id = '{}'; TRUNCATE sale_return_items; COMMIT;",
+        uuid(2)
+    ))
+    .unwrap();
+    assert_exact(&mut db, seed, "after returns were truncated in a transaction that moved a returned sale");
+}

@@ -41,6 +41,16 @@ thread_local! {
 
 /// Folds sales and stock rows into the parts of `shard`.
 pub(super) fn rows(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[StockRow]) {
+    // In slices, so that no call builds arrays of more than a slice of rows.
+    if sales.len() > super::FOLD_EARLY_ROWS || stock.len() > super::FOLD_EARLY_ROWS {
+        for slice in sales.chunks(super::FOLD_EARLY_ROWS) {
+            rows(owner, shard, slice, &[]);
+        }
+        for slice in stock.chunks(super::FOLD_EARLY_ROWS) {
+            rows(owner, shard, &[], slice);
+        }
+        return;
+    }
     if sales.is_empty() && stock.is_empty() {
         return;
     }
@@ -74,7 +84,9 @@ pub(super) fn items(owner: pg_sys::Oid, shard: i32, frame: &Frame) {
     }
     // A sale both inserted and changed (deleted and inserted again under its id) is changed:
     // its old facts are taken back.
-    let changed: Vec<Id> = frame.changed_sales.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+    // Sorted: the slices lock their sales in id order, so two large commits cannot deadlock.
+    let mut changed: Vec<Id> = frame.changed_sales.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+    changed.sort_unstable();
     let changed_set: HashSet<&Id> = changed.iter().collect();
     let inserted: Vec<&Id> = frame.new_sales.iter().filter(|id| !changed_set.contains(id)).collect();
     let mut moved: HashMap<&Id, Vec<&super::Location>> = HashMap::new();
@@ -116,8 +128,8 @@ impl Args {
         self.nulls.push(b' ' as std::ffi::c_char);
     }
 
-    fn array(&mut self, element: pg_sys::Oid, datums: Vec<pg_sys::Datum>, nulls: Vec<bool>) {
-        let array = unsafe { build_array(element, &datums, &nulls) };
+    fn array(&mut self, element: pg_sys::Oid, mut datums: Vec<pg_sys::Datum>, nulls: Vec<bool>) {
+        let array = unsafe { build_array(element, &mut datums, &nulls) };
         self.values.push(pg_sys::Datum::from(array));
         self.nulls.push(b' ' as std::ffi::c_char);
     }
@@ -157,9 +169,14 @@ impl Args {
     /// Varlenas with a 4-byte header, as copied by the triggers.
     fn varlenas<'a>(&mut self, array_type: pg_sys::Oid, values: impl Iterator<Item = Option<&'a [u8]>>) {
         let element = if array_type == JSONBS { pg_sys::JSONBOID } else { pg_sys::TEXTOID };
+        // Copied into palloc'd memory: maximally aligned, as Postgres reads varlena headers.
         let (datums, nulls) = values
             .map(|v| match v {
-                Some(bytes) => (pg_sys::Datum::from(bytes.as_ptr()), false),
+                Some(bytes) => unsafe {
+                    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+                    (pg_sys::Datum::from(copy), false)
+                },
                 None => (pg_sys::Datum::from(0usize), true),
             })
             .unzip();
@@ -178,7 +195,7 @@ impl Args {
 }
 
 /// A one-dimensional array of `element` (copied: the datums may point into Rust memory).
-unsafe fn build_array(element: pg_sys::Oid, datums: &[pg_sys::Datum], nulls: &[bool]) -> *mut pg_sys::ArrayType {
+unsafe fn build_array(element: pg_sys::Oid, datums: &mut [pg_sys::Datum], nulls: &[bool]) -> *mut pg_sys::ArrayType {
     if datums.is_empty() {
         return pg_sys::construct_empty_array(element);
     }
@@ -187,7 +204,7 @@ unsafe fn build_array(element: pg_sys::Oid, datums: &[pg_sys::Datum], nulls: &[b
     let mut dims = [datums.len() as i32];
     let mut lower_bounds = [1i32];
     pg_sys::construct_md_array(
-        datums.as_ptr() as *mut pg_sys::Datum,
+        datums.as_mut_ptr(),
         nulls.as_ptr() as *mut bool,
         1,
         dims.as_mut_ptr(),

@@ -172,6 +172,12 @@ fn capture_discard(source: &str) {
     });
 }
 
+/// Sales whose item facts must be recomputed at commit (TRUNCATE of the returns table).
+#[pg_extern(volatile, parallel_unsafe, schema = "analytics_internal", name = "_capture_changed_sales")]
+fn capture_changed_sales(sale_ids: Vec<Option<pgrx::Uuid>>) {
+    record(|frame, _| frame.changed_sales.extend(sale_ids.into_iter().flatten().map(|id| *id.as_bytes())));
+}
+
 /// Folds the sales and stock rows of the current level now (inside it).
 fn fold_rows_of_current_level() {
     let level = nest_level();
@@ -186,7 +192,9 @@ fn fold_rows_of_current_level() {
         }
     });
     if let Some(owner) = owner {
-        fold::rows(owner, backend_shard(), &sales, &stock);
+        // Not the session's shard: if this transaction is prepared, the rows folded now stay
+        // locked until COMMIT PREPARED, and the session's next sale must not wait for them.
+        fold::rows(owner, transaction_shard(), &sales, &stock);
     }
 }
 
@@ -198,10 +206,11 @@ fn backend_shard() -> i32 {
     unsafe { pg_sys::MyBackendId }
 }
 
-/// The shard a prepared transaction writes: its own, so that the session, free to sell again
-/// at once, never waits on parts the prepared transaction holds locked until COMMIT PREPARED.
-/// Negative (backend ids are positive; 0 is the repair's), unique among prepared transactions.
-fn prepared_shard() -> i32 {
+/// A shard of this transaction's own, for what it folds before its end (early folds) or as it
+/// is prepared: those rows may stay locked after the session moves on (until COMMIT PREPARED),
+/// and the session's next sale must never wait for them. Negative (backend ids are positive;
+/// 0 is the repair's), unique among live transactions; compaction folds them like any other.
+fn transaction_shard() -> i32 {
     let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
     -1 - (xid % (i32::MAX as u32 - 1)) as i32
 }
@@ -223,10 +232,17 @@ fn fold_transaction(shard: i32) {
     if frame.is_empty() || !extension_exists() {
         return;
     }
+    // SET TRANSACTION READ ONLY is allowed after a transaction wrote; what it wrote is still
+    // to be folded (the fold writes only the extension's own tables).
+    let read_only = unsafe { pg_sys::XactReadOnly };
+    unsafe { pg_sys::XactReadOnly = false };
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     fold::rows(owner, shard, &frame.sales, &frame.stock);
     fold::items(owner, shard, &frame);
-    unsafe { pg_sys::PopActiveSnapshot() };
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::XactReadOnly = read_only;
+    }
 }
 
 /// Folds what the current subtransaction level captured, now, inside it: as if it committed,
@@ -267,7 +283,7 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => fold_transaction(backend_shard()),
-        XACT_EVENT_PRE_PREPARE => fold_transaction(prepared_shard()),
+        XACT_EVENT_PRE_PREPARE => fold_transaction(transaction_shard()),
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT
         | XACT_EVENT_PARALLEL_ABORT => forget_transaction(),
         _ => {}
@@ -285,6 +301,18 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     // Called while the ending subtransaction is still the current one.
     let level = nest_level();
     match event {
+        // Still inside the child, where SQL may run: a child whose rows would take its parent
+        // past the threshold folds them now (a loop of EXCEPTION blocks or a driver's autosave
+        // never records at the parent's level, so the parent would never fold early).
+        SUBXACT_EVENT_PRE_COMMIT_SUB => {
+            let rows = CAPTURE.with(|c| {
+                let c = c.borrow();
+                c.frames.iter().filter(|f| f.level >= level - 1).map(|f| f.sales.len() + f.stock.len()).sum::<usize>()
+            });
+            if rows >= FOLD_EARLY_ROWS {
+                fold_rows_of_current_level();
+            }
+        }
         SUBXACT_EVENT_ABORT_SUB => CAPTURE.with(|c| {
             c.borrow_mut().frames.retain(|f| f.level < level);
         }),

@@ -349,29 +349,36 @@ mod analytics_internal {
         let read = |row: &Row, sign: i32| -> Option<StockRow> {
             Some(StockRow { sign, store: row.uuid(store)?, product: row.uuid(product)?, qty: row.text(qty, table.desc) })
         };
-        let mut old: Vec<Option<StockRow>> = Vec::new();
-        let mut new: Vec<Option<StockRow>> = Vec::new();
-        table.rows(table.old, |row| old.push(read(row, -1)));
-        table.rows(table.new, |row| new.push(read(row, 1)));
         let unchanged = |o: &Option<StockRow>, n: &Option<StockRow>| match (o, n) {
             (Some(o), Some(n)) => o.store == n.store && o.product == n.product && o.qty == n.qty,
             (None, None) => true,
             _ => false,
         };
-        let paired = old.len() == new.len();
-        record(|frame, _| {
-            if paired {
-                for (o, n) in old.into_iter().zip(new) {
+        // Old and new rows in step, in chunks (a movement import of a million rows folds early).
+        // A pair of equal rows nets to zero whichever rows they are, so it is skipped.
+        let (mut old_rows, mut new_rows) = (table.reader(table.old), table.reader(table.new));
+        loop {
+            let mut pairs: Vec<(Option<StockRow>, Option<StockRow>)> = Vec::new();
+            while pairs.len() < CHUNK_ROWS {
+                let o = old_rows.next().map(|row| read(&row, -1));
+                let n = new_rows.next().map(|row| read(&row, 1));
+                if o.is_none() && n.is_none() {
+                    break;
+                }
+                pairs.push((o.flatten(), n.flatten()));
+            }
+            if pairs.is_empty() {
+                break;
+            }
+            record(|frame, _| {
+                for (o, n) in pairs {
                     if !unchanged(&o, &n) {
                         frame.stock.extend(o);
                         frame.stock.extend(n);
                     }
                 }
-            } else {
-                frame.stock.extend(old.into_iter().flatten());
-                frame.stock.extend(new.into_iter().flatten());
-            }
-        });
+            });
+        }
         none()
     }
 }

@@ -3,8 +3,6 @@ CREATE OR REPLACE FUNCTION analytics_internal._fold_items(target_shard integer, 
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
  SET plan_cache_mode TO 'force_generic_plan'
- SET enable_hashjoin TO 'off'
- SET enable_mergejoin TO 'off'
 AS $function$
 DECLARE
     slow uuid[];
@@ -32,7 +30,7 @@ BEGIN
         JOIN pos.sales AS r ON r.id = i.sale_id
         LEFT JOIN analytics.store_settings AS st ON st.store_id = r.store_id
         LEFT JOIN old AS c ON c.sale_item_id = i.id AND c.product_id IS NOT DISTINCT FROM i.product_id
-        LEFT JOIN pos.products AS p ON p.id = i.product_id
+        LEFT JOIN LATERAL (SELECT * FROM pos.products AS x WHERE x.id = i.product_id OFFSET 0) AS p ON true
         LEFT JOIN LATERAL (SELECT sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
                                 FROM pos.sale_return_items AS x WHERE x.sale_item_id = i.id) AS ret ON true
         WHERE i.sale_id = ANY(new_sale_ids)),
@@ -95,7 +93,7 @@ BEGIN
         JOIN pos.sales AS r ON r.id = i.sale_id
         LEFT JOIN analytics.store_settings AS st ON st.store_id = r.store_id
         LEFT JOIN old AS c ON c.sale_item_id = i.id AND c.product_id IS NOT DISTINCT FROM i.product_id
-        LEFT JOIN pos.products AS p ON p.id = i.product_id
+        LEFT JOIN LATERAL (SELECT * FROM pos.products AS x WHERE x.id = i.product_id OFFSET 0) AS p ON true
         LEFT JOIN LATERAL (SELECT sum(x.qty) AS qty, sum(x.total_bs) AS total_bs, sum(x.total_usd) AS total_usd
                                 FROM pos.sale_return_items AS x WHERE x.sale_item_id = i.id) AS ret ON true
         WHERE i.sale_id = ANY(every_sale)),
