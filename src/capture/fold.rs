@@ -54,6 +54,10 @@ pub(super) fn rows(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[S
     if sales.is_empty() && stock.is_empty() {
         return;
     }
+    in_scratch_memory(|| rows_now(owner, shard, sales, stock));
+}
+
+fn rows_now(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[StockRow]) {
     let mut args = Args::default();
     args.int(shard);
     args.ints(sales.iter().map(|s| s.sign));
@@ -100,19 +104,28 @@ pub(super) fn items(owner: pg_sys::Oid, shard: i32, frame: &Frame) {
         let inserted_here = &inserted[range(inserted.len())];
         let moved_here: Vec<(&Id, &super::Location)> =
             changed_here.iter().flat_map(|id| moved.get(id).into_iter().flatten().map(move |at| (id, *at))).collect();
-        let mut args = Args::default();
-        args.int(shard);
-        args.uuids(inserted_here.iter().map(|id| Some(*id)));
-        args.uuids(changed_here.iter().map(Some));
-        args.uuids(moved_here.iter().map(|(id, _)| Some(*id)));
-        args.uuids(moved_here.iter().map(|(_, at)| at.store.as_ref()));
-        args.times(moved_here.iter().map(|(_, at)| at.sold_at));
         // Returned items go with the last slice: their sales are found in SQL, and a sale
         // inserted here whose facts an earlier slice stored is then recomputed like any other.
         let returned: &[Id] = if slice + 1 == slices { &frame.returned_items } else { &[] };
-        args.uuids(returned.iter().map(Some));
-        FOLD_ITEMS.with(|plan| execute(owner, plan, &args));
+        in_scratch_memory(|| {
+            let mut args = Args::default();
+            args.int(shard);
+            args.uuids(inserted_here.iter().map(|id| Some(*id)));
+            args.uuids(changed_here.iter().map(Some));
+            args.uuids(moved_here.iter().map(|(id, _)| Some(*id)));
+            args.uuids(moved_here.iter().map(|(_, at)| at.store.as_ref()));
+            args.times(moved_here.iter().map(|(_, at)| at.sold_at));
+            args.uuids(returned.iter().map(Some));
+            FOLD_ITEMS.with(|plan| execute(owner, plan, &args));
+        });
     }
+}
+
+/// Runs `fold` in a memory context of its own, deleted afterwards: the arrays of an early fold
+/// would otherwise pile up in the trigger call's context until a million-row statement ends.
+fn in_scratch_memory(fold: impl FnOnce()) {
+    let mut scratch = pgrx::PgMemoryContexts::new("lacaja_analytics fold");
+    unsafe { scratch.switch_to(|_| fold()) };
 }
 
 /// Datums of the parameters, and the memory they point into.
