@@ -55,6 +55,16 @@ impl Transition {
         }
     }
 
+    /// The distinct values of uuid column `name` in the old and new rows.
+    fn distinct_ids(&self, name: &str) -> HashSet<Id> {
+        let column = self.column(name, pg_sys::UUIDOID);
+        let mut ids = HashSet::new();
+        for rows in [self.old, self.new] {
+            self.rows(rows, |row| ids.extend(row.uuid(column)));
+        }
+        ids
+    }
+
     /// Calls `each` for every row of `table`.
     fn rows(&self, table: *mut pg_sys::Tuplestorestate, mut each: impl FnMut(&Row)) {
         let mut reader = self.reader(table);
@@ -303,11 +313,7 @@ mod analytics_internal {
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
         let table = Transition::of(trigger);
-        let sale_id = table.column("sale_id", pg_sys::UUIDOID);
-        let mut sales = HashSet::new();
-        for rows in [table.old, table.new] {
-            table.rows(rows, |row| sales.extend(row.uuid(sale_id)));
-        }
+        let sales = table.distinct_ids("sale_id");
         record(|frame, inserted_below| {
             for id in sales {
                 if !frame.new_sales.contains(&id) && !inserted_below(&id) {
@@ -324,11 +330,7 @@ mod analytics_internal {
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
         let table = Transition::of(trigger);
-        let item_id = table.column("sale_item_id", pg_sys::UUIDOID);
-        let mut items = HashSet::new();
-        for rows in [table.old, table.new] {
-            table.rows(rows, |row| items.extend(row.uuid(item_id)));
-        }
+        let items = table.distinct_ids("sale_item_id");
         record(|frame, _| frame.returned_items.extend(items));
         none()
     }
