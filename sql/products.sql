@@ -312,7 +312,16 @@ BEGIN
         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
         -- A POS commit folds one or two sales: plan once per session, not per commit.
         SET plan_cache_mode = force_generic_plan AS %L$f$, analytics_internal._fold_items_body());
-    triggers := analytics_internal._create_capture_triggers(items, 'items');
+    -- `direct`: the capture copies new items for the fold in Rust (src/capture/direct.rs),
+    -- which counts no returns for an item inserted by the committing transaction. True when a
+    -- return can only be recorded after its item: the returns table references the items.
+    triggers := analytics_internal._create_capture_triggers(items, 'items', argument =>
+        CASE WHEN NOT analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}')
+                  OR EXISTS (SELECT 1 FROM pg_constraint c
+                             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = 'sale_item_id'
+                             WHERE c.conrelid = returns AND c.contype = 'f' AND c.confrelid = items
+                               AND c.conkey = ARRAY[a.attnum])
+             THEN 'direct' END);
     IF analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
         triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns');
     END IF;

@@ -400,3 +400,121 @@ fn exception_block_loops_read_only_commits_and_truncated_returns() {
     .unwrap();
     assert_exact(&mut db, seed, "after returns were truncated in a transaction that moved a returned sale");
 }
+
+/// Deterministic transactions covering what the direct fold takes (new sales with items,
+/// weight items, discounts, customers, stock movements, several sales a commit) and what it
+/// leaves to the generated SQL (amounts with more decimals, malformed JSON, sales voided or
+/// deleted in their own transaction, items rewritten, returns, savepoints rolled back).
+fn direct_fold_workload() -> Vec<String> {
+    let id = |kind: &str, n: usize| format!("md5('{kind}/{n}')::uuid");
+    let product = |store: usize, n: usize| id(&format!("product/{store}"), n);
+    let mut transactions = vec![format!(
+        "INSERT INTO products (id, store_id, name, category, price_bs, price_usd, cost_bs, cost_usd,
+                               cost_per_weight_bs, cost_per_weight_usd, is_weight_product)
+         SELECT md5('product/' || s.n || '/' || i)::uuid, s.id, 'product ' || i, 'cat ' || (i % 3),
+                36.5 * i, i, 20 * i, 0.55 * i,
+                CASE WHEN i % 2 = 0 THEN 1.123456 * i END, CASE WHEN i % 2 = 0 THEN 0.031234 * i END, i % 3 = 0
+         FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1)::int AS n FROM stores) s, generate_series(1, 6) i;"
+    )];
+    let totals = ["12.50", "7", "100.1", "3.333", "\"4.20\"", "0.99", "1e3", "250.00"];
+    for n in 0..48 {
+        let store = n % 3;
+        let (store_id, _) = STORES[store];
+        let sale = id("sale", n);
+        let total = totals[n % totals.len()];
+        let customer = if n % 4 == 0 { format!("'{}{:012}'", common::customer_prefix(store), 1 + n % 10) } else { "NULL".into() };
+        let method = ["CASH_BS", "PAGO_MOVIL", "", "TRANSFER"][n % 4];
+        let mut sql = format!(
+            "INSERT INTO sales (id, store_id, sold_at, totals, payment, customer_id)
+             VALUES ({sale}, '{store_id}', timestamptz '2026-03-08 05:30:00+00' + {n} * interval '97 minutes',
+                     '{{\"subtotal_bs\": {total}, \"subtotal_usd\": 1.25, \"discount_bs\": 0, \"discount_usd\": 0,
+                       \"total_bs\": {total}, \"total_usd\": 1.25}}', '{{\"method\": \"{method}\"}}', {customer});
+             INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd, discount_bs, is_weight_product)
+             SELECT md5('item/{n}/' || i)::uuid, {sale}, md5('product/{store}/' || i)::uuid,
+                    CASE WHEN i % 3 = 0 THEN 0.125 * i ELSE i END, 10.5 * i, 0.2875 * i, CASE WHEN i = 2 THEN 1.5 ELSE 0 END, i % 3 = 0
+             FROM generate_series(1, 1 + {n} % 5) i;"
+        );
+        match n % 12 {
+            3 => sql.push_str(&format!("UPDATE sales SET voided_at = sold_at WHERE id = {sale};")),
+            5 => sql.push_str(&format!("DELETE FROM sale_items WHERE sale_id = {sale}; DELETE FROM sales WHERE id = {sale};")),
+            7 => sql.push_str(&format!("UPDATE sale_items SET qty = qty + 1 WHERE sale_id = {sale};")),
+            8 => sql.push_str(&format!(
+                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+                 SELECT md5('move/{n}/' || i)::uuid, '{store_id}', md5('product/{store}/' || i)::uuid, 'sale', -1.5 * i
+                 FROM generate_series(1, 3) i;"
+            )),
+            9 => sql = format!("SAVEPOINT s; {sql} ROLLBACK TO SAVEPOINT s; {}", sql.replace(&format!("'item/{n}/'"), &format!("'item/{n}/again/'"))),
+            // A product created and sold, and a store's zone set, in the selling transaction:
+            // the fold sees what its own transaction wrote last.
+            11 => {
+                sql = format!(
+                    "INSERT INTO products (id, store_id, name, price_bs, price_usd, cost_bs, cost_usd)
+                     VALUES (md5('product/{store}/' || 100 + {n})::uuid, '{store_id}', 'new {n}', 3, 0.1, 1.25, 0.05);
+                     SELECT analytics.set_store_timezone('{store_id}', '{}');
+                     {}",
+                    ["Europe/Madrid", "Asia/Kathmandu", "America/Caracas"][n % 3],
+                    sql.replace(&format!("md5('product/{store}/' || i)"), &format!("md5('product/{store}/' || 100 + {n})"))
+                )
+            }
+            10 if n > 12 => sql.push_str(&format!(
+                "WITH r AS (INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+                            VALUES ({}, '{store_id}', {}, 5, 0.1) RETURNING id)
+                 INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+                 SELECT {}, r.id, {}, {}, 1, 5, 0.1 FROM r;",
+                id("return", n), id("sale", n - 12), id("return item", n), format!("md5('item/{}/1')::uuid", n - 12), product(store, 1)
+            )),
+            _ => {}
+        }
+        transactions.push(sql);
+    }
+    transactions
+}
+
+/// Every part and item fact, as text (so that a numeric's scale counts), shards summed.
+fn parts_as_text(db: &mut postgres::Client) -> Vec<String> {
+    let catalog = db
+        .query("SELECT parts::text, array_to_string(keys, ', '), vals FROM analytics_internal.rollup_catalog ORDER BY position", &[])
+        .unwrap();
+    let mut dump = Vec::new();
+    for rollup in catalog {
+        let (parts, keys, vals): (String, String, Vec<String>) = (rollup.get(0), rollup.get(1), rollup.get(2));
+        let sums: Vec<String> = vals.iter().map(|v| format!("sum({v}) AS {v}")).collect();
+        let sql = format!(
+            "SELECT '{parts} ' || row_to_json(q)::text FROM (SELECT {keys}, {} FROM {parts} GROUP BY {keys} ORDER BY {keys}) q",
+            sums.join(", ")
+        );
+        dump.extend(db.query(&sql, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)));
+    }
+    let facts = "SELECT row_to_json(f)::text FROM analytics_internal.item_facts f ORDER BY sale_item_id";
+    dump.extend(db.query(facts, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)));
+    dump
+}
+
+#[test]
+fn direct_and_generated_folds_store_the_same_parts() {
+    let workload = direct_fold_workload();
+    let mut dumps = Vec::new();
+    for (database, direct) in [("lacaja_test_direct_fold", "on"), ("lacaja_test_generated_fold", "off")] {
+        let mut db = lacaja_database(database);
+        db.batch_execute(&format!("SET lacaja_analytics.direct_fold = {direct}; SET track_functions = 'all'")).unwrap();
+        for sql in &workload {
+            db.batch_execute(&format!("BEGIN; {sql} COMMIT;")).unwrap_or_else(|e| panic!("{e:?}\n{sql}"));
+        }
+        db.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+        let generated_folds = count(
+            &mut db,
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname IN ('_fold_rows', '_fold_items')",
+        );
+        // Both paths were taken where direct: plain commits directly, the rest by SQL.
+        if direct == "on" {
+            assert!(generated_folds > 0 && generated_folds < workload.len() as i64, "generated folds: {generated_folds}");
+        } else {
+            assert!(generated_folds >= workload.len() as i64 - 1, "generated folds: {generated_folds}");
+        }
+        assert_exact(&mut db, 0, database);
+        dumps.push(parts_as_text(&mut db));
+    }
+    let (direct, generated) = (&dumps[0], &dumps[1]);
+    let differing: Vec<_> = direct.iter().zip(generated).filter(|(a, b)| a != b).take(5).collect();
+    assert!(differing.is_empty() && direct.len() == generated.len(), "direct and generated folds differ: {differing:#?}");
+}

@@ -54,7 +54,11 @@ pub(super) fn rows(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[S
     if sales.is_empty() && stock.is_empty() {
         return;
     }
-    in_scratch_memory(|| rows_now(owner, shard, sales, stock));
+    in_scratch_memory(|| {
+        if !super::direct::rows(shard, sales, stock) {
+            rows_now(owner, shard, sales, stock)
+        }
+    });
 }
 
 fn rows_now(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[StockRow]) {
@@ -84,6 +88,11 @@ const ITEM_FOLD_SALES: usize = 10_000;
 pub(super) fn items(owner: pg_sys::Oid, shard: i32, frame: &Frame) {
     use std::collections::{HashMap, HashSet};
     if frame.new_sales.is_empty() && frame.changed_sales.is_empty() && frame.returned_items.is_empty() {
+        return;
+    }
+    let mut direct = false;
+    in_scratch_memory(|| direct = super::direct::items(shard, frame));
+    if direct {
         return;
     }
     // A sale both inserted and changed (deleted and inserted again under its id) is changed:

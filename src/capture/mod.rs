@@ -56,6 +56,23 @@ pub(crate) struct StockRow {
     pub qty: Option<String>,
 }
 
+/// One item inserted into a sale this transaction inserted, as the item facts read it
+/// (numeric columns as detoasted varlenas).
+pub(crate) struct ItemRow {
+    pub id: Id,
+    pub sale_id: Id,
+    pub product: Option<Id>,
+    pub qty: Option<Box<[u8]>>,
+    pub unit_price_bs: Option<Box<[u8]>>,
+    pub unit_price_usd: Option<Box<[u8]>>,
+    pub discount_bs: Option<Box<[u8]>>,
+    pub discount_usd: Option<Box<[u8]>>,
+    pub weight: Option<bool>,
+}
+
+/// Items a transaction may hold for the direct fold; beyond, its items are folded by SQL.
+pub(crate) const DIRECT_ITEMS: usize = 10_000;
+
 /// What one subtransaction level captured.
 #[derive(Default)]
 pub(crate) struct Frame {
@@ -71,6 +88,13 @@ pub(crate) struct Frame {
     pub moved_from: Vec<(Id, Location)>,
     /// Sale items whose returns changed (their sales are found at commit).
     pub returned_items: Vec<Id>,
+    /// Items inserted into the sales of `new_sales`, for the direct fold (`direct.rs`).
+    pub new_items: Vec<ItemRow>,
+    /// Items of new sales were updated, deleted, truncated, too many or unreadable: the
+    /// generated SQL folds the items.
+    pub items_by_sql: bool,
+    /// Schema of the `sale_items` the items came from (its `products` gives the costs).
+    pub items_namespace: Option<pg_sys::Oid>,
     /// A TRUNCATE at this level: what the levels below captured of that source is gone too
     /// once this level commits.
     truncated_sales: bool,
@@ -103,6 +127,18 @@ impl Frame {
         self.changed_sales.extend(child.changed_sales);
         self.moved_from.extend(child.moved_from);
         self.returned_items.extend(child.returned_items);
+        self.new_items.extend(child.new_items);
+        self.items_by_sql |= child.items_by_sql;
+        self.items_namespace = self.items_namespace.or(child.items_namespace);
+        if self.new_items.len() > DIRECT_ITEMS {
+            self.keep_items_for_sql();
+        }
+    }
+
+    /// Gives up the direct fold of this level's items (the SQL reads them from the source).
+    pub fn keep_items_for_sql(&mut self) {
+        self.new_items = Vec::new();
+        self.items_by_sql = true;
     }
 }
 
@@ -168,6 +204,7 @@ fn capture_discard(source: &str) {
             frame.stock.clear();
             frame.truncated_stock = true;
         }
+        "items" => frame.keep_items_for_sql(),
         _ => {}
     });
 }
@@ -333,6 +370,7 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     }
 }
 
+mod direct;
 mod fold;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::{record, Id, Location, SaleRow, StockRow};
+use super::{record, Id, ItemRow, Location, SaleRow, StockRow};
 
 /// The transition tables of one trigger call and the table's row type.
 struct Transition {
@@ -268,6 +268,52 @@ fn record_sales(old: Vec<SaleRow>, new: Vec<SaleRow>, is_insert: bool) {
     });
 }
 
+/// The columns of `sale_items` the item facts read, when all are there with the types the
+/// direct fold handles.
+struct ItemColumns {
+    id: i32,
+    sale_id: i32,
+    product: i32,
+    qty: i32,
+    unit_price_bs: i32,
+    unit_price_usd: i32,
+    discount_bs: i32,
+    discount_usd: i32,
+    weight: i32,
+}
+
+impl ItemColumns {
+    fn of(table: &Transition) -> Option<ItemColumns> {
+        let numeric = |name| table.column(name, pg_sys::NUMERICOID);
+        Some(ItemColumns {
+            id: table.column("id", pg_sys::UUIDOID)?,
+            sale_id: table.column("sale_id", pg_sys::UUIDOID)?,
+            product: table.column("product_id", pg_sys::UUIDOID)?,
+            qty: numeric("qty")?,
+            unit_price_bs: numeric("unit_price_bs")?,
+            unit_price_usd: numeric("unit_price_usd")?,
+            discount_bs: numeric("discount_bs")?,
+            discount_usd: numeric("discount_usd")?,
+            weight: table.column("is_weight_product", pg_sys::BOOLOID)?,
+        })
+    }
+
+    /// The item, unless it has no id or sale (then no fact is made of it).
+    fn read(&self, row: &Row) -> Option<ItemRow> {
+        Some(ItemRow {
+            id: row.uuid(Some(self.id))?,
+            sale_id: row.uuid(Some(self.sale_id))?,
+            product: row.uuid(Some(self.product)),
+            qty: row.varlena(Some(self.qty)),
+            unit_price_bs: row.varlena(Some(self.unit_price_bs)),
+            unit_price_usd: row.varlena(Some(self.unit_price_usd)),
+            discount_bs: row.varlena(Some(self.discount_bs)),
+            discount_usd: row.varlena(Some(self.discount_usd)),
+            weight: row.datum(Some(self.weight)).map(|d| d.value() != 0),
+        })
+    }
+}
+
 /// Rows read from a transition table before they are handed over.
 const CHUNK_ROWS: usize = 5_000;
 
@@ -307,17 +353,54 @@ mod analytics_internal {
     }
 
     /// `sale_items`: the sales whose item facts change. Items of a sale this transaction
-    /// inserted need nothing: its facts are computed at commit from what it then holds.
+    /// inserted need nothing: its facts are computed at commit from what it then holds — from
+    /// the rows copied here (argument `direct`, see `direct.rs`), or by SQL from the source.
     #[pg_trigger]
     fn _capture_items<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
         let table = Transition::of(trigger);
+        let direct = trigger.extra_args()?.first().map(String::as_str) == Some("direct");
+        let columns = ItemColumns::of(&table);
+        let namespace = unsafe { (*(*trigger.trigger_data().tg_relation).rd_rel).relnamespace };
+        if table.old.is_null() && direct && columns.is_some() {
+            let columns = columns.expect("checked");
+            let mut new_rows = table.reader(table.new);
+            loop {
+                let mut chunk = Vec::new();
+                while chunk.len() < CHUNK_ROWS {
+                    let Some(row) = new_rows.next() else { break };
+                    chunk.push(columns.read(&row));
+                }
+                if chunk.is_empty() {
+                    break;
+                }
+                record(|frame, inserted_below| {
+                    for item in chunk {
+                        let Some(item) = item else { continue };
+                        if !frame.new_sales.contains(&item.sale_id) && !inserted_below(&item.sale_id) {
+                            frame.changed_sales.push(item.sale_id);
+                        } else if !frame.items_by_sql {
+                            frame.items_namespace = Some(namespace);
+                            frame.new_items.push(item);
+                            if frame.new_items.len() > crate::capture::DIRECT_ITEMS {
+                                frame.keep_items_for_sql();
+                            }
+                        }
+                    }
+                });
+            }
+            return none();
+        }
         let sales = table.distinct_ids("sale_id");
         record(|frame, inserted_below| {
             for id in sales {
                 if !frame.new_sales.contains(&id) && !inserted_below(&id) {
                     frame.changed_sales.push(id);
+                } else {
+                    // Items of a new sale rewritten (or copied from a table without a
+                    // column the direct fold reads): what they now hold is read at commit.
+                    frame.keep_items_for_sql();
                 }
             }
         });
