@@ -4,10 +4,12 @@
 //! (`_fold_rows`, `_fold_items`) costs about a millisecond of executor start-up and plpgsql —
 //! more than the sale itself. Here the same arithmetic is done in Rust with Postgres's own
 //! functions (`numeric_add`, `timestamptz_zone`, …, so every value and its scale is what the
-//! SQL gives) and written with the executor's single-row routines that logical replication's
-//! apply worker uses (`RelationFindReplTupleByIndex`, `ExecSimpleRelationInsert`/`Update`):
-//! the part row of each key is found through its primary key, locked, and updated in place,
-//! or inserted. Waiting for and retrying after a concurrent compaction is theirs.
+//! SQL gives); the part row of each key is found through its primary key and updated in place
+//! through the table access method (HOT where no key changes), or inserted with the
+//! executor's single-row routine that logical replication's apply worker uses
+//! (`ExecSimpleRelationInsert`, index entries and constraints included). Only this session
+//! writes its shard's rows; an update that meets a concurrent compaction waits for it and
+//! reads the row again.
 //!
 //! Only what is simple takes this path; anything else returns `false` and the caller folds
 //! with the generated SQL, which stays the definition (and keeps `ingest_errors`): a sale
@@ -149,17 +151,31 @@ impl Sums {
     }
 }
 
+/// The number of column `name` of an open relation (0 when it has none), read from its
+/// descriptor rather than the syscache: a fold opens a few tables every commit.
+fn attribute_number(rel: pg_sys::Relation, name: &CStr) -> pg_sys::AttrNumber {
+    unsafe {
+        let desc = &*(*rel).rd_att;
+        desc.attrs
+            .as_slice(desc.natts as usize)
+            .iter()
+            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
+            .map_or(0, |a| a.attnum)
+    }
+}
+
 /// One of the extension's tables, written through the executor's single-row routines.
 struct Table {
     rel: pg_sys::Relation,
     estate: *mut pg_sys::EState,
     info: *mut pg_sys::ResultRelInfo,
-    epq: Box<pg_sys::EPQState>,
-    primary_key: pg_sys::Oid,
+    /// The primary key, and per key column: the position of its value among the columns
+    /// given to `open`, and the equality function of its operator class.
+    primary_key: pg_sys::Relation,
+    key_lookup: Vec<(usize, pg_sys::RegProcedure)>,
     /// Attribute numbers of the columns given to `open`, in that order.
     columns: Vec<pg_sys::AttrNumber>,
     natts: usize,
-    search: *mut pg_sys::TupleTableSlot,
     found: *mut pg_sys::TupleTableSlot,
     new: *mut pg_sys::TupleTableSlot,
 }
@@ -174,7 +190,7 @@ impl Table {
                 return None;
             }
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-            let columns: Vec<pg_sys::AttrNumber> = columns.iter().map(|c| pg_sys::get_attnum(relid, c.as_ptr())).collect();
+            let columns: Vec<pg_sys::AttrNumber> = columns.iter().map(|c| attribute_number(rel, c)).collect();
             let plain = (*(*rel).rd_rel).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
                 && (*rel).trigdesc.is_null()
                 && columns.iter().all(|a| *a > 0);
@@ -193,18 +209,34 @@ impl Table {
             pg_sys::InitResultRelInfo(info, rel, 1, std::ptr::null_mut(), 0);
             (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
             pg_sys::ExecOpenIndices(info, false);
-            let mut epq: Box<pg_sys::EPQState> = Box::new(std::mem::zeroed());
-            pg_sys::EvalPlanQualInit(epq.as_mut(), estate, std::ptr::null_mut(), std::ptr::null_mut(), -1);
             let desc = (*rel).rd_att;
+            let (primary_key, key_lookup) = match pg_sys::RelationGetPrimaryKeyIndex(rel) {
+                oid if oid == pg_sys::InvalidOid => (std::ptr::null_mut(), Vec::new()),
+                oid => {
+                    let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
+                    let n = (*(*index).rd_index).indnkeyatts as usize;
+                    let heap_columns = (*(*index).rd_index).indkey.values.as_slice(n);
+                    let lookup = (0..n)
+                        .map(|i| {
+                            let position = columns.iter().position(|a| *a == heap_columns[i]);
+                            let (family, input) = (*(*index).rd_opfamily.add(i), *(*index).rd_opcintype.add(i));
+                            let operator =
+                                pg_sys::get_opfamily_member(family, input, input, pg_sys::BTEqualStrategyNumber as i16);
+                            position.map(|p| (p, pg_sys::get_opcode(operator)))
+                        })
+                        .collect::<Option<Vec<_>>>()
+                        .unwrap_or_default();
+                    (index, lookup)
+                }
+            };
             let table = Table {
                 rel,
                 estate,
                 info,
-                epq,
-                primary_key: pg_sys::RelationGetPrimaryKeyIndex(rel),
+                primary_key,
+                key_lookup,
                 columns,
                 natts: (*desc).natts as usize,
-                search: pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual),
                 found: pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable),
                 new: pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual),
             };
@@ -238,44 +270,83 @@ impl Table {
         }
     }
 
-    /// Adds `deltas` to the measures (the columns after the key) of the part row `key`
-    /// (the primary key's columns, first given to `open`), inserting it when missing.
+    /// The part row of `key` (the primary key's columns, first given to `open`) in the
+    /// latest snapshot, into `found`. The latest: under REPEATABLE READ the transaction's
+    /// snapshot would keep showing a row a compaction has since replaced.
+    unsafe fn find(&mut self, key: &[Datum]) -> bool {
+        let mut scan_keys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(self.key_lookup.len());
+        for (i, (position, equality)) in self.key_lookup.iter().enumerate() {
+            let mut scan_key: pg_sys::ScanKeyData = std::mem::zeroed();
+            pg_sys::ScanKeyInit(&mut scan_key, (i + 1) as i16, pg_sys::BTEqualStrategyNumber as u16, *equality, key[*position]);
+            scan_keys.push(scan_key);
+        }
+        let scan = pg_sys::index_beginscan(self.rel, self.primary_key, pg_sys::GetLatestSnapshot(), scan_keys.len() as i32, 0);
+        pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), scan_keys.len() as i32, std::ptr::null_mut(), 0);
+        let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, self.found);
+        pg_sys::index_endscan(scan);
+        found
+    }
+
+    /// Adds `deltas` to the measures (the columns after the key) of the part row `key`,
+    /// inserting it when missing. Only this session writes its shard's rows; a compaction
+    /// may fold them away meanwhile: the update then waits for it and starts again.
     fn add_to(&mut self, key: &[Datum], deltas: &[Measure]) {
-        let mut values: Vec<Datum> = key.to_vec();
-        values.extend(deltas.iter().map(|d| match d {
-            Measure::Count(c) => Datum::from(*c),
-            Measure::Amount(a) => *a,
-        }));
+        if self.primary_key.is_null() || self.key_lookup.len() != key.len() {
+            pgrx::error!("lacaja_analytics: part table without the expected primary key");
+        }
         unsafe {
-            self.fill(self.search, key);
-            let found = pg_sys::RelationFindReplTupleByIndex(
-                self.rel,
-                self.primary_key,
-                pg_sys::LockTupleMode::LockTupleExclusive,
-                self.search,
-                self.found,
-            );
-            if !found {
-                self.fill(self.new, &values);
-                pg_sys::ExecSimpleRelationInsert(self.info, self.estate, self.new);
-                return;
-            }
-            pg_sys::slot_getallattrs(self.found);
-            pg_sys::ExecClearTuple(self.new);
-            std::ptr::copy_nonoverlapping((*self.found).tts_values, (*self.new).tts_values, self.natts);
-            std::ptr::copy_nonoverlapping((*self.found).tts_isnull, (*self.new).tts_isnull, self.natts);
-            let datums = std::slice::from_raw_parts_mut((*self.new).tts_values, self.natts);
-            for (delta, attnum) in deltas.iter().zip(&self.columns[key.len()..]) {
-                let at = *attnum as usize - 1;
-                datums[at] = match delta {
-                    Measure::Count(c) => {
-                        Datum::from((datums[at].value() as i64).checked_add(*c).expect("bigint out of range"))
+            loop {
+                if !self.find(key) {
+                    let mut values: Vec<Datum> = key.to_vec();
+                    values.extend(deltas.iter().map(|d| match d {
+                        Measure::Count(c) => Datum::from(*c),
+                        Measure::Amount(a) => *a,
+                    }));
+                    self.fill(self.new, &values);
+                    pg_sys::ExecSimpleRelationInsert(self.info, self.estate, self.new);
+                    return;
+                }
+                pg_sys::slot_getallattrs(self.found);
+                pg_sys::ExecClearTuple(self.new);
+                std::ptr::copy_nonoverlapping((*self.found).tts_values, (*self.new).tts_values, self.natts);
+                std::ptr::copy_nonoverlapping((*self.found).tts_isnull, (*self.new).tts_isnull, self.natts);
+                let datums = std::slice::from_raw_parts_mut((*self.new).tts_values, self.natts);
+                for (delta, attnum) in deltas.iter().zip(&self.columns[key.len()..]) {
+                    let at = *attnum as usize - 1;
+                    datums[at] = match delta {
+                        Measure::Count(c) => {
+                            Datum::from((datums[at].value() as i64).checked_add(*c).expect("bigint out of range"))
+                        }
+                        Measure::Amount(a) => add(datums[at], *a),
+                    };
+                }
+                pg_sys::ExecStoreVirtualTuple(self.new);
+                let update = (*(*self.rel).rd_tableam).tuple_update.expect("a table access method updates");
+                let (mut failure, mut lock_mode, mut update_indexes) = (std::mem::zeroed(), 0, false);
+                let result = update(
+                    self.rel,
+                    &mut (*self.found).tts_tid,
+                    self.new,
+                    (*self.estate).es_output_cid,
+                    pg_sys::GetActiveSnapshot(),
+                    std::ptr::null_mut(),
+                    true,
+                    &mut failure,
+                    &mut lock_mode,
+                    &mut update_indexes,
+                );
+                match result {
+                    pg_sys::TM_Result::TM_Ok => {
+                        if update_indexes && (*self.info).ri_NumIndices > 0 {
+                            pg_sys::ExecInsertIndexTuples(self.info, self.new, self.estate, true, false, std::ptr::null_mut(), std::ptr::null_mut());
+                        }
+                        return;
                     }
-                    Measure::Amount(a) => add(datums[at], *a),
-                };
+                    // A compaction changed or removed the row and committed: read it again.
+                    pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => continue,
+                    other => pgrx::error!("lacaja_analytics: could not update a part row (table AM result {other})"),
+                }
             }
-            pg_sys::ExecStoreVirtualTuple(self.new);
-            pg_sys::ExecSimpleRelationUpdate(self.info, self.estate, self.epq.as_mut(), self.found, self.new);
         }
     }
 }
@@ -283,10 +354,12 @@ impl Table {
 impl Drop for Table {
     fn drop(&mut self) {
         unsafe {
-            pg_sys::EvalPlanQualEnd(self.epq.as_mut());
             pg_sys::ExecCloseIndices(self.info);
             pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
             pg_sys::FreeExecutorState(self.estate);
+            if !self.primary_key.is_null() {
+                pg_sys::index_close(self.primary_key, pg_sys::NoLock as i32);
+            }
             pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
         }
     }
@@ -322,7 +395,7 @@ impl Lookup {
 
     fn column(&self, name: &CStr, expected: pg_sys::Oid) -> Option<i32> {
         unsafe {
-            let attnum = pg_sys::get_attnum((*self.rel).rd_id, name.as_ptr());
+            let attnum = attribute_number(self.rel, name);
             let desc = &*(*self.rel).rd_att;
             let ok = attnum > 0 && desc.attrs.as_slice(desc.natts as usize)[attnum as usize - 1].atttypid == expected;
             ok.then_some(attnum as i32)
@@ -629,6 +702,9 @@ pub(super) fn rows(shard: i32, sales: &[SaleRow], stock: &[StockRow]) -> bool {
 /// The columns of the source's `products` this fold reads.
 struct Products {
     lookup: Lookup,
+    /// Unit costs found in this fold, per product and weight flag (a sale sells a product
+    /// on several lines, a commit several sales).
+    known: HashMap<(Id, bool), (Option<Datum>, Option<Datum>)>,
     cost_bs: Option<i32>,
     cost_usd: Option<i32>,
     cost_per_weight_bs: Option<i32>,
@@ -646,6 +722,7 @@ impl Products {
             cost_per_weight_bs: numeric(c"cost_per_weight_bs"),
             cost_per_weight_usd: numeric(c"cost_per_weight_usd"),
             lookup,
+            known: HashMap::new(),
         };
         let complete = products.cost_bs.is_some()
             && products.cost_usd.is_some()
@@ -657,6 +734,16 @@ impl Products {
     /// The unit costs (bs, usd) an item of `product` is recorded with (SPEC §2), NULL when the
     /// product is unknown.
     fn unit_costs(&mut self, product: Option<&Id>, weight: bool) -> (Option<Datum>, Option<Datum>) {
+        let Some(id) = product else { return (None, None) };
+        if let Some(costs) = self.known.get(&(*id, weight)) {
+            return *costs;
+        }
+        let costs = self.look_up_costs(Some(id), weight);
+        self.known.insert((*id, weight), costs);
+        costs
+    }
+
+    fn look_up_costs(&mut self, product: Option<&Id>, weight: bool) -> (Option<Datum>, Option<Datum>) {
         match product {
             Some(id) if self.lookup.find(id) => {
                 let (bs, usd) = (self.lookup.get(self.cost_bs), self.lookup.get(self.cost_usd));
@@ -801,9 +888,6 @@ pub(super) fn items(shard: i32, frame: &Frame) -> bool {
         sums.amount(2, revenue_bs);
         sums.amount(3, revenue_usd);
         sales_of.insert(item.sale_id);
-        sums.amount(5, zero);
-        sums.amount(6, zero);
-        sums.amount(7, zero);
         sums.amount(8, line_cost_bs);
         sums.amount(9, line_cost_usd);
         sums.amount(10, returned_cost_bs);
@@ -818,6 +902,10 @@ pub(super) fn items(shard: i32, frame: &Frame) -> bool {
     let shard = Datum::from(shard);
     for ((store, day, product), (sums, sales_of)) in &mut by_product {
         sums.count(4, sales_of.len() as i64);
+        // Returned quantity and amounts: sums of zeros (integer 0 in the SQL: scale 0).
+        for returned in 5..8 {
+            sums.amount(returned, zero);
+        }
         if let Some(deltas) = sums.deltas(zero) {
             product_parts.add_to(&[Datum::from(store.as_ptr()), Datum::from(*day), Datum::from(product.as_ptr()), shard], &deltas);
         }
