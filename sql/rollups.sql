@@ -1065,10 +1065,11 @@ BEGIN
                                        WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM %1$s WHERE shard <> 0 LIMIT %2$s FOR UPDATE SKIP LOCKED))
                                        RETURNING m.*) %3$s',
             c.parts, max_rows,
-            analytics_internal._add_to_parts_sql(c, format('SELECT %s, %s FROM moved GROUP BY %s',
+            -- In key order: the folded rows of a store's days then sit together (a hash
+            -- aggregate's order would scatter them one per page for the readers).
+            analytics_internal._add_to_parts_sql(c, format('SELECT %1$s, %2$s FROM moved GROUP BY %1$s ORDER BY %1$s',
                 (SELECT string_agg(format('%I', k), ', ') FROM unnest(c.keys) AS k),
-                (SELECT string_agg(format('sum(%1$I) AS %1$I', v), ', ') FROM unnest(c.vals) AS v),
-                (SELECT string_agg(format('%I', k), ', ') FROM unnest(c.keys) AS k)), '0', false));
+                (SELECT string_agg(format('sum(%1$I) AS %1$I', v), ', ') FROM unnest(c.vals) AS v)), '0', false));
         GET DIAGNOSTICS n = ROW_COUNT;
         folded := folded || jsonb_build_object(c.name, n);
     END LOOP;
