@@ -23,7 +23,7 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys::{self, Datum};
 
-use super::{Frame, Id, SaleRow, StockRow};
+use super::{column_number, palloc_varlena, Frame, Id, SaleRow, StockRow};
 
 const NIL_UUID: Id = [0; 16];
 /// `'-infinity'::timestamptz`.
@@ -47,15 +47,6 @@ fn text(value: impl AsRef<[u8]>) -> Datum {
 /// The bytes of a text result (in the database's encoding).
 fn text_result(value: Datum) -> Vec<u8> {
     unsafe { pgrx::varlena::varlena_to_byte_slice(value.cast_mut_ptr()) }.to_vec()
-}
-
-/// A varlena copied by the triggers, in palloc'd (aligned) memory of the fold.
-fn varlena(bytes: &[u8]) -> Datum {
-    unsafe {
-        let copy = pg_sys::palloc(bytes.len()) as *mut u8;
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-        Datum::from(copy)
-    }
 }
 
 fn numeric_of(value: i64) -> Datum {
@@ -151,19 +142,6 @@ impl Sums {
     }
 }
 
-/// The number of column `name` of an open relation (0 when it has none), read from its
-/// descriptor rather than the syscache: a fold opens a few tables every commit.
-fn attribute_number(rel: pg_sys::Relation, name: &CStr) -> pg_sys::AttrNumber {
-    unsafe {
-        let desc = &*(*rel).rd_att;
-        desc.attrs
-            .as_slice(desc.natts as usize)
-            .iter()
-            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
-            .map_or(0, |a| a.attnum)
-    }
-}
-
 /// One of the extension's tables, written through the executor's single-row routines.
 struct Table {
     rel: pg_sys::Relation,
@@ -190,7 +168,10 @@ impl Table {
                 return None;
             }
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-            let columns: Vec<pg_sys::AttrNumber> = columns.iter().map(|c| attribute_number(rel, c)).collect();
+            let columns: Vec<pg_sys::AttrNumber> = columns
+                .iter()
+                .map(|c| column_number((*rel).rd_att, &c.to_string_lossy(), pg_sys::InvalidOid).unwrap_or(0) as pg_sys::AttrNumber)
+                .collect();
             let plain = (*(*rel).rd_rel).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
                 && (*rel).trigdesc.is_null()
                 && columns.iter().all(|a| *a > 0);
@@ -394,12 +375,7 @@ impl Lookup {
     }
 
     fn column(&self, name: &CStr, expected: pg_sys::Oid) -> Option<i32> {
-        unsafe {
-            let attnum = attribute_number(self.rel, name);
-            let desc = &*(*self.rel).rd_att;
-            let ok = attnum > 0 && desc.attrs.as_slice(desc.natts as usize)[attnum as usize - 1].atttypid == expected;
-            ok.then_some(attnum as i32)
-        }
+        column_number(unsafe { (*self.rel).rd_att }, &name.to_string_lossy(), expected)
     }
 
     /// The row with primary key `id`, in the fold's snapshot; read its columns with `get`.
@@ -539,7 +515,7 @@ fn scale_mark(amount: Datum) -> Option<Datum> {
 /// The sale's amounts and method when `sale_is_well_formed` holds for it and its totals have
 /// at most two decimals; `None` sends the fold to SQL (which also reports what is malformed).
 fn measure(totals: Option<&[u8]>, payment: Option<&[u8]>, bound: Datum) -> Option<Measured> {
-    let (totals, payment) = (varlena(totals?), varlena(payment?));
+    let (totals, payment) = (palloc_varlena(totals?), palloc_varlena(payment?));
     let method_json = call(pg_sys::jsonb_object_field, &[payment, text("method")])?;
     if text_result(call_value(pg_sys::jsonb_typeof, &[method_json])) != b"string" {
         return None;
@@ -846,9 +822,11 @@ pub(super) fn items(shard: i32, frame: &Frame) -> bool {
         let sale = latest[&item.sale_id];
         let day = sale.sold_at.map(|t| local_time(zones.of(sale.store), t).day);
         let counted = sale.counts && item.product.is_some();
-        let amount = |v: &Option<Box<[u8]>>| v.as_deref().map(varlena);
-        let qty = amount(&item.qty).unwrap_or(zero);
-        let revenue = |price: &Option<Box<[u8]>>, discount: &Option<Box<[u8]>>| match (amount(price), amount(&item.qty)) {
+        let amount = |v: &Option<Box<[u8]>>| v.as_deref().map(palloc_varlena);
+        let item_qty = amount(&item.qty);
+        let qty = item_qty.unwrap_or(zero);
+        // `coalesce(price * qty - coalesce(discount, 0), 0)`: a NULL price or quantity is 0.
+        let revenue = |price: &Option<Box<[u8]>>, discount: &Option<Box<[u8]>>| match (amount(price), item_qty) {
             (Some(price), Some(qty)) => sub(mul(price, qty), amount(discount).unwrap_or(zero)),
             _ => zero,
         };

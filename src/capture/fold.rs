@@ -191,14 +191,9 @@ impl Args {
     /// Varlenas with a 4-byte header, as copied by the triggers.
     fn varlenas<'a>(&mut self, array_type: pg_sys::Oid, values: impl Iterator<Item = Option<&'a [u8]>>) {
         let element = if array_type == JSONBS { pg_sys::JSONBOID } else { pg_sys::TEXTOID };
-        // Copied into palloc'd memory: maximally aligned, as Postgres reads varlena headers.
         let (datums, nulls) = values
             .map(|v| match v {
-                Some(bytes) => unsafe {
-                    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-                    (pg_sys::Datum::from(copy), false)
-                },
+                Some(bytes) => (super::palloc_varlena(bytes), false),
                 None => (pg_sys::Datum::from(0usize), true),
             })
             .unzip();

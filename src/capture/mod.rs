@@ -235,6 +235,30 @@ fn fold_rows_of_current_level() {
     }
 }
 
+/// The number of column `name` of a row type, when it has it (not dropped) with type
+/// `expected` (`InvalidOid`: any type). Read from the descriptor: the triggers and the direct
+/// fold look columns up on every statement and commit, the syscache would cost more.
+pub(crate) fn column_number(desc: pg_sys::TupleDesc, name: &str, expected: pg_sys::Oid) -> Option<i32> {
+    let desc = unsafe { &*desc };
+    let attributes = unsafe { desc.attrs.as_slice(desc.natts as usize) };
+    attributes.iter().find_map(|a| {
+        let matches = !a.attisdropped
+            && unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes() == name.as_bytes()
+            && (expected == pg_sys::InvalidOid || a.atttypid == expected);
+        matches.then_some(a.attnum as i32)
+    })
+}
+
+/// A varlena the triggers copied (4-byte header), in palloc'd memory: maximally aligned, as
+/// Postgres reads varlena headers.
+pub(crate) fn palloc_varlena(bytes: &[u8]) -> pg_sys::Datum {
+    unsafe {
+        let copy = pg_sys::palloc(bytes.len()) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+        pg_sys::Datum::from(copy)
+    }
+}
+
 fn extension_exists() -> bool {
     unsafe { pg_sys::get_extension_oid(c"lacaja_analytics".as_ptr(), true) != pg_sys::InvalidOid }
 }

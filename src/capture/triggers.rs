@@ -29,14 +29,7 @@ impl Transition {
     /// The column's number, when the table has it (not dropped) with type `expected`
     /// (`InvalidOid`: any type).
     fn column(&self, name: &str, expected: pg_sys::Oid) -> Option<i32> {
-        let desc = unsafe { &*self.desc };
-        let attributes = unsafe { desc.attrs.as_slice(desc.natts as usize) };
-        attributes.iter().find_map(|a| {
-            let matches = !a.attisdropped
-                && unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes() == name.as_bytes()
-                && (expected == pg_sys::InvalidOid || a.atttypid == expected);
-            matches.then_some(a.attnum as i32)
-        })
+        super::column_number(self.desc, name, expected)
     }
 
     /// Reads `table` (old or new rows) in the order Postgres stored them.
