@@ -73,6 +73,12 @@ SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count,
 FROM analytics_internal._inventory_figures(NULL) AS f
 WHERE analytics_internal._store_visible(f.store_id);
 
+-- LA-CAJA's mv_customer_metrics per store, each debt counted once (see _customer_figures).
+CREATE VIEW analytics.mv_customer_metrics WITH (security_barrier) AS
+SELECT f.store_id, f.total_customers, f.customers_with_debt, f.total_debt_bs, f.total_debt_usd, f.active_customers_30d
+FROM analytics_internal._customer_figures(NULL) AS f
+WHERE analytics_internal._store_visible(f.store_id);
+
 -- LA-CAJA's materialized views that this extension can stand in for, and its refresh function.
 CREATE FUNCTION analytics_internal._compat_objects()
 RETURNS TABLE (object name, kind "char", replacement regclass, row_key text[])
@@ -80,7 +86,8 @@ LANGUAGE sql IMMUTABLE AS $$
     VALUES ('sales_heatmap'::name, 'r'::"char", 'analytics.sales_heatmap'::regclass, '{store_id,date,hour}'::text[]),
            ('mv_sales_daily', 'm', 'analytics.mv_sales_daily', '{store_id,sale_date}'),
            ('mv_top_products_30d', 'm', 'analytics.mv_top_products_30d', '{store_id,product_id}'),
-           ('mv_inventory_metrics', 'm', 'analytics.mv_inventory_metrics', '{store_id}')
+           ('mv_inventory_metrics', 'm', 'analytics.mv_inventory_metrics', '{store_id}'),
+           ('mv_customer_metrics', 'm', 'analytics.mv_customer_metrics', '{store_id}')
 $$;
 
 CREATE TABLE analytics_internal.compat_replaced (
@@ -89,10 +96,13 @@ CREATE TABLE analytics_internal.compat_replaced (
     kind        "char"      NOT NULL,
     kept_as     name,
     definition  text,
+    -- a materialized view: the statements that create it again (definition, indexes, owner,
+    -- grants, comment); it is dropped, not kept, so that nothing keeps reading the sources
+    restore     text[],
     replaced_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE analytics_internal.compat_replaced IS
-    'What analytics.install_compat() replaced in LA-CAJA''s schema: relations renamed to kept_as, the refresh function''s original definition; analytics.uninstall_compat() puts them back.';
+    'What analytics.install_compat() replaced in LA-CAJA''s schema: tables renamed to kept_as, materialized views by the statements that restore them, the refresh function''s original definition; analytics.uninstall_compat() puts them back.';
 
 -- LA-CAJA's materialized views that are still materialized (not replaced), refreshed without
 -- blocking readers where they allow it. The analytics.mv_* views never need a refresh.
@@ -173,23 +183,108 @@ LANGUAGE sql STABLE AS $$
       AND d.refobjid = rel AND r.ev_class <> rel
 $$;
 
+-- The statements that create materialized view `mv` again as it is (empty until refreshed):
+-- its query, indexes, owner, grants and comment. Names outside pg_catalog come out qualified
+-- (callers pin search_path).
+CREATE FUNCTION analytics_internal._matview_restore_statements(mv regclass) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[format('CREATE MATERIALIZED VIEW %I.%I AS %s WITH NO DATA', n.nspname, c.relname,
+                        rtrim(pg_get_viewdef(c.oid), ';'))]
+        || ARRAY(SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = c.oid ORDER BY i.indexrelid)
+        || format('ALTER MATERIALIZED VIEW %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(c.relowner))
+        || ARRAY(SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, n.nspname, c.relname,
+                               CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+                 FROM aclexplode(c.relacl) AS a WHERE a.grantee <> c.relowner)
+        || coalesce(ARRAY[format('COMMENT ON MATERIALIZED VIEW %I.%I IS %L', n.nspname, c.relname, obj_description(c.oid, 'pg_class'))],
+                    '{}')
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = mv
+$$;
+
 -- Replaces (replace_public => true) or shows what it would replace (false) in LA-CAJA's
--- schema: sales_heatmap and the mv_* materialized views become views over the rollups, the
--- originals are kept under another name, and refresh_analytics_views() refreshes only what is
--- still materialized. Nothing changes when anything is in the way; the error says what.
+-- schema: sales_heatmap and the mv_* materialized views become views over the rollups, and
+-- refresh_analytics_views() refreshes only what is still materialized. The sales_heatmap table
+-- is kept under another name (it may hold rows); a materialized view is dropped and its
+-- definition kept, so that nothing left behind reads sales (a kept copy would block
+-- create_hypertable, whose hint points here). Nothing changes when anything is in the way;
+-- the error says what.
+-- The work of install_compat(replace_public => true), as one try of _by_short_tries.
+CREATE FUNCTION analytics_internal._install_compat_apply(source_schema name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target record;
+    original regclass;
+    owner name;
+    kept_as name;
+    refresh constant regprocedure := to_regprocedure(format('%I.refresh_analytics_views()', source_schema));
+    grant_sql text;
+    grants text[];
+    view_sql text;
+    restore text[];
+BEGIN
+    FOR target IN
+        SELECT o.* FROM analytics_internal._compat_objects() AS o
+        WHERE NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = o.object)
+    LOOP
+        original := to_regclass(format('%I.%I', source_schema, target.object));
+        CONTINUE WHEN original IS NULL OR (SELECT c.relkind FROM pg_class c WHERE c.oid = original) <> target.kind;
+        kept_as := CASE target.kind WHEN 'r' THEN left(target.object || '_replaced', 63) END;
+        owner := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = original);  -- unquoted: %I quotes it
+        -- Written while the original still stands: the view takes its columns, the grants its readers.
+        view_sql := analytics_internal._compat_view_sql(original, target.replacement, target.row_key, source_schema, target.object);
+        grants := ARRAY(
+            SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, source_schema, target.object,
+                          CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+            FROM pg_class c, aclexplode(c.relacl) AS a
+            WHERE c.oid = original AND a.grantee <> c.relowner);
+        restore := CASE target.kind WHEN 'm' THEN analytics_internal._matview_restore_statements(original) END;
+        IF target.kind = 'm' THEN
+            EXECUTE format('DROP MATERIALIZED VIEW %s', original);
+        ELSE
+            EXECUTE format('ALTER TABLE %s RENAME TO %I', original, kept_as);
+        END IF;
+        EXECUTE view_sql;
+        EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', source_schema, target.object, owner);
+        EXECUTE format('GRANT SELECT ON %s TO %I', target.replacement, owner);
+        FOREACH grant_sql IN ARRAY grants LOOP
+            EXECUTE grant_sql;  -- whoever could read the original reads the view
+        END LOOP;
+        EXECUTE format('COMMENT ON VIEW %I.%I IS %L', source_schema, target.object,
+                       format('Always fresh: lacaja_analytics reads it from its rollups. %s SELECT analytics.uninstall_compat() puts it back.',
+                              CASE target.kind WHEN 'r' THEN format('The original is %I.%I;', source_schema, kept_as)
+                                   ELSE 'The original materialized view''s definition is kept;' END));
+        INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, kept_as, restore)
+        VALUES (target.object, source_schema, target.kind, kept_as, restore);
+    END LOOP;
+
+    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
+        INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, definition)
+        VALUES ('refresh_analytics_views', source_schema, 'f', pg_get_functiondef(refresh));
+        BEGIN
+            -- A SQL-standard body, bound now: LA-CAJA's role needs no USAGE on analytics to call it.
+            EXECUTE format($f$CREATE OR REPLACE FUNCTION %I.refresh_analytics_views() RETURNS void
+                LANGUAGE sql BEGIN ATOMIC SELECT analytics.refresh_analytics_views(); END$f$, source_schema);
+        EXCEPTION WHEN invalid_function_definition THEN
+            RAISE EXCEPTION 'install_compat changed nothing: % does not return void, so it cannot be redefined', refresh
+                USING HINT = 'Rename your refresh_analytics_views() and run install_compat again.';
+        END;
+    END IF;
+END
+$$;
+
 CREATE FUNCTION analytics.install_compat(replace_public boolean DEFAULT false) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     source_schema name := (SELECT c.source_schema FROM analytics_internal.source_config c);
     target record;
     original regclass;
-    owner name;
     kept_as name;
     refresh regprocedure;
     plan jsonb := '[]';
     blockers text[] := '{}';
     readers text[];
-    grant_sql text;
 BEGIN
     IF source_schema IS NULL THEN
         RAISE EXCEPTION 'lacaja_analytics is not attached to LA-CAJA''s tables'
@@ -205,7 +300,7 @@ BEGIN
         ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = original) <> target.kind THEN
             plan := plan || jsonb_build_object('object', target.object, 'action', 'left alone: not the expected kind of relation');
         ELSE
-            IF to_regclass(format('%I.%I', source_schema, kept_as)) IS NOT NULL THEN
+            IF target.kind = 'r' AND to_regclass(format('%I.%I', source_schema, kept_as)) IS NOT NULL THEN
                 blockers := blockers || format('%I.%I already exists, so %s cannot be kept under that name; rename or drop it',
                                                source_schema, kept_as, original);
             END IF;
@@ -215,7 +310,8 @@ BEGIN
                                                original, array_to_string(readers, ', '));
             END IF;
             plan := plan || jsonb_build_object('object', target.object, 'action', 'replace with a view of ' || target.replacement,
-                                               'original_kept_as', kept_as,
+                                               'original_kept_as', CASE target.kind WHEN 'r' THEN kept_as
+                                                                   ELSE 'its definition (uninstall_compat() creates it again)' END,
                                                'columns_left_null', analytics_internal._compat_unfilled(original, target.replacement));
         END IF;
     END LOOP;
@@ -231,62 +327,25 @@ BEGIN
     IF cardinality(blockers) > 0 THEN
         RAISE EXCEPTION 'install_compat changed nothing: %', array_to_string(blockers, '; ');
     END IF;
-
-    FOR target IN
-        SELECT o.* FROM analytics_internal._compat_objects() AS o
-        WHERE NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = o.object)
-    LOOP
-        original := to_regclass(format('%I.%I', source_schema, target.object));
-        CONTINUE WHEN original IS NULL OR (SELECT c.relkind FROM pg_class c WHERE c.oid = original) <> target.kind;
-        kept_as := left(target.object || '_replaced', 63);
-        owner := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = original);  -- unquoted: %I quotes it
-        EXECUTE format('ALTER %s %s RENAME TO %I',
-                       CASE target.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, original, kept_as);
-        original := format('%I.%I', source_schema, kept_as)::regclass;
-        EXECUTE analytics_internal._compat_view_sql(original, target.replacement, target.row_key, source_schema, target.object);
-        EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', source_schema, target.object, owner);
-        EXECUTE format('GRANT SELECT ON %s TO %I', target.replacement, owner);
-        -- Whoever could read the original reads the view.
-        FOR grant_sql IN
-            SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, source_schema, target.object,
-                          CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
-            FROM pg_class c, aclexplode(c.relacl) AS a
-            WHERE c.oid = original AND a.grantee <> c.relowner
-        LOOP
-            EXECUTE grant_sql;
-        END LOOP;
-        EXECUTE format('COMMENT ON VIEW %I.%I IS %L', source_schema, target.object,
-                       format('Always fresh: lacaja_analytics reads it from its rollups. The original is %s; SELECT analytics.uninstall_compat() puts it back.', original));
-        INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, kept_as)
-        VALUES (target.object, source_schema, target.kind, kept_as);
-    END LOOP;
-
-    IF refresh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics_internal.compat_replaced r WHERE r.object = 'refresh_analytics_views') THEN
-        INSERT INTO analytics_internal.compat_replaced (object, schema_name, kind, definition)
-        VALUES ('refresh_analytics_views', source_schema, 'f', pg_get_functiondef(refresh));
-        BEGIN
-            -- A SQL-standard body, bound now: LA-CAJA's role needs no USAGE on analytics to call it.
-            EXECUTE format($f$CREATE OR REPLACE FUNCTION %I.refresh_analytics_views() RETURNS void
-                LANGUAGE sql BEGIN ATOMIC SELECT analytics.refresh_analytics_views(); END$f$, source_schema);
-        EXCEPTION WHEN invalid_function_definition THEN
-            RAISE EXCEPTION 'install_compat changed nothing: % does not return void, so it cannot be redefined', refresh
-                USING HINT = 'Rename your refresh_analytics_views() and run install_compat again.';
-        END;
-    END IF;
+    -- Dropping, renaming and creating take ACCESS EXCLUSIVE on what LA-CAJA's API reads (and
+    -- LOCK TABLE cannot name a materialized view): the whole change is one try, by short tries,
+    -- so that its readers never queue behind a report for it.
+    PERFORM analytics_internal._by_short_tries(format('SELECT analytics_internal._install_compat_apply(%L)', source_schema),
+                                               'replace LA-CAJA''s views');
     RETURN jsonb_build_object('replaced', true, 'plan', plan);
 END
 $$;
 
 -- Puts back what install_compat() replaced; the materialized views are refreshed (without
 -- blocking their readers where they have a unique index), since they went stale meanwhile.
-CREATE FUNCTION analytics.uninstall_compat() RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
+-- The work of uninstall_compat(), as one try of _by_short_tries.
+CREATE FUNCTION analytics_internal._uninstall_compat_apply() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     replaced analytics_internal.compat_replaced;
     current regclass;
     readers text[];
-    restored jsonb := '[]';
+    statement text;
 BEGIN
     FOR replaced IN SELECT * FROM analytics_internal.compat_replaced ORDER BY replaced_at, object LOOP
         IF replaced.kind = 'f' THEN
@@ -311,15 +370,34 @@ BEGIN
                 EXECUTE format('DROP VIEW %s', current);
             ELSIF current IS NOT NULL THEN
                 RAISE EXCEPTION 'uninstall_compat changed nothing: % is no longer the view install_compat() created', current
-                    USING HINT = format('Move it away; the original is %I.%I.', replaced.schema_name, replaced.kept_as);
+                    USING HINT = format('Move it away; then uninstall_compat() puts the original %I.%I back.', replaced.schema_name, replaced.object);
             END IF;
-            EXECUTE format('ALTER %s %I.%I RENAME TO %I',
-                           CASE replaced.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
-                           replaced.schema_name, replaced.kept_as, replaced.object);
+            IF replaced.restore IS NOT NULL THEN
+                FOREACH statement IN ARRAY replaced.restore LOOP
+                    EXECUTE statement;
+                END LOOP;
+            ELSE
+                EXECUTE format('ALTER %s %I.%I RENAME TO %I',
+                               CASE replaced.kind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
+                               replaced.schema_name, replaced.kept_as, replaced.object);
+            END IF;
         END IF;
         DELETE FROM analytics_internal.compat_replaced r WHERE r.object = replaced.object;
-        restored := restored || to_jsonb(replaced.object::text);
     END LOOP;
+END
+$$;
+
+CREATE FUNCTION analytics.uninstall_compat() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    restored constant jsonb := coalesce((SELECT jsonb_agg(r.object::text ORDER BY r.replaced_at, r.object)
+                                         FROM analytics_internal.compat_replaced r), '[]');
+BEGIN
+    -- Dropping the views and putting the originals back take ACCESS EXCLUSIVE on what LA-CAJA's
+    -- API reads (and LOCK TABLE cannot name a materialized view): the whole change is one try,
+    -- by short tries, so that its readers never queue behind a report for it.
+    PERFORM analytics_internal._by_short_tries('SELECT analytics_internal._uninstall_compat_apply()',
+                                               'put LA-CAJA''s views back');
     PERFORM analytics.refresh_analytics_views();
     RETURN jsonb_build_object('restored', restored);
 END

@@ -66,6 +66,53 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT regexp_replace(definition, '^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+ ', '')
 $$;
 
+-- A partitioned table (a hypertable) cannot be indexed CONCURRENTLY, and a plain CREATE INDEX
+-- on it would hold sales back for the whole build. So: each partition (chunks and the default
+-- one) is indexed CONCURRENTLY under a name of its own, then the hypertable gets the index
+-- ON ONLY (catalog only) and every partition's index is attached to it; once all are
+-- attached it is valid, and chunks created later get it from the attach. The builder takes
+-- the locks of the last two steps by short tries (src/indexes.rs). A partition that already
+-- has a valid index of this shape, under any name, has it attached instead.
+CREATE FUNCTION analytics_internal._partitioned_index_statements(parent regclass, index_name name, definition text, shape text)
+RETURNS text[] LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    schema_name constant name := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = parent);
+    parent_index constant regclass := to_regclass(format('%I.%I', schema_name, index_name));
+    part record;
+    part_index text;
+    builds text[] := '{}';
+    attaches text[] := '{}';
+BEGIN
+    FOR part IN
+        SELECT i.inhrelid::regclass AS rel, c.relname, n.nspname,
+               (SELECT x.indexrelid::regclass FROM pg_index x
+                WHERE x.indrelid = i.inhrelid AND x.indisvalid AND analytics_internal._index_shape(pg_get_indexdef(x.indexrelid)) = shape
+                ORDER BY (x.indexrelid IN (SELECT h.inhrelid FROM pg_inherits h WHERE h.inhparent = parent_index)) DESC, x.indexrelid
+                LIMIT 1) AS existing
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE i.inhparent = parent
+        ORDER BY c.relname
+    LOOP
+        IF part.existing IS NULL THEN
+            part_index := left(part.relname, 54) || '_' || left(md5(index_name), 8);
+            IF to_regclass(format('%I.%I', part.nspname, part_index)) IS NOT NULL THEN
+                builds := builds || format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', part.nspname, part_index);
+            END IF;
+            builds := builds || format('CREATE INDEX CONCURRENTLY %I ON %s %s', part_index, part.rel, definition);
+            part_index := format('%I.%I', part.nspname, part_index);
+        ELSIF parent_index IS NOT NULL AND EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhparent = parent_index AND h.inhrelid = part.existing) THEN
+            CONTINUE;
+        ELSE
+            part_index := part.existing::text;
+        END IF;
+        attaches := attaches || format('ALTER INDEX %I.%I ATTACH PARTITION %s', schema_name, index_name, part_index);
+    END LOOP;
+    RETURN builds
+        || CASE WHEN parent_index IS NULL THEN ARRAY[format('CREATE INDEX %I ON ONLY %s %s', index_name, parent, definition)] ELSE '{}' END
+        || attaches;
+END
+$$;
+
 -- What to do about each recommended index. An index counts as present when the table already
 -- has a valid index of the same shape, whatever its name (the shape is found by building the
 -- candidate on an empty copy of the table's columns).
@@ -111,6 +158,11 @@ BEGIN
             WHERE c.relname = wanted.index_name AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = target);
             IF same_shape IS NOT NULL THEN
                 action := CASE WHEN same_shape = wanted.index_name THEN 'exists' ELSE 'exists as ' || quote_ident(same_shape) END;
+            ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = target) = 'p'
+                  AND (named.indexrelid IS NULL OR (named.indrelid = target AND NOT named.indisvalid)) THEN
+                action := CASE WHEN named.indexrelid IS NULL THEN 'create on each chunk, then on the hypertable'
+                               ELSE 'complete: index the chunks it lacks and attach them' END;
+                statements := analytics_internal._partitioned_index_statements(target, wanted.index_name, definition, shape);
             ELSIF named.indexrelid IS NOT NULL AND NOT named.indisvalid AND named.indrelid = target THEN
                 action := 'rebuild: an interrupted build left it invalid';
                 statements := ARRAY[format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', cfg.source_schema, wanted.index_name),

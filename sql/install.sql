@@ -85,11 +85,16 @@ BEGIN
 END
 $$;
 
--- The extension's own job: fold the parts writing sessions leave, every 10 minutes.
+-- The extension's own jobs: fold the parts writing sessions leave, every 10 minutes.
 INSERT INTO analytics.jobs (job_id, application_name, proc, schedule_interval, retry_period, fixed_schedule, initial_start, next_start)
 VALUES (1, 'Compact Rollup Parts [1]', 'analytics_internal.policy_compact_parts'::regproc, interval '10 minutes', interval '1 minute',
         true, now(), now() + interval '10 minutes');
 INSERT INTO analytics_internal.job_run_state (job_id) VALUES (1);
+-- And: settle the sales that committed while set_store_timezone() re-bucketed their store.
+INSERT INTO analytics.jobs (job_id, application_name, proc, schedule_interval, retry_period, fixed_schedule, initial_start, next_start)
+VALUES (2, 'Settle Zone Changes [2]', 'analytics_internal.policy_settle_zone_changes'::regproc, interval '1 minute', interval '1 minute',
+        true, now(), now() + interval '1 minute');
+INSERT INTO analytics_internal.job_run_state (job_id) VALUES (2);
 
 -- Attach at once when LA-CAJA's tables are already there.
 DO $$

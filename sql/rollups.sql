@@ -688,11 +688,30 @@ BEGIN
 END
 $$;
 
+-- Creating a trigger takes SHARE ROW EXCLUSIVE on its table and dropping one ACCESS
+-- EXCLUSIVE, both in conflict with the POS's writes: every table attach or detach touches is
+-- locked at once by short tries (_lock_tables), so that no sale queues behind a report.
+CREATE FUNCTION analytics_internal._lock_capture_tables(source_schema name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM analytics_internal._lock_tables(ARRAY(
+        SELECT DISTINCT t.rel::text FROM (
+            SELECT to_regclass(format('%I.%I', source_schema, name)) AS rel
+            FROM unnest(ARRAY['sales', 'sale_items', 'sale_returns', 'sale_return_items', 'inventory_movements', 'products']) AS name
+            WHERE source_schema IS NOT NULL
+            UNION
+            SELECT tg.tgrelid::regclass FROM pg_trigger tg WHERE starts_with(tg.tgname, 'lacaja_analytics_') AND NOT tg.tgisinternal) AS t
+        WHERE t.rel IS NOT NULL), 'ACCESS EXCLUSIVE');
+END
+$$;
+
 CREATE FUNCTION analytics.detach() RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    dropped constant text[] := analytics_internal._drop_capture_triggers('lacaja_analytics_');
+    dropped text[];
 BEGIN
+    PERFORM analytics_internal._lock_capture_tables(NULL);
+    dropped := analytics_internal._drop_capture_triggers('lacaja_analytics_');
     DELETE FROM analytics_internal.source_config;
     PERFORM analytics_internal._set_fold_rows_body('BEGIN RETURN; END');
     PERFORM analytics_internal._generate_readers();
@@ -775,6 +794,7 @@ BEGIN
                   HINT = 'lacaja_analytics reads these as tables with columns of built-in types (anything else would run its code with the extension''s rights).';
     END IF;
 
+    PERFORM analytics_internal._lock_capture_tables(source_schema);
     PERFORM analytics.detach();
     INSERT INTO analytics_internal.source_config (source_schema, source_schema_oid, variant, sales_has_status, sales_has_voided_at,
                                                   valid_sale, stock_source)
@@ -1099,6 +1119,33 @@ BEGIN
 END
 $$;
 
+-- Zone changes whose stragglers are still to be settled (set_store_timezone, below).
+CREATE TABLE analytics_internal.zone_changes (
+    store_id   uuid PRIMARY KEY,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    -- First xid not yet assigned when the settle job first saw the change (committed by then):
+    -- every transaction that could have folded with the old zone has an older xid or snapshot.
+    horizon    xid8
+);
+
+-- Whether a transaction (or a snapshot, or a prepared transaction) older than `horizon` is
+-- still alive in another session: such a transaction may have read the old zone.
+CREATE FUNCTION analytics_internal._older_than_horizon_alive(horizon xid8) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) < horizon
+        OR EXISTS (SELECT 1 FROM pg_stat_activity a
+                   WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
+                     AND a.backend_xmin IS NOT NULL AND age(a.backend_xmin) > age(xid(horizon)))
+$$;
+
+-- Sets a store's zone and re-buckets its history into the new zone's days and hours, in the
+-- caller's transaction, without stopping any sale: the repair reads one snapshot and adds the
+-- difference to shard 0 (see refresh_all). Sales of this store that commit while it runs
+-- were folded with the old zone and are not in its snapshot; the settle job
+-- (policy_settle_zone_changes, every minute with the scheduler, or run_pending_jobs()) waits
+-- until every transaction that could have read the old zone has ended and repairs the store
+-- once more, which moves exactly those. Until then a few sales of that store may sit in the
+-- old zone's day or hour; their totals are counted.
 CREATE FUNCTION analytics.set_store_timezone(store_id uuid, tz text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1109,19 +1156,37 @@ BEGIN
     END IF;
     IF tz IS NULL OR NOT analytics.is_valid_timezone(tz) THEN
         RAISE EXCEPTION 'unknown time zone: %', coalesce(tz, 'NULL')
-            USING HINT = 'Use a name from pg_timezone_names, e.g. America/Caracas.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a name from pg_timezone_names, e.g. America/Caracas.';
     END IF;
-    -- The repair lock first (a running refresh_all() finishes), only then hold sales back.
+    -- The repair lock first: a running refresh_all() finishes (no sale waits for it).
     PERFORM pg_advisory_xact_lock(1279345482, 1);
-    IF source_schema IS NOT NULL THEN
-        -- Sales being written now were bucketed with the old zone; wait for them, and hold
-        -- new ones back for the moment it takes to re-bucket this one store.
-        EXECUTE format('LOCK TABLE %I.sales IN SHARE MODE', source_schema);
-    END IF;
     INSERT INTO analytics.store_settings AS s (store_id, timezone) VALUES ($1, $2)
     ON CONFLICT ON CONSTRAINT store_settings_pkey DO UPDATE SET timezone = excluded.timezone, updated_at = now();
-    RETURN jsonb_build_object('store_id', $1, 'timezone', $2, 'rebucketed',
-        CASE WHEN source_schema IS NOT NULL THEN analytics_internal._repair($1) END);
+    IF source_schema IS NULL THEN
+        RETURN jsonb_build_object('store_id', $1, 'timezone', $2, 'rebucketed', NULL);
+    END IF;
+    INSERT INTO analytics_internal.zone_changes AS z (store_id) VALUES ($1)
+    ON CONFLICT ON CONSTRAINT zone_changes_pkey DO UPDATE SET changed_at = now(), horizon = NULL;
+    RETURN jsonb_build_object('store_id', $1, 'timezone', $2, 'rebucketed', analytics_internal._repair($1),
+                              'settling', 'sales committed during the re-bucketing are moved by the settle job within a minute');
+END
+$$;
+
+-- The settle job: for each zone change, once nothing that could have read the old zone is
+-- alive, one more repair of the store (usually correcting nothing). A change seen for the
+-- first time gets its horizon and is settled at a later run.
+CREATE PROCEDURE analytics_internal.policy_settle_zone_changes(job_id int, config jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    change analytics_internal.zone_changes;
+BEGIN
+    UPDATE analytics_internal.zone_changes SET horizon = pg_snapshot_xmax(pg_current_snapshot()) WHERE horizon IS NULL;
+    FOR change IN SELECT * FROM analytics_internal.zone_changes WHERE horizon IS NOT NULL ORDER BY changed_at LOOP
+        CONTINUE WHEN analytics_internal._older_than_horizon_alive(change.horizon);
+        PERFORM pg_advisory_xact_lock(1279345482, 1);
+        PERFORM analytics_internal._repair(change.store_id);
+        DELETE FROM analytics_internal.zone_changes z WHERE z.store_id = change.store_id AND z.horizon = change.horizon;
+    END LOOP;
 END
 $$;
 
@@ -1174,6 +1239,52 @@ END$f$, products, format(figures, 'true'), format(figures, 'x.store_id = for_sto
 END
 $$;
 
+-- Customer figures per store (LA-CAJA's mv_customer_metrics, SPEC §7): customers, those with
+-- an open or partial debt and the sum of those debts, and the customers with a valid sale in
+-- the store's last 30 local days (from the customer rollup). Each debt counts once: LA-CAJA's
+-- own view joins debts with sales and so counts each debt once per sale of its customer.
+-- Written by attach() for the customers and debts tables it finds.
+CREATE FUNCTION analytics_internal._customer_figures(for_store uuid DEFAULT NULL)
+RETURNS TABLE (store_id uuid, total_customers bigint, customers_with_debt bigint, total_debt_bs numeric, total_debt_usd numeric,
+               active_customers_30d bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._customer_figures_body(customers regclass, debts regclass) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    has_debts constant boolean := analytics_internal._has_columns(debts, '{store_id,customer_id,status,amount_bs,amount_usd}');
+BEGIN
+    IF NOT analytics_internal._has_columns(customers, '{id,store_id}') THEN
+        RETURN 'BEGIN RETURN; END';
+    END IF;
+    RETURN format($f$
+BEGIN
+    -- generated by analytics.attach() for %1$s and %2$s
+    RETURN QUERY
+    SELECT s.store_id, s.total_customers, %3$s,
+           (SELECT count(DISTINCT a.customer_id) FROM (
+                SELECT p.customer_id FROM analytics_internal.customer_daily_parts p
+                WHERE p.store_id = s.store_id
+                  AND p.day BETWEEN analytics.store_today(s.store_id) - 29 AND analytics.store_today(s.store_id)
+                GROUP BY p.customer_id, p.day HAVING sum(p.sales_count) > 0) AS a)
+    FROM (SELECT c.store_id, count(*) AS total_customers FROM %1$s AS c
+          WHERE c.store_id IS NOT NULL AND (for_store IS NULL OR c.store_id = for_store) GROUP BY c.store_id) AS s
+    %4$s;
+END$f$,
+        customers, coalesce(debts::text, '(no debts table)'),
+        CASE WHEN has_debts THEN 'coalesce(d.customers, 0), coalesce(d.bs, 0), coalesce(d.usd, 0)' ELSE '0::bigint, 0::numeric, 0::numeric' END,
+        CASE WHEN has_debts THEN format('LEFT JOIN LATERAL (SELECT count(DISTINCT d.customer_id) AS customers, sum(d.amount_bs) AS bs,
+                                                                  sum(d.amount_usd) AS usd
+                                                           FROM %s AS d WHERE d.store_id = s.store_id AND d.status IN (''open'', ''partial'')) AS d ON true',
+                                        debts)
+             ELSE '' END);
+END
+$$;
+
 -- Writes the bodies of the functions that read LA-CAJA's products for the dashboards, for the
 -- attached schema (after detach(): bodies that return nothing).
 CREATE FUNCTION analytics_internal._generate_readers() RETURNS void
@@ -1192,6 +1303,13 @@ BEGIN
                        revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
         LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
         analytics_internal._products_sold_body(products));
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._customer_figures(for_store uuid DEFAULT NULL)
+        RETURNS TABLE (store_id uuid, total_customers bigint, customers_with_debt bigint, total_debt_bs numeric, total_debt_usd numeric,
+                       active_customers_30d bigint)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        analytics_internal._customer_figures_body(
+            CASE WHEN source_schema IS NOT NULL THEN to_regclass(format('%I.customers', source_schema)) END,
+            CASE WHEN source_schema IS NOT NULL THEN to_regclass(format('%I.debts', source_schema)) END));
 END
 $$;
 

@@ -149,6 +149,13 @@ $$;
 -- in the default partition move into it. The move is not a sale being written or deleted:
 -- it runs with triggers off (session_replication_role = replica), so rollups, replaced
 -- foreign keys and users' row triggers see nothing. Returns the chunk, NULL if it existed.
+--
+-- Never ahead of a sale: CREATE TABLE … PARTITION OF would take ACCESS EXCLUSIVE on the
+-- hypertable, and behind a report reading it every sale would queue. So the chunk is made
+-- as a table of its own and attached (SHARE UPDATE EXCLUSIVE on the hypertable: writers go
+-- on); the default partition (moved from, and proved empty of the range by the attach) and
+-- the tables the hypertable's foreign keys reference are taken by short tries
+-- (_lock_tables).
 CREATE FUNCTION analytics_internal._create_chunk(h analytics.hypertables, chunk_start timestamptz) RETURNS regclass
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -157,8 +164,8 @@ DECLARE
     base name;
     suffix text;
     chunk_name text;
+    chunk text;
     default_part regclass;
-    moved bigint;
     role_before text;
     rows_in_range text;
 BEGIN
@@ -177,29 +184,32 @@ BEGIN
     IF to_regclass(format('%I.%I', schema_name, chunk_name)) IS NOT NULL THEN
         chunk_name := left(base, 52 - length(suffix)) || '_' || suffix || '_' || h.hypertable_id;
     END IF;
+    chunk := format('%I.%I', schema_name, chunk_name);
     default_part := to_regclass(format('%I.%I', schema_name, analytics_internal._default_partition_name(h)));
     rows_in_range := format('%I >= %s AND %I < %s', h.time_column, analytics_internal._time_literal(h, chunk_start),
                             h.time_column, analytics_internal._time_literal(h, chunk_end));
-    role_before := current_setting('session_replication_role');
-    IF default_part IS NOT NULL THEN
-        PERFORM set_config('session_replication_role', 'replica', true);
-        EXECUTE format('CREATE TEMP TABLE lacaja_moving ON COMMIT DROP AS
-                        WITH moved AS (DELETE FROM %s WHERE %s RETURNING *) SELECT * FROM moved', default_part, rows_in_range);
-        GET DIAGNOSTICS moved = ROW_COUNT;
-    END IF;
-    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)', schema_name, chunk_name, h.relation,
-                   analytics_internal._time_literal(h, chunk_start), analytics_internal._time_literal(h, chunk_end));
+    -- What a partition must carry for the attach (columns, NOT NULL, CHECK and generated
+    -- columns); the attach itself adds the hypertable's indexes, foreign keys and row triggers.
+    EXECUTE format('CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
+                    INCLUDING STORAGE INCLUDING COMPRESSION)', chunk, h.relation);
     -- the table's owner owns its chunks (drop_chunks runs as the caller)
-    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', schema_name, chunk_name,
-                   (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = h.relation));
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', chunk, (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = h.relation));
+    PERFORM analytics_internal._lock_tables(ARRAY[h.relation::text], 'SHARE UPDATE EXCLUSIVE');
+    PERFORM analytics_internal._lock_tables(ARRAY(SELECT DISTINCT k.confrelid::regclass::text FROM pg_constraint k
+                                                  WHERE k.conrelid = h.relation AND k.contype = 'f' AND k.confrelid <> h.relation),
+                                            'SHARE ROW EXCLUSIVE');
     IF default_part IS NOT NULL THEN
-        IF moved > 0 THEN
-            EXECUTE format('INSERT INTO %I.%I SELECT * FROM lacaja_moving', schema_name, chunk_name);
-        END IF;
-        DROP TABLE lacaja_moving;
+        PERFORM analytics_internal._lock_tables(ARRAY[default_part::text], 'ACCESS EXCLUSIVE');
+        role_before := current_setting('session_replication_role');
+        PERFORM set_config('session_replication_role', 'replica', true);
+        EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %s RETURNING *) INSERT INTO %s (%s) SELECT %s FROM moved',
+                       default_part, rows_in_range, chunk, analytics_internal._stored_columns(h.relation),
+                       analytics_internal._stored_columns(h.relation));
         PERFORM set_config('session_replication_role', role_before, true);
     END IF;
-    RETURN format('%I.%I', schema_name, chunk_name)::regclass;
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%s) TO (%s)', h.relation, chunk,
+                   analytics_internal._time_literal(h, chunk_start), analytics_internal._time_literal(h, chunk_end));
+    RETURN chunk::regclass;
 END
 $$;
 
@@ -430,12 +440,193 @@ BEGIN
 END
 $$;
 
+-- Unique keys across chunks ----------------------------------------------------------------
+--
+-- Postgres enforces a unique index on a partitioned table only when it contains the partition
+-- column. LA-CAJA has two that cannot: invoice numbers, UNIQUE (store_id, sale_number) WHERE
+-- sale_number IS NOT NULL, and idempotent sync, UNIQUE (request_id) WHERE request_id IS NOT
+-- NULL. With replace_unique => true such an index stays enforced over every chunk by a
+-- registry: a table of the keys alone, with a primary key, kept by statement triggers on the
+-- hypertable. The registry's own unique index does the enforcing, so concurrent inserts of one
+-- key wait for each other and the second fails, at every isolation level, exactly as with the
+-- original index; the error carries the original index's name. The hypertable keeps a plain
+-- index of the same definition for LA-CAJA's lookups.
+CREATE TABLE analytics_internal.replaced_unique_indexes (
+    hypertable   regclass NOT NULL,
+    index_name   name     NOT NULL,
+    registry     regclass NOT NULL,
+    key_columns  name[]   NOT NULL,
+    definition   text     NOT NULL,
+    replaced_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (hypertable, index_name)
+);
+COMMENT ON TABLE analytics_internal.replaced_unique_indexes IS
+    'Unique indexes without the time column, enforced across a hypertable''s chunks by a registry of their keys (create_hypertable(replace_unique => true)).';
+
+-- Why unique index `index` cannot be kept by a registry (NULL when it can): a btree over
+-- plain columns of built-in types with their default operator classes (the registry compares
+-- with the same operators, as the extension's owner), and a predicate that is at most "key
+-- column IS NOT NULL" for some key columns (rows with a NULL key never conflict anyway).
+CREATE FUNCTION analytics_internal._unique_registry_refusal(index oid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i pg_index;
+    keys name[];
+    predicate text;
+    conjunct text;
+BEGIN
+    SELECT * INTO STRICT i FROM pg_index WHERE indexrelid = index;
+    IF (SELECT c.relam FROM pg_class c WHERE c.oid = index) <> (SELECT oid FROM pg_am WHERE amname = 'btree') THEN
+        RETURN 'it is not a btree index';
+    ELSIF i.indexprs IS NOT NULL THEN
+        RETURN 'it indexes expressions';
+    ELSIF i.indnullsnotdistinct THEN
+        RETURN 'it treats NULLs as equal';
+    END IF;
+    keys := ARRAY(SELECT a.attname FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY k(n, o)
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o);
+    IF EXISTS (SELECT 1 FROM unnest(i.indkey[0:i.indnkeyatts - 1]) k(n) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+               JOIN pg_type t ON t.oid = a.atttypid WHERE t.typnamespace <> 'pg_catalog'::regnamespace) THEN
+        RETURN 'a key column has a type of its own';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(i.indclass::oid[]) WITH ORDINALITY c(opclass, o) JOIN pg_opclass oc ON oc.oid = c.opclass
+               WHERE c.o <= i.indnkeyatts AND NOT oc.opcdefault) THEN
+        RETURN 'it uses an operator class that is not the default one';
+    END IF;
+    IF i.indpred IS NOT NULL THEN
+        predicate := pg_get_expr(i.indpred, i.indrelid);
+        FOREACH conjunct IN ARRAY regexp_split_to_array(translate(predicate, '()', ''), ' AND ') LOOP
+            IF NOT EXISTS (SELECT 1 FROM unnest(keys) k WHERE conjunct = quote_ident(k) || ' IS NOT NULL') THEN
+                RETURN format('its predicate (%s) is more than "key column IS NOT NULL"', predicate);
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The statement trigger function of one registry: static SQL, generated when the registry is
+-- made (its plans are kept per session; tests/expected/unique_registry_trigger.sql shows one).
+CREATE FUNCTION analytics_internal._unique_registry_trigger_sql(registry regclass, index_name name, key_columns name[])
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT format($f$
+DECLARE
+    detail text;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE %1$s;
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM %1$s AS k USING old_rows AS o WHERE %2$s;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO %1$s (%3$s) SELECT %4$s FROM new_rows AS n WHERE %5$s;
+    END IF;
+    RETURN NULL;
+EXCEPTION WHEN unique_violation THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+    RAISE EXCEPTION 'duplicate key value violates unique constraint %6$s', %7$L USING ERRCODE = 'unique_violation',
+        CONSTRAINT = %7$L, DETAIL = detail, TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+END$f$,
+        registry,
+        (SELECT string_agg(format('k.%1$I = o.%1$I', c), ' AND ') FROM unnest(key_columns) c),
+        (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c),
+        (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(key_columns) c),
+        (SELECT string_agg(format('n.%I IS NOT NULL', c), ' AND ') FROM unnest(key_columns) c),
+        '"%"', index_name)
+$$;
+
+-- Makes the registry of unique index `index` (of the table being converted) for `hypertable`
+-- (the new partitioned table, still filled by the conversion): the keys table, filled from the
+-- rows present, its trigger function and triggers. The registry belongs to the extension's
+-- owner: the triggers write it for any role that writes the hypertable.
+CREATE FUNCTION analytics_internal._create_unique_registry(hypertable regclass, hypertable_id int, index oid, index_name name)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source constant regclass := (SELECT i.indrelid::regclass FROM pg_index i WHERE i.indexrelid = index);
+    key_columns constant name[] := ARRAY(
+        SELECT a.attname FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY k(n, o)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n WHERE i.indexrelid = index ORDER BY k.o);
+    registry_name name := left(index_name, 55) || '_keys';
+    registry regclass;
+    extension_owner constant name := (SELECT pg_get_userbyid(e.extowner) FROM pg_extension e WHERE e.extname = 'lacaja_analytics');
+    event text;
+BEGIN
+    IF to_regclass(format('analytics_internal.%I', registry_name)) IS NOT NULL
+       OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = registry_name AND p.pronamespace = 'analytics_internal'::regnamespace) THEN
+        registry_name := left(index_name, 48) || '_keys_' || hypertable_id;
+    END IF;
+    EXECUTE format('CREATE TABLE analytics_internal.%I (%s, PRIMARY KEY (%s))', registry_name,
+                   (SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                                             CASE WHEN a.attcollation <> 0 AND a.attcollation <> (SELECT t.typcollation FROM pg_type t WHERE t.oid = a.atttypid)
+                                                  THEN ' COLLATE ' || (SELECT format('%I.%I', n.nspname, co.collname) FROM pg_collation co
+                                                                       JOIN pg_namespace n ON n.oid = co.collnamespace WHERE co.oid = a.attcollation)
+                                                  ELSE '' END), ', ' ORDER BY k.o)
+                    FROM unnest(key_columns) WITH ORDINALITY k(c, o) JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.c),
+                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c));
+    registry := format('analytics_internal.%I', registry_name)::regclass;
+    EXECUTE format('COMMENT ON TABLE %s IS %L', registry,
+                   format('Keys of %s across the chunks of %s (replace_unique): enforced here.', index_name, source));
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM %s AS n WHERE %s', registry,
+                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c),
+                   (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(key_columns) c), hypertable,
+                   (SELECT string_agg(format('n.%I IS NOT NULL', c), ' AND ') FROM unnest(key_columns) c));
+    EXECUTE format('CREATE FUNCTION analytics_internal.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+                    SET search_path = pg_catalog, pg_temp AS %L', registry_name,
+                   analytics_internal._unique_registry_trigger_sql(registry, index_name, key_columns));
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', registry, extension_owner);
+    EXECUTE format('ALTER FUNCTION analytics_internal.%I() OWNER TO %I', registry_name, extension_owner);
+    EXECUTE format('REVOKE ALL ON FUNCTION analytics_internal.%I() FROM PUBLIC', registry_name);
+    FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal.%I()',
+                       left('lacaja_unique_' || index_name, 54) || '_' || event, upper(event), hypertable,
+                       CASE event WHEN 'insert' THEN 'REFERENCING NEW TABLE AS new_rows'
+                                  WHEN 'update' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                                  WHEN 'delete' THEN 'REFERENCING OLD TABLE AS old_rows' ELSE '' END,
+                       registry_name);
+    END LOOP;
+    INSERT INTO analytics_internal.replaced_unique_indexes (hypertable, index_name, registry, key_columns, definition)
+    VALUES (hypertable, index_name, registry, key_columns, pg_get_indexdef(index));
+    RETURN registry;
+END
+$$;
+
+-- Removes the keys of rows about to leave `hypertable` without a trigger seeing them (a dropped
+-- chunk, rows deleted by retention): `rows` is a relation or subquery of those rows.
+CREATE FUNCTION analytics_internal._forget_unique_keys(hypertable regclass, rows text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r analytics_internal.replaced_unique_indexes;
+BEGIN
+    FOR r IN SELECT * FROM analytics_internal.replaced_unique_indexes u WHERE u.hypertable = _forget_unique_keys.hypertable LOOP
+        EXECUTE format('DELETE FROM %s AS k USING %s AS o WHERE %s', r.registry, rows,
+                       (SELECT string_agg(format('k.%1$I = o.%1$I', c), ' AND ') FROM unnest(r.key_columns) c));
+    END LOOP;
+END
+$$;
+
+-- Drops the registries of `hypertable` (a failed conversion, a hypertable forgotten).
+CREATE FUNCTION analytics_internal._drop_unique_registries(hypertable regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r analytics_internal.replaced_unique_indexes;
+BEGIN
+    FOR r IN DELETE FROM analytics_internal.replaced_unique_indexes u WHERE u.hypertable = _drop_unique_registries.hypertable RETURNING * LOOP
+        -- the function carries the registry's name (and its triggers go with it)
+        EXECUTE format('DROP FUNCTION IF EXISTS %s() CASCADE', r.registry::text);
+        EXECUTE format('DROP TABLE IF EXISTS %s', r.registry);
+    END LOOP;
+END
+$$;
+
 -- create_hypertable ---------------------------------------------------------------------
 
 -- Why `relation` cannot become a hypertable as it is, one line per blocker with its way out
 -- (empty when it can). Reads only the catalogs.
 CREATE FUNCTION analytics_internal._hypertable_blockers(relation regclass, time_column name, extend_unique boolean,
-                                               replace_foreign_keys boolean) RETURNS text[]
+                                               replace_foreign_keys boolean, replace_unique boolean DEFAULT false) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(b ORDER BY b), '{}') FROM (
         SELECT format('%s %I %s does not include the time column %I: a partitioned table can only enforce it per time value. '
@@ -451,11 +642,18 @@ LANGUAGE sql STABLE AS $$
         SELECT format('exclusion constraint %I cannot be kept on a partitioned table; drop it first', k.conname)
         FROM pg_constraint k WHERE k.conrelid = relation AND k.contype = 'x'
         UNION ALL
-        SELECT format('unique index %s does not include the time column %I; drop it, or make it include %I', i.indexrelid::regclass, time_column, time_column)
+        SELECT CASE WHEN refusal IS NULL
+                    THEN format('unique index %s does not include the time column %I: a partitioned table can only enforce it per chunk. '
+                                'Pass replace_unique => true to keep it enforced across all chunks (by a registry of its keys), '
+                                'or make it include %I', i.indexrelid::regclass, time_column, time_column)
+                    ELSE format('unique index %s does not include the time column %I, and replace_unique cannot keep it: %s; '
+                                'drop it, or make it include %I', i.indexrelid::regclass, time_column, refusal, time_column) END
         FROM pg_index i
+        CROSS JOIN LATERAL (SELECT analytics_internal._unique_registry_refusal(i.indexrelid) AS refusal) AS r
         WHERE i.indrelid = relation AND i.indisunique
           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = relation)
           AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = time_column AND a.attnum = ANY (i.indkey))
+          AND NOT (replace_unique AND r.refusal IS NULL)
         UNION ALL
         SELECT format('foreign key %I on %s references %s: Postgres 15 cannot reference a partitioned table by a key without the time column. '
                       'Pass replace_foreign_keys => true to enforce it with triggers (same ON DELETE / ON UPDATE rule), or drop it first',
@@ -518,6 +716,7 @@ CREATE TABLE analytics.hypertable_conversions (
     chunks_ahead           int         NOT NULL,
     extend_unique          boolean     NOT NULL,
     replace_foreign_keys   boolean     NOT NULL,
+    replace_unique         boolean     NOT NULL DEFAULT false,
     create_default_indexes boolean     NOT NULL,
     migrate_data           boolean     NOT NULL,
     online                 boolean     NOT NULL,
@@ -558,7 +757,7 @@ $$;
 CREATE FUNCTION analytics_internal._request_conversion(relation regclass, time_column name, chunk_interval interval, chunks_ahead int,
                                               extend_unique boolean, replace_foreign_keys boolean,
                                               create_default_indexes boolean, migrate_data boolean, online boolean,
-                                              caller_pid int)
+                                              caller_pid int, replace_unique boolean DEFAULT false)
 RETURNS analytics.hypertable_conversions
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -566,10 +765,10 @@ DECLARE
 BEGIN
     PERFORM analytics_internal._require_owner(relation);
     INSERT INTO analytics.hypertable_conversions (relation, schema_name, table_name, time_column, time_type, chunk_interval,
-        chunks_ahead, extend_unique, replace_foreign_keys, create_default_indexes, migrate_data, online, key_columns,
+        chunks_ahead, extend_unique, replace_foreign_keys, replace_unique, create_default_indexes, migrate_data, online, key_columns,
         caller_pid, worker_pid)
     SELECT relation, n.nspname, cl.relname, time_column, a.atttypid::regtype, chunk_interval, chunks_ahead, extend_unique,
-           replace_foreign_keys, create_default_indexes, migrate_data, online, analytics_internal._row_key(relation),
+           replace_foreign_keys, replace_unique, create_default_indexes, migrate_data, online, analytics_internal._row_key(relation),
            caller_pid, CASE WHEN online THEN pg_backend_pid() END
     FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
     JOIN pg_attribute a ON a.attrelid = cl.oid AND a.attname = time_column
@@ -772,9 +971,10 @@ DECLARE
     con record;
     cols text;
     time_attnum int := (SELECT attnum FROM pg_attribute WHERE attrelid = c.relation AND attname = c.time_column);
+    registered boolean;
 BEGIN
     FOR ix IN
-        SELECT i.indexrelid, ic.relname, i.indisunique, pg_get_indexdef(i.indexrelid) AS def,
+        SELECT i.indexrelid, ic.relname, i.indisunique, i.indkey::int2[] AS indkey, pg_get_indexdef(i.indexrelid) AS def,
                -- what pg_get_indexdef() writes before "USING": names chosen by the table's owner
                -- may contain anything, " USING " included, so the prefix is matched whole
                format('CREATE %sINDEX %s ON %s.%s ', CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END,
@@ -788,9 +988,16 @@ BEGIN
             RAISE EXCEPTION 'cannot read the definition of index %: %', quote_ident(ix.relname), ix.def
                 USING ERRCODE = 'internal_error';
         END IF;
-        EXECUTE format('CREATE %sINDEX %I ON %s %s', CASE WHEN ix.indisunique THEN 'UNIQUE ' ELSE '' END,
+        -- A unique index without the time column (replace_unique): a plain index of the same
+        -- definition for lookups, uniqueness kept by a registry of its keys.
+        registered := ix.indisunique AND c.replace_unique AND NOT (time_attnum = ANY (ix.indkey))
+                      AND analytics_internal._unique_registry_refusal(ix.indexrelid) IS NULL;
+        EXECUTE format('CREATE %sINDEX %I ON %s %s', CASE WHEN ix.indisunique AND NOT registered THEN 'UNIQUE ' ELSE '' END,
                        analytics_internal._staging_name(ix.relname, c.conversion_id), names.staging,
                        substring(ix.def FROM length(ix.prefix) + 1));
+        IF registered THEN
+            PERFORM analytics_internal._create_unique_registry(names.staging::regclass, c.hypertable_id, ix.indexrelid, ix.relname);
+        END IF;
     END LOOP;
     FOR con IN SELECT k.* FROM pg_constraint k WHERE k.conrelid = c.relation AND k.contype IN ('p', 'u') ORDER BY k.contype, k.conname LOOP
         cols := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.i)
@@ -868,30 +1075,60 @@ BEGIN
 END
 $$;
 
--- Locks `tables` in `mode`, in a fixed order, each try waiting at most 200 ms so that the
--- conversion never stands long in the queue in front of sales, and never deadlocks with a
--- POS transaction (which would then be the one to fail): a busy POS makes it try again.
-CREATE FUNCTION analytics_internal._lock_tables(tables text[], mode text, attempts int DEFAULT 150) RETURNS void
+-- Runs `statement` (the extension's own, never a caller's text) by short tries: while a
+-- request for a lock that conflicts with POS writes waits, every sale queues behind it
+-- (Postgres grants in order), so each try waits at most lacaja_analytics.maintenance_lock_timeout
+-- (20 ms) for any lock, and a failed try — rolled back whole — is followed by a jittered backoff
+-- (50 ms doubling to 1 s) and another, until lacaja_analytics.maintenance_lock_wait (2
+-- minutes). A report holding a table for minutes thus costs sales a few short waits, never the
+-- report's length; and the caller never deadlocks with a POS transaction (which would then be
+-- the one to fail). Gives up with SQLSTATE 55P03 (lock_not_available), having changed nothing.
+CREATE FUNCTION analytics_internal._by_short_tries(statement text, what text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    attempt int := 0;
-    listed text := (SELECT string_agg(t, ', ' ORDER BY t::regclass::oid) FROM unnest(tables) t);
+    try_for constant text := coalesce(nullif(current_setting('lacaja_analytics.maintenance_lock_timeout', true), ''), '20ms');
+    wait_for constant text := coalesce(nullif(current_setting('lacaja_analytics.maintenance_lock_wait', true), ''), '2min');
+    give_up_at constant timestamptz := clock_timestamp() + wait_for::interval;
+    lock_timeout_before constant text := current_setting('lock_timeout');
+    backoff float8 := 0.05;
+    tries int := 0;
 BEGIN
     LOOP
+        tries := tries + 1;
         BEGIN
-            PERFORM set_config('lock_timeout', '200ms', true);
-            EXECUTE format('LOCK TABLE %s IN %s MODE', listed, mode);
-            PERFORM set_config('lock_timeout', '0', true);
+            PERFORM set_config('lock_timeout', try_for, true);
+            EXECUTE statement;
+            PERFORM set_config('lock_timeout', lock_timeout_before, true);
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
-            attempt := attempt + 1;
-            IF attempt >= attempts THEN
-                RAISE EXCEPTION 'could not lock %: POS transactions kept them busy', listed
-                    USING ERRCODE = 'lock_not_available', HINT = 'Nothing was changed. Try again at a quieter time.';
+            PERFORM set_config('lock_timeout', lock_timeout_before, true);
+            IF clock_timestamp() >= give_up_at THEN
+                RAISE EXCEPTION 'could not %: % tries of % each over %; other sessions kept the tables busy', what, tries, try_for, wait_for
+                    USING ERRCODE = 'lock_not_available',
+                          HINT = 'Nothing was changed. A job retries at its next run; otherwise try again when the long transactions '
+                                 'on those tables (see pg_stat_activity) have ended, or raise lacaja_analytics.maintenance_lock_wait.';
             END IF;
-            PERFORM pg_sleep(0.05 + random() * 0.2);
+            PERFORM pg_sleep(backoff * (0.5 + random()));
+            backoff := least(backoff * 2, 1.0);
         END;
     END LOOP;
+END
+$$;
+
+-- Locks `tables` (tables and views) in `mode`, all at once in a fixed order, by short tries.
+CREATE FUNCTION analytics_internal._lock_tables(tables text[], mode text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    listed constant text := (SELECT string_agg(t, ', ' ORDER BY t::regclass::oid) FROM unnest(tables) t);
+BEGIN
+    IF mode NOT IN ('ACCESS SHARE', 'ROW SHARE', 'ROW EXCLUSIVE', 'SHARE UPDATE EXCLUSIVE', 'SHARE', 'SHARE ROW EXCLUSIVE',
+                    'EXCLUSIVE', 'ACCESS EXCLUSIVE') THEN
+        RAISE EXCEPTION 'unknown lock mode %', mode;
+    END IF;
+    IF listed IS NOT NULL THEN
+        PERFORM analytics_internal._by_short_tries(format('LOCK TABLE %s IN %s MODE', listed, mode),
+                                                   format('lock %s in %s mode', listed, mode));
+    END IF;
 END
 $$;
 
@@ -1080,6 +1317,9 @@ BEGIN
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'lacaja_conversion_log_' || t, names.old_table);
         END LOOP;
     END IF;
+    IF to_regclass(names.staging) IS NOT NULL THEN
+        PERFORM analytics_internal._drop_unique_registries(names.staging::regclass);
+    END IF;
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', names.staging, names.log_table);
     PERFORM analytics_internal._forget_hypertable(c.hypertable_id);
     c.status := 'failed';
@@ -1102,7 +1342,8 @@ CREATE FUNCTION analytics.create_hypertable(relation regclass, time_column_name 
                                             if_not_exists boolean DEFAULT false, migrate_data boolean DEFAULT false,
                                             create_default_indexes boolean DEFAULT true,
                                             extend_unique boolean DEFAULT false, replace_foreign_keys boolean DEFAULT false,
-                                            chunks_ahead int DEFAULT 7, online boolean DEFAULT NULL)
+                                            chunks_ahead int DEFAULT 7, online boolean DEFAULT NULL,
+                                            replace_unique boolean DEFAULT false)
 RETURNS TABLE (hypertable_id int, schema_name name, table_name name, created boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1143,11 +1384,11 @@ BEGIN
         RAISE EXCEPTION 'invalid chunk_time_interval %', coalesce(chunk_time_interval::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of at least one minute, e.g. INTERVAL ''1 day''.';
     END IF;
-    blockers := analytics_internal._hypertable_blockers(relation, time_column_name, extend_unique, replace_foreign_keys);
+    blockers := analytics_internal._hypertable_blockers(relation, time_column_name, extend_unique, replace_foreign_keys, replace_unique);
     IF blockers <> '{}' THEN
         RAISE EXCEPTION 'cannot turn % into a hypertable; nothing was changed:%', relation, E'\n  - ' || array_to_string(blockers, E'\n  - ')
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Each line says what to do. extend_unique and replace_foreign_keys accept those changes explicitly.';
+                  HINT = 'Each line says what to do. extend_unique, replace_unique and replace_foreign_keys accept those changes explicitly.';
     END IF;
 
     -- Online needs its own transactions (a background worker), a key to page and log by, and
@@ -1163,7 +1404,8 @@ BEGIN
     END IF;
     IF run_online THEN
         worker_pid := analytics_internal._start_conversion_worker(relation, time_column_name, chunk_time_interval, chunks_ahead,
-                                                         extend_unique, replace_foreign_keys, create_default_indexes, migrate_data);
+                                                         extend_unique, replace_foreign_keys, create_default_indexes, migrate_data,
+                                                         replace_unique);
         LOOP
             SELECT * INTO c FROM analytics.hypertable_conversions t
             WHERE t.caller_pid = pg_backend_pid() AND t.relation = create_hypertable.relation AND t.started_at >= started
@@ -1194,7 +1436,8 @@ BEGIN
     ELSE
         PERFORM analytics_internal._lock_tables(analytics_internal._conversion_lock_set(relation), 'ACCESS EXCLUSIVE');
         c := analytics_internal._request_conversion(relation, time_column_name, chunk_time_interval, chunks_ahead, extend_unique,
-                                           replace_foreign_keys, create_default_indexes, migrate_data, false, pg_backend_pid());
+                                           replace_foreign_keys, create_default_indexes, migrate_data, false, pg_backend_pid(),
+                                           replace_unique);
         WHILE analytics_internal._conversion_step(c.conversion_id) <> 'done' LOOP
         END LOOP;
         SELECT * INTO c FROM analytics.hypertable_conversions t WHERE t.conversion_id = c.conversion_id;
@@ -1229,46 +1472,77 @@ RETURNS SETOF regclass LANGUAGE sql STABLE AS $$
     SELECT analytics.show_chunks(relation, now() - older_than, now() - newer_than)
 $$;
 
--- Drops whole chunks that end at or before `older_than`. Rows of those chunks waiting in
--- the default partition are moved into their chunks first, so they go too. Rollups keep
--- their history: dropping a chunk deletes nothing row by row, no trigger sees it, and
--- verify / refresh leave the days before hypertables.dropped_before alone.
+-- Drops whole chunks that end at or before `older_than`. Rows of those ranges waiting in the
+-- default partition go too. Rollups keep their history: dropping a chunk deletes nothing row
+-- by row, no trigger sees it, and verify / refresh leave the days before
+-- hypertables.dropped_before alone.
+--
+-- Dropping a partition takes ACCESS EXCLUSIVE on the hypertable: the hypertable and every
+-- chunk to drop are locked at once by short tries (_lock_tables), so that sales never queue
+-- behind a report for it, and held only for the drops themselves.
 CREATE FUNCTION analytics.drop_chunks(relation regclass, older_than timestamptz, newer_than timestamptz DEFAULT NULL,
                                       verbose boolean DEFAULT false)
 RETURNS SETOF text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h analytics.hypertables := analytics_internal._hypertable(relation);
-    c record;
+    doomed analytics.chunks[];
+    c analytics.chunks;
+    default_part regclass;
+    role_before text;
     horizon timestamptz;
+    waiting_until timestamptz;
 BEGIN
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'drop_chunks needs older_than' USING HINT = 'e.g. SELECT analytics.drop_chunks(''events'', INTERVAL ''2 years'');';
     END IF;
-    PERFORM analytics_internal._maintain_chunks(h);
-    FOR c IN
-        SELECT * FROM analytics.chunks ch
-        WHERE ch.hypertable_id = h.hypertable_id AND ch.range_end <= older_than
-          AND (newer_than IS NULL OR ch.range_start >= newer_than)
-        ORDER BY ch.range_start
-    LOOP
+    PERFORM analytics_internal._require_owner(h.relation);
+    doomed := ARRAY(SELECT ch FROM analytics.chunks ch
+                    WHERE ch.hypertable_id = h.hypertable_id AND ch.range_end <= older_than
+                      AND (newer_than IS NULL OR ch.range_start >= newer_than)
+                    ORDER BY ch.range_start);
+    default_part := to_regclass(format('%I.%I', (SELECT n.nspname FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace
+                                                  WHERE k.oid = h.relation),
+                                       analytics_internal._default_partition_name(h)));
+    IF default_part IS NOT NULL THEN
+        -- A row delete (writers are not stopped), unseen by triggers like a dropped chunk's rows.
+        role_before := current_setting('session_replication_role');
+        PERFORM set_config('session_replication_role', 'replica', true);
+        EXECUTE format('CREATE TEMP TABLE lacaja_retired ON COMMIT DROP AS
+                        WITH gone AS (DELETE FROM %1$s AS d WHERE analytics_internal._chunk_start($1, %2$s) + $2 <= $3
+                                          AND ($4 IS NULL OR analytics_internal._chunk_start($1, %2$s) >= $4)
+                                      RETURNING *)
+                        SELECT * FROM gone',
+                       default_part, analytics_internal._as_instant_sql(h, 'd.' || quote_ident(h.time_column)))
+            USING h, analytics_internal._fixed_interval(h.chunk_interval), older_than, newer_than;
+        PERFORM set_config('session_replication_role', role_before, true);
+        EXECUTE format('SELECT max(analytics_internal._chunk_start($1, %s)) + $2 FROM pg_temp.lacaja_retired AS d',
+                       analytics_internal._as_instant_sql(h, 'd.' || quote_ident(h.time_column)))
+            INTO waiting_until USING h, analytics_internal._fixed_interval(h.chunk_interval);
+        PERFORM analytics_internal._forget_unique_keys(h.relation, 'pg_temp.lacaja_retired');
+        DROP TABLE pg_temp.lacaja_retired;
+    END IF;
+    IF cardinality(doomed) > 0 THEN
+        PERFORM analytics_internal._lock_tables(h.relation::text || ARRAY(SELECT (d).chunk::text FROM unnest(doomed) AS d),
+                                                'ACCESS EXCLUSIVE');
+    END IF;
+    FOREACH c IN ARRAY doomed LOOP
+        PERFORM analytics_internal._forget_unique_keys(h.relation, c.chunk::text);
         EXECUTE format('DROP TABLE %s', c.chunk);
         IF drop_chunks.verbose THEN
             RAISE INFO 'dropping chunk %', c.chunk;
         END IF;
-        IF newer_than IS NULL THEN
-            horizon := greatest(horizon, c.range_end);
-        END IF;
+        horizon := greatest(horizon, c.range_end);
         RETURN NEXT format('%I.%I', c.chunk_schema, c.chunk_name);
     END LOOP;
-    IF horizon IS NOT NULL THEN
-        PERFORM analytics_internal._set_dropped_before(h.hypertable_id, horizon);
+    IF newer_than IS NULL AND greatest(horizon, waiting_until) IS NOT NULL THEN
+        PERFORM analytics_internal._set_dropped_before(h.hypertable_id, greatest(horizon, waiting_until));
     END IF;
 END
 $$;
 CREATE FUNCTION analytics.drop_chunks(relation regclass, older_than interval, newer_than interval DEFAULT NULL,
                                       verbose boolean DEFAULT false)
 RETURNS SETOF text LANGUAGE sql AS $$
-    SELECT analytics.drop_chunks(relation, now() - older_than, now() - newer_than, verbose)
+    SELECT analytics.drop_chunks(relation, now() - older_than, now() - newer_than, drop_chunks.verbose)
 $$;
 
 CREATE FUNCTION analytics_internal._set_dropped_before(id int, horizon timestamptz) RETURNS void
@@ -1381,7 +1655,8 @@ CREATE FUNCTION analytics_internal._rollup_views() RETURNS regclass[]
 LANGUAGE sql STABLE AS $$
     SELECT array_agg(to_regclass('analytics.' || v)) FILTER (WHERE to_regclass('analytics.' || v) IS NOT NULL)
     FROM unnest(ARRAY['sales_hourly', 'sales_daily', 'sales_by_payment_daily', 'sales_heatmap', 'product_sales_daily',
-                      'product_stock', 'inventory_metrics', 'mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics']) AS v
+                      'product_stock', 'inventory_metrics', 'mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics',
+                      'mv_customer_metrics']) AS v
 $$;
 
 -- The window of a policy as local days: [from_day, to_day), widened by a day on each side

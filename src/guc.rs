@@ -23,6 +23,13 @@ pub static SCHEDULER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// by the Rust fold (`src/capture/direct.rs`) rather than by the generated SQL.
 pub static DIRECT_FOLD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// How long one try for a lock that would stop POS writers may wait, in milliseconds: while a
+/// maintenance step waits for such a lock, every sale queues behind it.
+pub static MAINTENANCE_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(20);
+
+/// How long maintenance keeps retrying those tries before it gives up (and a job retries later).
+pub static MAINTENANCE_LOCK_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(120_000);
+
 pub fn init() {
     // SUSET: the zone decides which bucket every sale lands in; a POS session that could
     // change it would scatter its own sales into the wrong days.
@@ -55,6 +62,28 @@ pub fn init() {
         &DIRECT_FOLD,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    // USERSET: a DBA may give one maintenance call longer or shorter tries; sales are protected
+    // by the upper bound, not by who sets it.
+    GucRegistry::define_int_guc(
+        c"lacaja_analytics.maintenance_lock_timeout",
+        c"Longest one try for a lock that stops POS writes may wait (chunks, retention, swaps, compatibility views).",
+        c"While a try waits, sales queue behind it; a failed try is retried with backoff until lacaja_analytics.maintenance_lock_wait.",
+        &MAINTENANCE_LOCK_TIMEOUT_MS,
+        1,
+        1_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"lacaja_analytics.maintenance_lock_wait",
+        c"How long maintenance retries a lock that stops POS writes before it gives up.",
+        c"A job that gives up is retried at its next run; a call gives up with SQLSTATE 55P03 and changes nothing.",
+        &MAINTENANCE_LOCK_WAIT_MS,
+        0,
+        86_400_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
     // SIGHUP: the scheduler reads them on reload (a new database restarts it).
     GucRegistry::define_string_guc(

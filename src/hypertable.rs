@@ -33,6 +33,7 @@ fn _start_conversion_worker(
     replace_foreign_keys: bool,
     create_default_indexes: bool,
     migrate_data: bool,
+    replace_unique: bool,
 ) -> i32 {
     let time_attnum = Spi::get_one_with_args::<i16>(
         "SELECT attnum FROM pg_attribute WHERE attrelid = $1 AND attname = $2",
@@ -41,7 +42,11 @@ fn _start_conversion_worker(
     .ok()
     .flatten()
     .unwrap_or(0);
-    let flags = extend_unique as u8 | (replace_foreign_keys as u8) << 1 | (create_default_indexes as u8) << 2 | (migrate_data as u8) << 3;
+    let flags = extend_unique as u8
+        | (replace_foreign_keys as u8) << 1
+        | (create_default_indexes as u8) << 2
+        | (migrate_data as u8) << 3
+        | (replace_unique as u8) << 4;
     let interval_us = chunk_interval.micros() + chunk_interval.days() as i64 * 86_400_000_000 + chunk_interval.months() as i64 * 30 * 86_400_000_000;
     let extra = format!(
         "{}:{}:{}:{}:{}:{}:{}",
@@ -90,7 +95,7 @@ pub extern "C-unwind" fn lacaja_conversion_main(arg: pg_sys::Datum) {
         Spi::get_one_with_args::<i32>(
             "SELECT (analytics_internal._request_conversion($1::oid::regclass,
                         (SELECT attname FROM pg_attribute WHERE attrelid = $1::oid AND attnum = $2::int2),
-                        make_interval(secs => $3::float8 / 1e6), $4, $5, $6, $7, $8, true, $9)).conversion_id",
+                        make_interval(secs => $3::float8 / 1e6), $4, $5, $6, $7, $8, true, $9, $10)).conversion_id",
             &[
                 pg_sys::Oid::from(relation as u32).into(),
                 (time_attnum as i16).into(),
@@ -101,6 +106,7 @@ pub extern "C-unwind" fn lacaja_conversion_main(arg: pg_sys::Datum) {
                 flag(2).into(),
                 flag(3).into(),
                 (caller_pid as i32).into(),
+                flag(4).into(),
             ],
         )
     });

@@ -66,23 +66,63 @@ pub extern "C-unwind" fn lacaja_index_builder_main(arg: pg_sys::Datum) {
             .unwrap_or(None)
         });
         let Some((id, statement)) = next else { break };
-        let outcome = run_top_level(&statement);
+        let outcome = if statement.contains(" CONCURRENTLY ") {
+            // Its waits for older transactions are lock waits too: no lock_timeout here.
+            run_top_level(&statement)
+        } else {
+            run_by_short_tries(&statement)
+        };
+        let error = outcome.err().map(|(_, message)| message);
         BackgroundWorker::transaction(|| {
             Spi::run_with_args(
                 "UPDATE analytics.index_builds SET status = CASE WHEN $2 IS NULL THEN 'built' ELSE 'failed' END,
                         finished_at = now(), error = $2
                  WHERE id = $1",
-                &[id.into(), outcome.err().into()],
+                &[id.into(), error.clone().into()],
+            )?;
+            // The later steps of the same index (a hypertable's attach) must not run on a
+            // partial build: a plain CREATE INDEX would hold sales back while it builds.
+            Spi::run_with_args(
+                "UPDATE analytics.index_builds b SET status = 'failed', finished_at = now(),
+                        error = format('not run: step %s of this index failed', $1)
+                 WHERE $2 IS NOT NULL AND b.status = 'queued' AND b.id > $1
+                   AND b.index_name = (SELECT f.index_name FROM analytics.index_builds f WHERE f.id = $1)",
+                &[id.into(), error.into()],
             )
         })
         .unwrap_or_else(|e| pgrx::warning!("lacaja_analytics: could not record index build {id}: {e}"));
     }
 }
 
+/// Runs a statement whose lock conflicts with the POS's writes (a hypertable's index ON ONLY,
+/// an index partition's attach: catalog changes of milliseconds) the way maintenance takes
+/// such locks (analytics_internal._lock_tables): tries of `maintenance_lock_timeout`, retried
+/// with backoff until `maintenance_lock_wait`, so that no sale queues behind a report for it.
+fn run_by_short_tries(statement: &str) -> Result<(), (PgSqlErrorCode, String)> {
+    let try_for = crate::guc::MAINTENANCE_LOCK_TIMEOUT_MS.get();
+    let give_up_at = std::time::Instant::now()
+        + std::time::Duration::from_millis(crate::guc::MAINTENANCE_LOCK_WAIT_MS.get().max(0) as u64);
+    let mut backoff = std::time::Duration::from_millis(50);
+    run_top_level(&format!("SET lock_timeout = {try_for}"))?;
+    let outcome = loop {
+        match run_top_level(statement) {
+            Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, _)) if std::time::Instant::now() < give_up_at => {
+                if !BackgroundWorker::wait_latch(Some(backoff)) {
+                    break Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, "stopped while waiting for a lock".into()));
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => break other,
+        }
+    };
+    run_top_level("RESET lock_timeout")?;
+    outcome
+}
+
 /// Runs one utility statement as the top level of its own transaction (what psql would do),
-/// which is what CREATE / DROP INDEX CONCURRENTLY require. Returns the error message if it fails.
-fn run_top_level(statement: &str) -> Result<(), String> {
-    let sql = CString::new(statement).map_err(|e| e.to_string())?;
+/// which is what CREATE / DROP INDEX CONCURRENTLY require. Returns the error if it fails.
+fn run_top_level(statement: &str) -> Result<(), (PgSqlErrorCode, String)> {
+    let sql = CString::new(statement).map_err(|e| (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
     // The statement's trees must outlive the transactions a concurrent build commits on the
     // way, so they live in a context of their own rather than the transaction's.
     let context = unsafe {
@@ -145,8 +185,8 @@ fn run_top_level(statement: &str) -> Result<(), String> {
         unsafe { pg_sys::AbortCurrentTransaction() };
         Err(match caught {
             pg_sys::panic::CaughtError::PostgresError(report)
-            | pg_sys::panic::CaughtError::ErrorReport(report) => report.message().to_string(),
-            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            | pg_sys::panic::CaughtError::ErrorReport(report) => (report.sql_error_code(), report.message().to_string()),
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => (ereport.sql_error_code(), ereport.message().to_string()),
         })
     })
     .execute();

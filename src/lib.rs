@@ -94,6 +94,8 @@ pub extern "C-unwind" fn _PG_init() {
 mod pg_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod security_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod unique_registry_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -556,20 +556,32 @@ pub(crate) mod tests {
              ORDER BY s.sold_at DESC LIMIT 1;
              INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
              SELECT gen_random_uuid(), r.id, i.id, i.product_id, 1, 36.5, 1
-             FROM sale_returns r JOIN sale_items i ON i.sale_id = r.sale_id"
+             FROM sale_returns r JOIN sale_items i ON i.sale_id = r.sale_id;
+             INSERT INTO debts (id, store_id, customer_id, created_at, amount_bs, amount_usd, status)
+             VALUES (gen_random_uuid(), '{STORE_A}', 'c0000000-0000-4000-8000-000000000001', now(), 100, 2.5, 'open'),
+                    (gen_random_uuid(), '{STORE_A}', 'c0000000-0000-4000-8000-000000000001', now(), 20, 0.5, 'partial'),
+                    (gen_random_uuid(), '{STORE_A}', 'c0000000-0000-4000-8000-000000000002', now(), 40, 1, 'partial'),
+                    (gen_random_uuid(), '{STORE_A}', 'c0000000-0000-4000-8000-000000000003', now(), 70, 2, 'paid')"
         ));
     }
 
     #[pg_test]
     fn compat_views_equal_their_definitions() {
         compat_history();
-        for relation in ["mv_sales_daily", "mv_top_products_30d", "mv_inventory_metrics"] {
+        for relation in ["mv_sales_daily", "mv_top_products_30d", "mv_inventory_metrics", "mv_customer_metrics"] {
             let rows: i64 = scalar(&format!("SELECT count(*) FROM analytics.{relation}")).unwrap();
             assert!(rows > 0, "{relation} is empty, the comparison would prove nothing");
             let differences: i64 =
                 scalar(&format!("SELECT differences FROM oracle_differences WHERE relation = '{relation}'")).unwrap();
             assert_eq!(differences, 0, "{relation} differs from its definition");
         }
+        // Each open or partial debt once: 100 + 20 + 40 bs over two customers.
+        let debts: String = scalar(&format!(
+            "SELECT customers_with_debt || '/' || total_debt_bs || '/' || total_debt_usd FROM analytics.mv_customer_metrics
+             WHERE store_id = '{STORE_A}'"
+        ))
+        .unwrap();
+        assert_eq!(debts, "2/160.00/4.00");
         let groups: String = scalar(&format!(
             "SELECT sum(cash_count) || '/' || sum(card_count) || '/' || sum(transfer_count) || '/' || sum(sales_count)
              FROM analytics.mv_sales_daily WHERE store_id = '{STORE_A}'"
@@ -604,7 +616,7 @@ pub(crate) mod tests {
         run(include_str!("../sql/fixtures/lacaja_materialized_views.sql"));
         run("CREATE ROLE lacaja_api_reader; GRANT USAGE ON SCHEMA pos TO lacaja_api_reader;
              GRANT SELECT ON pos.mv_sales_daily, pos.sales_heatmap TO lacaja_api_reader");
-        let names = ["sales_heatmap", "mv_sales_daily", "mv_top_products_30d", "mv_inventory_metrics"];
+        let names = ["sales_heatmap", "mv_sales_daily", "mv_top_products_30d", "mv_inventory_metrics", "mv_customer_metrics"];
         let before: Vec<String> = names.iter().map(|n| columns_of(n)).collect();
         let function_before: String = scalar("SELECT pg_get_functiondef('pos.refresh_analytics_views()'::regprocedure)").unwrap();
 
@@ -653,7 +665,7 @@ pub(crate) mod tests {
         assert!(again.0["plan"].as_array().unwrap().iter().all(|p| p["action"] == "already replaced"), "{}", again.0);
 
         let restored: pgrx::JsonB = scalar("SELECT analytics.uninstall_compat()").unwrap();
-        assert_eq!(restored.0["restored"].as_array().unwrap().len(), 5, "{}", restored.0);
+        assert_eq!(restored.0["restored"].as_array().unwrap().len(), 6, "{}", restored.0);
         for (name, columns) in names.iter().zip(&before) {
             assert_eq!(relkind_of(name), if *name == "sales_heatmap" { "r" } else { "m" }, "{name} is back");
             assert_eq!(&columns_of(name), columns);
@@ -778,7 +790,8 @@ pub(crate) mod tests {
         )
         .unwrap();
         for expected in ["primary key sales_pkey", "extend_unique => true", "foreign key sale_items_sale_id_fkey",
-                         "foreign key sale_returns_sale_id_fkey", "replace_foreign_keys => true", "materialized view pos.sales_mv"] {
+                         "foreign key sale_returns_sale_id_fkey", "replace_foreign_keys => true", "materialized view pos.sales_mv",
+                         "unique index pos.idx_sales_store_sale_number", "replace_unique => true"] {
             assert!(message.contains(expected), "missing {expected:?} in:\n{message}");
         }
         let kind: String = scalar("SELECT relkind::text FROM pg_class WHERE oid = 'pos.sales'::regclass").unwrap();
@@ -786,13 +799,13 @@ pub(crate) mod tests {
         run("DROP MATERIALIZED VIEW pos.sales_mv");
         // TimescaleDB's rules: data needs migrate_data; a second call needs if_not_exists.
         let message: String = scalar(
-            "SELECT pg_temp.analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', extend_unique => true, replace_foreign_keys => true)')",
+            "SELECT pg_temp.analytics_test_message('SELECT analytics.create_hypertable(''pos.sales'', ''sold_at'', extend_unique => true, replace_foreign_keys => true, replace_unique => true)')",
         )
         .unwrap();
         assert!(message.contains("is not empty") && message.contains("migrate_data => true"), "{message}");
         assert_fails("SELECT analytics.create_hypertable('pos.sales', 'no_such_column')", "42703");
         assert_fails("SELECT analytics.create_hypertable('pos.sales', 'totals')", "22023");
-        run("SELECT analytics.create_hypertable('pos.events', 'created_at', INTERVAL '1 day', extend_unique => true)");
+        run("SELECT analytics.create_hypertable('pos.events', 'created_at', INTERVAL '1 day', extend_unique => true, replace_foreign_keys => true, replace_unique => true)");
         assert_fails("SELECT analytics.create_hypertable('pos.events', 'created_at', extend_unique => true)", "42710");
         let again: bool = scalar(
             "SELECT created FROM analytics.create_hypertable('pos.events', 'created_at', extend_unique => true, if_not_exists => true)",

@@ -105,9 +105,18 @@ mod tests {
             assert!(cells.len() >= 2 && cells.iter().all(|c| c.len() > 10), "{signature}: say why and what it checks");
         }
         let documented: BTreeSet<String> = documented.into_iter().map(|(sig, _)| sig).collect();
-        // Generated capture functions are listed by their family.
+        // A unique index kept across chunks brings its registry's trigger function.
+        run("CREATE SCHEMA lacaja_definers;
+             CREATE TABLE lacaja_definers.t (at timestamptz NOT NULL, code text);
+             CREATE UNIQUE INDEX t_code ON lacaja_definers.t (code) WHERE code IS NOT NULL;
+             SELECT analytics.create_hypertable('lacaja_definers.t', 'at', replace_unique => true);");
+        // Generated capture and registry functions are listed by their family.
         let definers = strings(
-            "SELECT regexp_replace(p.oid::regprocedure::text, '^analytics_internal\\._capture_[a-z_]+\\(\\)$', 'analytics_internal._capture_*()')
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM analytics_internal.replaced_unique_indexes r JOIN pg_class c ON c.oid = r.registry
+                                      WHERE c.relname = p.proname AND p.pronamespace = 'analytics_internal'::regnamespace)
+                         THEN 'analytics_internal.<index>_keys()'
+                         ELSE regexp_replace(p.oid::regprocedure::text,
+                                             '^analytics_internal\\._capture_[a-z_]+\\(\\)$', 'analytics_internal._capture_*()') END
              FROM pg_proc p
              WHERE p.pronamespace IN ('analytics'::regnamespace, 'analytics_internal'::regnamespace) AND p.prosecdef",
         );

@@ -82,7 +82,8 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
     assert!(events.contains("primary key events_pkey") && events.contains("extend_unique => true"), "{events}");
     let sales = error_of(&mut db, ORIGINAL_MIGRATION[1]);
     for expected in ["primary key sales_pkey", "foreign key sale_items_sale_id_fkey", "foreign key sale_returns_sale_id_fkey",
-                     "replace_foreign_keys => true", "nothing was changed"] {
+                     "replace_foreign_keys => true", "nothing was changed", "unique index idx_sales_store_sale_number",
+                     "replace_unique => true"] {
         assert!(sales.contains(expected), "missing {expected:?} in:\n{sales}");
     }
     assert_eq!(relkind(&mut db, "sales"), "r");
@@ -113,9 +114,11 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
     // One statement (one transaction) per table, as a migration tool would run them.
     for statement in [
         "SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day',
-                                            migrate_data => true, extend_unique => true)",
+                                            migrate_data => true, extend_unique => true, replace_foreign_keys => true,
+                                            replace_unique => true)",
         "SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day',
-                                            migrate_data => true, extend_unique => true, replace_foreign_keys => true)",
+                                            migrate_data => true, extend_unique => true, replace_foreign_keys => true,
+                                            replace_unique => true)",
         "SELECT analytics.create_hypertable('inventory_movements', 'happened_at', chunk_time_interval => INTERVAL '1 day',
                                             migrate_data => true, extend_unique => true)",
         "SELECT analytics.create_hypertable('real_time_metrics', 'created_at', chunk_time_interval => INTERVAL '1 hour',

@@ -106,7 +106,8 @@ fn no_route_to_superuser_through_the_scheduler_and_odd_owner_names_everywhere() 
     let converted: bool = db
         .query_one(
             "SELECT created FROM analytics.create_hypertable('events', 'created_at', chunk_time_interval => interval '7 days',
-                                                             migrate_data => true, extend_unique => true)",
+                                                             migrate_data => true, extend_unique => true, replace_foreign_keys => true,
+                                                             replace_unique => true)",
             &[],
         )
         .unwrap()

@@ -167,7 +167,8 @@ pub fn run(server: &str, events: u64, days: u64, duration: u64, runs: u64, comma
     let t = Instant::now();
     db.batch_execute(
         "SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day',
-                                            migrate_data => true, extend_unique => true)",
+                                            migrate_data => true, extend_unique => true, replace_foreign_keys => true,
+                                            replace_unique => true)",
     )
     .unwrap();
     let convert_s = t.elapsed().as_secs_f64();
@@ -201,7 +202,7 @@ pub fn run(server: &str, events: u64, days: u64, duration: u64, runs: u64, comma
         md,
         "Produced by `{command}` ({:.0} min): {} events of 100 stores over {days} days ({size}, loaded in {:.0} s), \
          converted online with `analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day', \
-         migrate_data => true, extend_unique => true)`.\n",
+         migrate_data => true, extend_unique => true, replace_foreign_keys => true, replace_unique => true)`.\n",
         started.elapsed().as_secs_f64() / 60.0,
         thousands(events),
         load_s

@@ -99,6 +99,18 @@ pub fn insert_sales(db: &mut postgres::Transaction, rng: &mut Rng, n: usize) -> 
         )
         .unwrap();
     }
+    if rng.chance(20) {
+        // Sold on credit: a debt for each sale with a customer (mv_customer_metrics), some
+        // already partly or fully paid.
+        let status = *rng.pick(&["open", "open", "partial", "paid"]);
+        db.execute(
+            "INSERT INTO debts (id, store_id, sale_id, customer_id, created_at, amount_bs, amount_usd, status)
+             SELECT gen_random_uuid(), s.store_id, s.id, s.customer_id, s.sold_at, 12.5, 0.34, $2
+             FROM sales s WHERE s.id = ANY($1::text[]::uuid[]) AND s.customer_id IS NOT NULL",
+            &[&ids, &status],
+        )
+        .unwrap();
+    }
     ids
 }
 

@@ -139,6 +139,23 @@ SELECT m.store_id, m.total_products, m.low_stock_count, m.out_of_stock_count,
        (SELECT count(DISTINCT p.category) FROM products p WHERE p.is_active AND p.store_id = m.store_id) AS categories_count
 FROM oracle_inventory_metrics m;
 
+-- SPEC §7's mv_customer_metrics, each debt counted once; active customers: a valid sale in
+-- the store's last 30 local days.
+CREATE TEMP VIEW oracle_mv_customer_metrics AS
+SELECT c.store_id, count(*) AS total_customers,
+       (SELECT count(DISTINCT d.customer_id) FROM debts d WHERE d.store_id = c.store_id AND d.status IN ('open', 'partial'))
+           AS customers_with_debt,
+       (SELECT coalesce(sum(d.amount_bs), 0) FROM debts d WHERE d.store_id = c.store_id AND d.status IN ('open', 'partial'))
+           AS total_debt_bs,
+       (SELECT coalesce(sum(d.amount_usd), 0) FROM debts d WHERE d.store_id = c.store_id AND d.status IN ('open', 'partial'))
+           AS total_debt_usd,
+       (SELECT count(DISTINCT s.customer_id) FROM oracle_valid_sales s
+        WHERE s.store_id = c.store_id
+          AND (s.sold_at AT TIME ZONE s.tz)::date BETWEEN (now() AT TIME ZONE s.tz)::date - 29 AND (now() AT TIME ZONE s.tz)::date)
+           AS active_customers_30d
+FROM customers c
+GROUP BY c.store_id;
+
 -- SPEC §3's kpis() over the source tables. No dates: the 30 local days ending today; one date:
 -- 30 days from or to it.
 CREATE FUNCTION pg_temp.oracle_kpis(store uuid, period_start date, period_end date) RETURNS jsonb LANGUAGE sql AS $$
@@ -211,4 +228,4 @@ CREATE TEMP VIEW oracle_differences AS
 SELECT r.relation, pg_temp.differences('analytics.' || r.relation, 'oracle_' || r.relation) AS differences
 FROM unnest(ARRAY['sales_hourly', 'sales_daily', 'sales_by_payment_daily', 'sales_heatmap',
                   'product_sales_daily', 'product_stock', 'inventory_metrics',
-                  'mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics']) AS r (relation);
+                  'mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics', 'mv_customer_metrics']) AS r (relation);
