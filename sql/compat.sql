@@ -330,7 +330,7 @@ BEGIN
     -- Dropping, renaming and creating take ACCESS EXCLUSIVE on what LA-CAJA's API reads (and
     -- LOCK TABLE cannot name a materialized view): the whole change is one try, by short tries,
     -- so that its readers never queue behind a report for it.
-    PERFORM analytics_internal._by_short_tries(format('SELECT analytics_internal._install_compat_apply(%L)', source_schema),
+    PERFORM analytics_internal._by_short_tries(ARRAY[format('SELECT analytics_internal._install_compat_apply(%L)', source_schema)],
                                                'replace LA-CAJA''s views');
     RETURN jsonb_build_object('replaced', true, 'plan', plan);
 END
@@ -396,7 +396,7 @@ BEGIN
     -- Dropping the views and putting the originals back take ACCESS EXCLUSIVE on what LA-CAJA's
     -- API reads (and LOCK TABLE cannot name a materialized view): the whole change is one try,
     -- by short tries, so that its readers never queue behind a report for it.
-    PERFORM analytics_internal._by_short_tries('SELECT analytics_internal._uninstall_compat_apply()',
+    PERFORM analytics_internal._by_short_tries(ARRAY['SELECT analytics_internal._uninstall_compat_apply()'],
                                                'put LA-CAJA''s views back');
     PERFORM analytics.refresh_analytics_views();
     RETURN jsonb_build_object('restored', restored);

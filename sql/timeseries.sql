@@ -168,6 +168,8 @@ DECLARE
     default_part regclass;
     role_before text;
     rows_in_range text;
+    lock_tables text[];
+    lock_modes text[];
 BEGIN
     -- Moving rows needs session_replication_role (a superuser's setting); only for the table's owner.
     SELECT * INTO STRICT h FROM analytics.hypertables t WHERE t.hypertable_id = h.hypertable_id;
@@ -194,12 +196,13 @@ BEGIN
                     INCLUDING STORAGE INCLUDING COMPRESSION)', chunk, h.relation);
     -- the table's owner owns its chunks (drop_chunks runs as the caller)
     EXECUTE format('ALTER TABLE %s OWNER TO %I', chunk, (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = h.relation));
-    PERFORM analytics_internal._lock_tables(ARRAY[h.relation::text], 'SHARE UPDATE EXCLUSIVE');
-    PERFORM analytics_internal._lock_tables(ARRAY(SELECT DISTINCT k.confrelid::regclass::text FROM pg_constraint k
-                                                  WHERE k.conrelid = h.relation AND k.contype = 'f' AND k.confrelid <> h.relation),
-                                            'SHARE ROW EXCLUSIVE');
+    SELECT array_agg(l.t), array_agg(l.mode) INTO lock_tables, lock_modes FROM (
+        SELECT h.relation::text AS t, 'SHARE UPDATE EXCLUSIVE' AS mode
+        UNION SELECT k.confrelid::regclass::text, 'SHARE ROW EXCLUSIVE' FROM pg_constraint k
+              WHERE k.conrelid = h.relation AND k.contype = 'f' AND k.confrelid <> h.relation
+        UNION SELECT default_part::text, 'ACCESS EXCLUSIVE' WHERE default_part IS NOT NULL) AS l;
+    PERFORM analytics_internal._lock_tables_in_modes(lock_tables, lock_modes);
     IF default_part IS NOT NULL THEN
-        PERFORM analytics_internal._lock_tables(ARRAY[default_part::text], 'ACCESS EXCLUSIVE');
         role_before := current_setting('session_replication_role');
         PERFORM set_config('session_replication_role', 'replica', true);
         EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %s RETURNING *) INSERT INTO %s (%s) SELECT %s FROM moved',
@@ -1075,7 +1078,7 @@ BEGIN
 END
 $$;
 
--- Runs `statement` (the extension's own, never a caller's text) by short tries: while a
+-- Runs `statements` (the extension's own, never a caller's text) as one try, by short tries: while a
 -- request for a lock that conflicts with POS writes waits, every sale queues behind it
 -- (Postgres grants in order), so each try waits at most lacaja_analytics.maintenance_lock_timeout
 -- (20 ms) for any lock, and a failed try — rolled back whole — is followed by a jittered backoff
@@ -1083,7 +1086,7 @@ $$;
 -- minutes). A report holding a table for minutes thus costs sales a few short waits, never the
 -- report's length; and the caller never deadlocks with a POS transaction (which would then be
 -- the one to fail). Gives up with SQLSTATE 55P03 (lock_not_available), having changed nothing.
-CREATE FUNCTION analytics_internal._by_short_tries(statement text, what text) RETURNS void
+CREATE FUNCTION analytics_internal._by_short_tries(statements text[], what text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     try_for constant text := coalesce(nullif(current_setting('lacaja_analytics.maintenance_lock_timeout', true), ''), '20ms');
@@ -1092,12 +1095,24 @@ DECLARE
     lock_timeout_before constant text := current_setting('lock_timeout');
     backoff float8 := 0.05;
     tries int := 0;
+    statement text;
 BEGIN
+    -- A concurrent index build (the builder of create_recommended_indexes) waits for every
+    -- transaction older than its snapshots, this one included, while holding what this one
+    -- waits for: neither would move until this gave up. So this gives way at once (a job
+    -- retries at its next run), and the builder waits for this transaction before each build.
+    IF NOT pg_try_advisory_xact_lock_shared(1279345482, 3) THEN
+        RAISE EXCEPTION 'could not %: an index build is running', what
+            USING ERRCODE = 'lock_not_available',
+                  HINT = 'Nothing was changed. Try again when analytics.index_builds shows no build in progress; a job retries at its next run.';
+    END IF;
     LOOP
         tries := tries + 1;
         BEGIN
             PERFORM set_config('lock_timeout', try_for, true);
-            EXECUTE statement;
+            FOREACH statement IN ARRAY statements LOOP
+                EXECUTE statement;
+            END LOOP;
             PERFORM set_config('lock_timeout', lock_timeout_before, true);
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
@@ -1115,21 +1130,36 @@ BEGIN
 END
 $$;
 
--- Locks `tables` (tables and views) in `mode`, all at once in a fixed order, by short tries.
-CREATE FUNCTION analytics_internal._lock_tables(tables text[], mode text) RETURNS void
+-- Locks each of `tables` in the mode at the same position of `modes`, all at once, by short
+-- tries: one try takes every lock or none, so two maintenance operations never hold one lock
+-- each while waiting for the other's. In a fixed order (modes weakest first, then names).
+-- Each table by itself (ONLY): a hypertable's chunks are named when they are meant, and a lock
+-- on every chunk would wait for any reader of any of them. Everything a later statement of the
+-- caller locks must be named here: after it, locks are waited for as usual.
+CREATE FUNCTION analytics_internal._lock_tables_in_modes(tables text[], modes text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    listed constant text := (SELECT string_agg(t, ', ' ORDER BY t::regclass::oid) FROM unnest(tables) t);
+    strength constant text[] := ARRAY['ACCESS SHARE', 'ROW SHARE', 'ROW EXCLUSIVE', 'SHARE UPDATE EXCLUSIVE', 'SHARE',
+                                      'SHARE ROW EXCLUSIVE', 'EXCLUSIVE', 'ACCESS EXCLUSIVE'];
+    statements text[];
 BEGIN
-    IF mode NOT IN ('ACCESS SHARE', 'ROW SHARE', 'ROW EXCLUSIVE', 'SHARE UPDATE EXCLUSIVE', 'SHARE', 'SHARE ROW EXCLUSIVE',
-                    'EXCLUSIVE', 'ACCESS EXCLUSIVE') THEN
-        RAISE EXCEPTION 'unknown lock mode %', mode;
+    IF EXISTS (SELECT 1 FROM unnest(modes) m WHERE NOT m = ANY (strength)) THEN
+        RAISE EXCEPTION 'unknown lock mode in %', modes;
     END IF;
-    IF listed IS NOT NULL THEN
-        PERFORM analytics_internal._by_short_tries(format('LOCK TABLE %s IN %s MODE', listed, mode),
-                                                   format('lock %s in %s mode', listed, mode));
+    statements := ARRAY(
+        SELECT format('LOCK TABLE %s IN %s MODE', string_agg(DISTINCT 'ONLY ' || l.t, ', ' ORDER BY 'ONLY ' || l.t), l.mode)
+        FROM (SELECT u.t::regclass::text AS t, u.mode FROM unnest(tables, modes) AS u(t, mode) WHERE u.t IS NOT NULL) AS l
+        GROUP BY l.mode ORDER BY array_position(strength, l.mode));
+    IF cardinality(statements) > 0 THEN
+        PERFORM analytics_internal._by_short_tries(statements, 'take ' || array_to_string(statements, '; '));
     END IF;
 END
+$$;
+
+-- The same, every table in one mode.
+CREATE FUNCTION analytics_internal._lock_tables(tables text[], mode text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT analytics_internal._lock_tables_in_modes(tables, array_fill(mode, ARRAY[cardinality(tables)]))
 $$;
 
 -- Everything a swap locks: the table, the tables whose foreign keys point at it, the views
@@ -1503,6 +1533,11 @@ BEGIN
     default_part := to_regclass(format('%I.%I', (SELECT n.nspname FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace
                                                   WHERE k.oid = h.relation),
                                        analytics_internal._default_partition_name(h)));
+    IF cardinality(doomed) > 0 THEN
+        -- dropping a partition also takes the default partition, whose range grows
+        PERFORM analytics_internal._lock_tables(h.relation::text || ARRAY(SELECT (d).chunk::text FROM unnest(doomed) AS d)
+                                                || default_part::text, 'ACCESS EXCLUSIVE');
+    END IF;
     IF default_part IS NOT NULL THEN
         -- A row delete (writers are not stopped), unseen by triggers like a dropped chunk's rows.
         role_before := current_setting('session_replication_role');
@@ -1520,10 +1555,6 @@ BEGIN
             INTO waiting_until USING h, analytics_internal._fixed_interval(h.chunk_interval);
         PERFORM analytics_internal._forget_unique_keys(h.relation, 'pg_temp.lacaja_retired');
         DROP TABLE pg_temp.lacaja_retired;
-    END IF;
-    IF cardinality(doomed) > 0 THEN
-        PERFORM analytics_internal._lock_tables(h.relation::text || ARRAY(SELECT (d).chunk::text FROM unnest(doomed) AS d),
-                                                'ACCESS EXCLUSIVE');
     END IF;
     FOREACH c IN ARRAY doomed LOOP
         PERFORM analytics_internal._forget_unique_keys(h.relation, c.chunk::text);

@@ -66,12 +66,21 @@ pub extern "C-unwind" fn lacaja_index_builder_main(arg: pg_sys::Datum) {
             .unwrap_or(None)
         });
         let Some((id, statement)) = next else { break };
-        let outcome = if statement.contains(" CONCURRENTLY ") {
-            // Its waits for older transactions are lock waits too: no lock_timeout here.
-            run_top_level(&statement)
-        } else {
-            run_by_short_tries(&statement)
-        };
+        // Maintenance running now (analytics_internal._by_short_tries) would wait for this build
+        // while the build waits for it: each build waits for maintenance to end, and maintenance
+        // gives way to a build it finds running.
+        let outcome = BackgroundWorker::transaction(|| Spi::run("SELECT pg_advisory_lock(1279345482, 3)"))
+            .map_err(|e| (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
+            .and_then(|()| {
+                let outcome = if statement.contains(" CONCURRENTLY ") {
+                    // Its waits for older transactions are lock waits too: no lock_timeout here.
+                    run_top_level(&statement)
+                } else {
+                    run_by_short_tries(&statement)
+                };
+                let _ = BackgroundWorker::transaction(|| Spi::run("SELECT pg_advisory_unlock(1279345482, 3)"));
+                outcome
+            });
         let error = outcome.err().map(|(_, message)| message);
         BackgroundWorker::transaction(|| {
             Spi::run_with_args(
