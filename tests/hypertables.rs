@@ -82,7 +82,7 @@ fn original_migration_runs_online_and_rollups_stay_exact() {
     assert!(events.contains("primary key events_pkey") && events.contains("extend_unique => true"), "{events}");
     let sales = error_of(&mut db, ORIGINAL_MIGRATION[1]);
     for expected in ["primary key sales_pkey", "foreign key sale_items_sale_id_fkey", "foreign key sale_returns_sale_id_fkey",
-                     "replace_foreign_keys => true", "nothing was changed", "unique index idx_sales_store_sale_number",
+                     "replace_foreign_keys => true", "nothing was changed", "unique index public.idx_sales_store_sale_number",
                      "replace_unique => true"] {
         assert!(sales.contains(expected), "missing {expected:?} in:\n{sales}");
     }

@@ -31,7 +31,7 @@ fn recommended_indexes_are_built_concurrently_by_a_worker() {
          SELECT gen_random_uuid(), '{store}', now() - i * interval '1 minute',
                 jsonb_build_object('total_bs', i, 'total_usd', i / 36.5), '{{\"method\": \"CASH_BS\"}}'
          FROM generate_series(1, 20000) i;
-         CREATE INDEX my_own_name ON sales (store_id, sold_at DESC);"
+         CREATE INDEX my_own_name ON sales USING gin (payment jsonb_path_ops);"
     ))
     .unwrap();
 
@@ -42,8 +42,10 @@ fn recommended_indexes_are_built_concurrently_by_a_worker() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let action = |plan: &[(String, String)], name: &str| plan.iter().find(|(n, _)| n == name).unwrap().1.clone();
-    assert_eq!(action(&plan, "lacaja_sales_store_sold_at"), "exists as my_own_name", "{plan:?}");
-    assert_eq!(action(&plan, "lacaja_sales_payment_gin"), "create");
+    // The same shape under another name counts: the DBA's own, or one of LA-CAJA's 18.
+    assert_eq!(action(&plan, "lacaja_sales_payment_gin"), "exists as my_own_name", "{plan:?}");
+    assert_eq!(action(&plan, "lacaja_sales_store_sold_at"), "exists as idx_sales_store_date_status_hypertable", "{plan:?}");
+    assert_eq!(action(&plan, "lacaja_sales_totals_gin"), "create");
     let built_before: i64 = db
         .query_one("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'lacaja\\_%'", &[])
         .unwrap()
