@@ -95,7 +95,11 @@ for _ in $(seq 1 100); do
   [ "$(q -At -c "SELECT count(*) FROM analytics.index_builds WHERE status IN ('queued', 'building')")" = 0 ] && break
   sleep 0.2
 done
-q -At -c "SELECT status || ': ' || count(*) FROM analytics.index_builds GROUP BY status ORDER BY status"
+q -At -c "SELECT count(DISTINCT index_name) FILTER (WHERE index_name NOT IN (SELECT index_name FROM analytics.index_builds WHERE status <> 'built'))
+                 || ' of ' || count(DISTINCT index_name) || ' indexes built (' || count(*)
+                 || ' steps: on a hypertable, one concurrent build per chunk, then the hypertable''s index attaches them)'
+          FROM analytics.index_builds"
+q -At -c "SELECT '    failed: ' || index_name || ': ' || error FROM analytics.index_builds WHERE status <> 'built'"
 
 echo "==> warehouse: change capture on, one load of all history, then only what changed (analytics.etl_load_sales)"
 q -At -c "SELECT '    ' || analytics.load_venezuela_holidays(2024, 2027) || ' national holidays loaded into analytics.holidays'"
