@@ -661,6 +661,12 @@ pub(crate) mod tests {
         assert!(readable > 0);
         run("RESET ROLE");
         run("SELECT pos.refresh_analytics_views()");
+        // What install_compat leaves no longer reads sales: nothing of LA-CAJA's views blocks a conversion.
+        let blockers: String = scalar(
+            "SELECT coalesce(string_agg(b, '; '), '') FROM unnest(analytics_internal._hypertable_blockers('pos.sales', 'sold_at', true, true, true)) b",
+        )
+        .unwrap();
+        assert_eq!(blockers, "", "after install_compat the conversion of sales is free");
         let again: pgrx::JsonB = scalar("SELECT analytics.install_compat(replace_public => true)").unwrap();
         assert!(again.0["plan"].as_array().unwrap().iter().all(|p| p["action"] == "already replaced"), "{}", again.0);
 

@@ -301,3 +301,51 @@ fn a_failed_online_conversion_leaves_the_table_as_it_was() {
     let rows: i64 = db.query_one("SELECT count(*) FROM readings", &[]).unwrap().get(0);
     assert_eq!(rows, 2000);
 }
+
+/// A unique index kept across chunks (replace_unique) behaves like the original between
+/// sessions: a second insert of the same invoice number waits for the first, fails once it
+/// commits (23505, the original index's name) and succeeds if it rolls back.
+#[test]
+fn invoice_numbers_stay_unique_across_chunks_between_sessions() {
+    let database = "lacaja_test_invoice_numbers";
+    let mut db = lacaja_database(database);
+    db.batch_execute(
+        "SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day', migrate_data => true,
+                                            extend_unique => true, replace_foreign_keys => true, replace_unique => true)",
+    )
+    .unwrap();
+    let store = STORES[0].0;
+    let insert = |number: i64, days_ago: i32| {
+        format!(
+            "INSERT INTO sales (id, store_id, sold_at, totals, payment, sale_number)
+             VALUES (gen_random_uuid(), '{store}', now() - interval '{days_ago} days', '{{\"total_bs\": 1}}', '{{\"method\": \"CASH_BS\"}}', {number})"
+        )
+    };
+    for (number, first_commits) in [(5_i64, true), (6, false)] {
+        let mut first = connect(database);
+        first.batch_execute(&format!("BEGIN; {}", insert(number, 40))).unwrap();
+        let second_statement = insert(number, 0);
+        let second = thread::spawn(move || {
+            let mut second = connect(database);
+            let started = std::time::Instant::now();
+            let outcome = second.batch_execute(&second_statement);
+            (outcome.map_err(|e| e.as_db_error().map(|d| (d.code().code().to_string(), d.message().to_string()))), started.elapsed())
+        });
+        thread::sleep(Duration::from_millis(500));
+        first.batch_execute(if first_commits { "COMMIT" } else { "ROLLBACK" }).unwrap();
+        let (outcome, waited) = second.join().unwrap();
+        assert!(waited >= Duration::from_millis(400), "the second insert waits for the first ({waited:?})");
+        if first_commits {
+            let (code, message) = outcome.expect_err("a duplicate number in another chunk").expect("a database error");
+            assert_eq!(code, "23505");
+            assert!(message.contains("idx_sales_store_sale_number"), "{message}");
+        } else {
+            outcome.expect("the first rolled back: the number is free");
+        }
+    }
+    let numbers: i64 = db
+        .query_one("SELECT count(*) FROM sales WHERE sale_number IN (5, 6)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(numbers, 2);
+}

@@ -168,6 +168,22 @@ fn maintenance_waits_by_short_tries_behind_a_report_and_sales_go_on() {
         .unwrap()
         .get(0);
     assert_eq!(invalid, 3, "the three recommended indexes on the events hypertable, each valid over every chunk");
+    // A chunk created afterwards has them from its attach.
+    db.batch_execute(
+        "UPDATE analytics.hypertables SET chunks_ahead = chunks_ahead + 1 WHERE relation = 'events'::regclass;
+         SELECT analytics_internal._maintain_chunks(h) FROM analytics.hypertables h WHERE relation = 'events'::regclass;",
+    )
+    .unwrap();
+    let newest_indexed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_index i JOIN pg_inherits p ON p.inhrelid = i.indexrelid
+             JOIN pg_class parent ON parent.oid = p.inhparent AND parent.relname LIKE 'lacaja_events_%'
+             WHERE i.indrelid = (SELECT chunk FROM analytics.chunks WHERE hypertable_name = 'events' ORDER BY range_start DESC LIMIT 1)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(newest_indexed, 3, "a new chunk gets the hypertable's indexes");
     // Chunk creation may have moved the late row into a chunk of its own after retention listed
     // what to drop: the policy's next run drops it.
     db.batch_execute("SELECT count(*) FROM analytics.drop_chunks('events', INTERVAL '30 days')").unwrap();
