@@ -4,23 +4,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-fn wait_for_builds(db: &mut postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let pending: i64 = db
-            .query_one("SELECT count(*) FROM analytics.index_builds WHERE status IN ('queued', 'building')", &[])
-            .unwrap()
-            .get(0);
-        if pending == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "index builds still pending after 2 minutes");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn recommended_indexes_are_built_concurrently_by_a_worker() {
     let database = "lacaja_test_indexes";
@@ -74,7 +57,7 @@ fn recommended_indexes_are_built_concurrently_by_a_worker() {
         .unwrap()
         .get(0);
     assert!(queued >= 10, "queued {queued} builds");
-    wait_for_builds(&mut db);
+    common::wait_for_index_builds(&mut db);
     seller.join().unwrap();
 
     let failed: Vec<String> = db
@@ -111,7 +94,7 @@ fn recommended_indexes_are_built_concurrently_by_a_worker() {
          SELECT analytics_internal._start_index_builder();",
     )
     .unwrap();
-    wait_for_builds(&mut db);
+    common::wait_for_index_builds(&mut db);
     let outcome: Vec<(String, String, Option<String>)> = db
         .query("SELECT index_name, status, error FROM analytics.index_builds WHERE index_name IN ('broken', 'after_broken') ORDER BY id", &[])
         .unwrap()

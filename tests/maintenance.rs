@@ -131,18 +131,7 @@ fn maintenance_waits_by_short_tries_behind_a_report_and_sales_go_on() {
     // attached by short tries.
     behind_a_report(&[("hypertable indexes", &["SELECT count(*) FROM analytics.create_recommended_indexes(dry_run => false)"])]);
     // The index builder works after its queuing transaction committed: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let pending: i64 = db
-            .query_one("SELECT count(*) FROM analytics.index_builds WHERE status IN ('queued', 'building')", &[])
-            .unwrap()
-            .get(0);
-        if pending == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "index builds still pending");
-        thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_for_index_builds(&mut db);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = register.join().unwrap();
     latencies.sort();

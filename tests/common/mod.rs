@@ -149,3 +149,19 @@ pub fn point_scheduler_at(database: Option<&str>, naptime: &str) {
     }
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
+
+/// Waits (at most 2 minutes) until the index builder has run every queued build.
+pub fn wait_for_index_builds(db: &mut Client) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let pending: i64 = db
+            .query_one("SELECT count(*) FROM analytics.index_builds WHERE status IN ('queued', 'building')", &[])
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "index builds still pending after 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
