@@ -134,3 +134,7 @@ for store in $(q -At -c "SELECT id FROM stores ORDER BY id"); do
   echo
   q -v store="$store" -f demo/dashboard.sql
 done
+
+echo
+echo "==> analytics.health(): what a DBA checks first"
+q -c "SELECT check_name, status, detail, hint FROM analytics.health()"

@@ -12,6 +12,8 @@ SELECT pg_catalog.pg_extension_config_dump('analytics.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables_hypertable_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics_internal.replaced_foreign_keys', '');
+-- the registries themselves and their trigger functions are not the extension's: dumped as they are
+SELECT pg_catalog.pg_extension_config_dump('analytics_internal.replaced_unique_indexes', '');
 SELECT pg_catalog.pg_extension_config_dump('analytics.holidays', '');
 -- Product versions are history the source does not keep; facts are reloaded after a restore.
 SELECT pg_catalog.pg_extension_config_dump('analytics.dim_product', '');

@@ -1057,12 +1057,14 @@ BEGIN
     -- One statement: the sources and every rollup are read in the same snapshot.
     EXECUTE format('WITH %s SELECT jsonb_build_object(%s)', array_to_string(ctes, ', '), array_to_string(counts, ', '))
       INTO corrected;
-    RETURN jsonb_build_object(
+    corrected := jsonb_build_object(
         'store_id', store_id,
         'keys_corrected', corrected - 'valid_sales',
         'valid_sales', corrected -> 'valid_sales',
         'sales_with_item_facts_rebuilt', items_fixed,
         'duration_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000, 1));
+    PERFORM analytics_internal._log_repair(store_id, from_day, to_day, corrected);  -- for analytics.health()
+    RETURN corrected;
 END
 $$;
 

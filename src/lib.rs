@@ -79,6 +79,7 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires = ["timeseries", anomaly::_anomaly_verdicts]);
 pgrx::extension_sql_file!("../sql/warehouse.sql", name = "warehouse", requires = ["anomalies"]);
+pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["timeseries", "indexes"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
@@ -96,6 +97,8 @@ mod pg_tests;
 mod security_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod unique_registry_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod health_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

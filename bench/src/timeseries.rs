@@ -116,6 +116,7 @@ pub fn run(server: &str, events: u64, days: u64, duration: u64, runs: u64, comma
     db.batch_execute(
         "CREATE TABLE bench_event_stores AS SELECT n, md5('store' || n)::uuid AS id FROM generate_series(0, 99) n;
          INSERT INTO stores (id, name) SELECT id, 'Store ' || n FROM bench_event_stores;
+         ALTER TABLE sync_conflicts DROP CONSTRAINT sync_conflicts_event_id_a_fkey, DROP CONSTRAINT sync_conflicts_event_id_b_fkey;
          ALTER TABLE events DROP CONSTRAINT events_pkey;",
     )
     .unwrap();
@@ -142,7 +143,13 @@ pub fn run(server: &str, events: u64, days: u64, duration: u64, runs: u64, comma
         progress("events", done, events, load_started);
     }
     eprintln!();
-    db.batch_execute("ALTER TABLE events ADD PRIMARY KEY (event_id)").unwrap();
+    // LA-CAJA's keys back after the load (sync_conflicts references events twice, SPEC §7).
+    db.batch_execute(
+        "ALTER TABLE events ADD PRIMARY KEY (event_id);
+         ALTER TABLE sync_conflicts ADD CONSTRAINT sync_conflicts_event_id_a_fkey FOREIGN KEY (event_id_a) REFERENCES events (event_id),
+                                    ADD CONSTRAINT sync_conflicts_event_id_b_fkey FOREIGN KEY (event_id_b) REFERENCES events (event_id);",
+    )
+    .unwrap();
     db.batch_execute("VACUUM ANALYZE events").unwrap();
     let load_s = load_started.elapsed().as_secs_f64();
     let size: String = db.query_one("SELECT pg_size_pretty(pg_total_relation_size('events'))", &[]).unwrap().get(0);
