@@ -124,8 +124,9 @@ BEGIN
                 'Add lacaja_analytics to shared_preload_libraries and restart, or call SELECT analytics.run_pending_jobs(); from cron.';
         ELSE
             RETURN QUERY SELECT 'scheduler', 'notice',
-                format('the scheduler runs %s, not this database: jobs here run only when SELECT analytics.run_pending_jobs(); is called',
-                       CASE WHEN scheduler_database = '' THEN 'no database' ELSE quote_ident(scheduler_database) END),
+                format('%s: jobs here run only when SELECT analytics.run_pending_jobs(); is called',
+                       CASE WHEN scheduler_database = '' THEN 'no database is named for the scheduler (lacaja_analytics.database)'
+                            ELSE format('the scheduler runs the jobs of %s, not of this database', quote_ident(scheduler_database)) END),
                 format('ALTER SYSTEM SET lacaja_analytics.database = %L; SELECT pg_reload_conf();', current_database());
         END IF;
     END IF;

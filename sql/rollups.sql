@@ -1169,6 +1169,8 @@ BEGIN
     END IF;
     INSERT INTO analytics_internal.zone_changes AS z (store_id) VALUES ($1)
     ON CONFLICT ON CONSTRAINT zone_changes_pkey DO UPDATE SET changed_at = now(), horizon = NULL;
+    -- the settle job is due now (it waits for older transactions itself)
+    UPDATE analytics.jobs j SET next_start = least(j.next_start, now()) WHERE j.job_id = 2;
     RETURN jsonb_build_object('store_id', $1, 'timezone', $2, 'rebucketed', analytics_internal._repair($1),
                               'settling', 'sales committed during the re-bucketing are moved by the settle job within a minute');
 END
