@@ -466,6 +466,33 @@ CREATE TABLE analytics_internal.replaced_unique_indexes (
 COMMENT ON TABLE analytics_internal.replaced_unique_indexes IS
     'Unique indexes without the time column, enforced across a hypertable''s chunks by a registry of their keys (create_hypertable(replace_unique => true)).';
 
+-- The key columns of an index, in order (INCLUDE columns left out).
+CREATE FUNCTION analytics_internal._index_key_columns(index oid) RETURNS name[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY(SELECT a.attname FROM pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY k(n, o)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                 WHERE i.indexrelid = index ORDER BY k.o)
+$$;
+
+-- `alias.c1, alias.c2, …`: columns as a list, optionally qualified.
+CREATE FUNCTION analytics_internal._key_list(columns name[], alias text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(CASE WHEN alias IS NULL THEN quote_ident(c) ELSE alias || '.' || quote_ident(c) END, ', ')
+    FROM unnest(columns) c
+$$;
+
+-- `left.c1 = right.c1 AND …` and `alias.c1 IS NOT NULL AND …` over key columns, for the
+-- registry's statements.
+CREATE FUNCTION analytics_internal._keys_equal(columns name[], left_alias text, right_alias text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(format('%1$s.%3$I = %2$s.%3$I', left_alias, right_alias, c), ' AND ') FROM unnest(columns) c
+$$;
+CREATE FUNCTION analytics_internal._keys_present(columns name[], alias text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(format('%s.%I IS NOT NULL', alias, c), ' AND ') FROM unnest(columns) c
+$$;
+
 -- Why unique index `index` cannot be kept by a registry (NULL when it can): a btree over
 -- plain columns of built-in types with their default operator classes (the registry compares
 -- with the same operators, as the extension's owner), and a predicate that is at most "key
@@ -486,8 +513,7 @@ BEGIN
     ELSIF i.indnullsnotdistinct THEN
         RETURN 'it treats NULLs as equal';
     END IF;
-    keys := ARRAY(SELECT a.attname FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY k(n, o)
-                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o);
+    keys := analytics_internal._index_key_columns(index);
     IF EXISTS (SELECT 1 FROM unnest(i.indkey[0:i.indnkeyatts - 1]) k(n) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
                JOIN pg_type t ON t.oid = a.atttypid WHERE t.typnamespace <> 'pg_catalog'::regnamespace) THEN
         RETURN 'a key column has a type of its own';
@@ -520,11 +546,15 @@ BEGIN
         TRUNCATE %1$s;
         RETURN NULL;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    IF TG_OP = 'DELETE' THEN
         DELETE FROM %1$s AS k USING old_rows AS o WHERE %2$s;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO %1$s (%3$s) SELECT %4$s FROM new_rows AS n WHERE %5$s;
+    ELSE
+        -- Only keys that changed (a void leaves the numbers alone and writes nothing here);
+        -- counted, so that two rows given one number in one statement still collide.
+        DELETE FROM %1$s AS k USING (SELECT %3$s FROM old_rows EXCEPT ALL SELECT %3$s FROM new_rows) AS o WHERE %2$s;
+        INSERT INTO %1$s (%3$s) SELECT %4$s FROM (SELECT %3$s FROM new_rows EXCEPT ALL SELECT %3$s FROM old_rows) AS n WHERE %5$s;
     END IF;
     RETURN NULL;
 EXCEPTION WHEN unique_violation THEN
@@ -533,10 +563,10 @@ EXCEPTION WHEN unique_violation THEN
         CONSTRAINT = %7$L, DETAIL = detail, TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
 END$f$,
         registry,
-        (SELECT string_agg(format('k.%1$I = o.%1$I', c), ' AND ') FROM unnest(key_columns) c),
-        (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c),
-        (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(key_columns) c),
-        (SELECT string_agg(format('n.%I IS NOT NULL', c), ' AND ') FROM unnest(key_columns) c),
+        analytics_internal._keys_equal(key_columns, 'k', 'o'),
+        analytics_internal._key_list(key_columns),
+        analytics_internal._key_list(key_columns, 'n'),
+        analytics_internal._keys_present(key_columns, 'n'),
         '"%"', index_name)
 $$;
 
@@ -548,10 +578,7 @@ CREATE FUNCTION analytics_internal._create_unique_registry(hypertable regclass, 
 RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     source constant regclass := (SELECT i.indrelid::regclass FROM pg_index i WHERE i.indexrelid = index);
-    key_columns constant name[] := ARRAY(
-        SELECT a.attname FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY k(n, o)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n WHERE i.indexrelid = index ORDER BY k.o);
+    key_columns constant name[] := analytics_internal._index_key_columns(index);
     registry_name name := left(index_name, 55) || '_keys';
     registry regclass;
     extension_owner constant name := (SELECT pg_get_userbyid(e.extowner) FROM pg_extension e WHERE e.extname = 'lacaja_analytics');
@@ -568,14 +595,12 @@ BEGIN
                                                                        JOIN pg_namespace n ON n.oid = co.collnamespace WHERE co.oid = a.attcollation)
                                                   ELSE '' END), ', ' ORDER BY k.o)
                     FROM unnest(key_columns) WITH ORDINALITY k(c, o) JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.c),
-                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c));
+                   analytics_internal._key_list(key_columns));
     registry := format('analytics_internal.%I', registry_name)::regclass;
     EXECUTE format('COMMENT ON TABLE %s IS %L', registry,
                    format('Keys of %s across the chunks of %s (replace_unique): enforced here.', index_name, source));
-    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM %s AS n WHERE %s', registry,
-                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c),
-                   (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(key_columns) c), hypertable,
-                   (SELECT string_agg(format('n.%I IS NOT NULL', c), ' AND ') FROM unnest(key_columns) c));
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM %s AS n WHERE %s', registry, analytics_internal._key_list(key_columns),
+                   analytics_internal._key_list(key_columns, 'n'), hypertable, analytics_internal._keys_present(key_columns, 'n'));
     EXECUTE format('CREATE FUNCTION analytics_internal.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
                     SET search_path = pg_catalog, pg_temp AS %L', registry_name,
                    analytics_internal._unique_registry_trigger_sql(registry, index_name, key_columns));
@@ -605,7 +630,7 @@ DECLARE
 BEGIN
     FOR r IN SELECT * FROM analytics_internal.replaced_unique_indexes u WHERE u.hypertable = _forget_unique_keys.hypertable LOOP
         EXECUTE format('DELETE FROM %s AS k USING %s AS o WHERE %s', r.registry, rows,
-                       (SELECT string_agg(format('k.%1$I = o.%1$I', c), ' AND ') FROM unnest(r.key_columns) c));
+                       analytics_internal._keys_equal(r.key_columns, 'k', 'o'));
     END LOOP;
 END
 $$;
@@ -799,12 +824,6 @@ $$;
 CREATE FUNCTION analytics_internal._logged_columns(c analytics.hypertable_conversions) RETURNS name[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN c.time_column = ANY (c.key_columns) THEN c.key_columns ELSE c.key_columns || c.time_column END
-$$;
-
-CREATE FUNCTION analytics_internal._key_list(columns name[], alias text DEFAULT NULL) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT string_agg(CASE WHEN alias IS NULL THEN quote_ident(c) ELSE alias || '.' || quote_ident(c) END, ', ')
-    FROM unnest(columns) c
 $$;
 
 -- Writes the keys of changed rows into the conversion's log (statement level: one insert
