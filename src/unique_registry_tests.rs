@@ -126,4 +126,41 @@ mod tests {
         let kind: String = scalar("SELECT relkind::text FROM pg_class WHERE oid = 'pos.sales'::regclass").unwrap();
         assert_eq!(kind, "r", "nothing changed");
     }
+
+    /// Updates: a void leaves the registry alone; two rows given one number in one statement
+    /// collide; swapping two numbers in one statement is accepted.
+    #[pg_test]
+    fn updates_change_only_the_keys_they_change() {
+        sales_hypertable();
+        run(&format!("UPDATE pos.sales SET sale_number = 8 WHERE store_id = '{STORE_A}' AND sale_number IS NULL"));
+        run(&format!("UPDATE pos.sales SET voided_at = now() WHERE store_id = '{STORE_A}'"));
+        let registered: i64 = scalar("SELECT count(*) FROM analytics_internal.idx_sales_store_sale_number_keys").unwrap();
+        assert_eq!(registered, 3);
+        assert_fails(&format!("UPDATE pos.sales SET sale_number = 7 WHERE store_id = '{STORE_A}'"), "23505");
+        run(&format!("UPDATE pos.sales SET sale_number = 15 - sale_number WHERE store_id = '{STORE_A}'"));
+        let numbers: String = scalar(&format!(
+            "SELECT string_agg(sale_number::text, ',' ORDER BY sale_number) FROM analytics_internal.idx_sales_store_sale_number_keys
+             WHERE store_id = '{STORE_A}'"
+        ))
+        .unwrap();
+        assert_eq!(numbers, "7,8", "swapped in one statement");
+    }
+
+    /// Names are identifiers, never SQL: a table and an index named with quotes, a semicolon
+    /// and a comment marker get a registry that works, and nothing else runs.
+    #[pg_test]
+    fn hostile_names_stay_identifiers() {
+        lacaja_pos();
+        outcome_helper();
+        run(r#"CREATE TABLE pos."odd""; DROP TABLE pos.sales; --" (at timestamptz NOT NULL, "co""de; --" text);
+               CREATE UNIQUE INDEX "u""; DROP TABLE pos.sales; --" ON pos."odd""; DROP TABLE pos.sales; --" ("co""de; --")
+                   WHERE "co""de; --" IS NOT NULL;
+               INSERT INTO pos."odd""; DROP TABLE pos.sales; --" VALUES ('2026-01-01', 'x');"#);
+        run(r#"SELECT analytics.create_hypertable('pos."odd""; DROP TABLE pos.sales; --"', 'at', INTERVAL '1 day',
+                   migrate_data => true, replace_unique => true)"#);
+        assert_fails(r#"INSERT INTO pos."odd""; DROP TABLE pos.sales; --" VALUES ('2026-03-01', 'x')"#, "23505");
+        run(r#"INSERT INTO pos."odd""; DROP TABLE pos.sales; --" VALUES ('2026-03-01', 'y')"#);
+        let sales_still_there: bool = scalar("SELECT to_regclass('pos.sales') IS NOT NULL").unwrap();
+        assert!(sales_still_there);
+    }
 }
