@@ -210,9 +210,11 @@ pub fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(
     }
 }
 
-/// Every product with its store, as (id, store_id).
+/// Every product of the POS stores (`STORES`) with its store, as (id, store_id). Products of
+/// other stores are left to tests that create and delete them concurrently.
 pub fn store_products(db: &mut Client) -> Vec<(String, String)> {
-    db.query("SELECT id::text, store_id::text FROM products ORDER BY id", &[])
+    let stores: Vec<&str> = STORES.iter().map(|(id, _)| *id).collect();
+    db.query("SELECT id::text, store_id::text FROM products WHERE store_id = ANY($1::text[]::uuid[]) ORDER BY id", &[&stores])
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
