@@ -29,23 +29,45 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The capture triggers an attached database must have, on which table: those attach() makes
--- for the source found (sales; items and returns when they are captured; the stock source).
+-- for the source found (sales; items and returns when they are captured; the stock source),
+-- the two of each that note writes made with triggers off (restore.sql, ENABLE ALWAYS), and
+-- with the warehouse enabled its own (warehouse.sql). Only these are ever bound to the
+-- extension (restore.sql): a trigger of the same name anywhere else is nobody's.
 CREATE FUNCTION analytics_internal._expected_capture_triggers()
 RETURNS TABLE (rel regclass, trigger_name name)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH tables AS (
+        SELECT to_regclass(format('%I.sales', c.source_schema)) AS sales,
+               to_regclass(format('%I.sale_items', c.source_schema)) AS items,
+               to_regclass(format('%I.sale_return_items', c.source_schema)) AS returns,
+               to_regclass(format('%I.inventory_movements', c.source_schema)) AS movements,
+               to_regclass(format('%I.products', c.source_schema)) AS products,
+               c.captures_items, c.stock_source,
+               coalesce((SELECT w.enabled FROM analytics_internal.warehouse_state w), false) AS warehouse
+        FROM analytics_internal.source_config c)
     SELECT t.rel, format('lacaja_analytics_%s_%s', t.source, e.event)::name
-    FROM analytics_internal.source_config c
+    FROM tables c
     CROSS JOIN LATERAL (VALUES
-        (to_regclass(format('%I.sales', c.source_schema)), 'sales'),
-        (CASE WHEN c.captures_items THEN to_regclass(format('%I.sale_items', c.source_schema)) END, 'items'),
-        (CASE WHEN c.captures_items AND analytics_internal._has_columns(to_regclass(format('%I.sale_return_items', c.source_schema)),
-                                                                       '{sale_item_id,qty,total_bs,total_usd}')
-              THEN to_regclass(format('%I.sale_return_items', c.source_schema)) END, 'item_returns'),
-        (CASE c.stock_source WHEN 'movements' THEN to_regclass(format('%I.inventory_movements', c.source_schema))
-                             WHEN 'current_stock' THEN to_regclass(format('%I.products', c.source_schema)) END, 'stock')
+        (c.sales, 'sales'),
+        (CASE WHEN c.captures_items THEN c.items END, 'items'),
+        (CASE WHEN c.captures_items AND analytics_internal._has_columns(c.returns, '{sale_item_id,qty,total_bs,total_usd}')
+              THEN c.returns END, 'item_returns'),
+        (CASE c.stock_source WHEN 'movements' THEN c.movements WHEN 'current_stock' THEN c.products END, 'stock')
+    ) AS t (rel, source)
+    CROSS JOIN unnest(ARRAY['insert', 'update', 'delete', 'truncate', 'replica', 'replica_truncate']) AS e (event)
+    WHERE t.rel IS NOT NULL
+    UNION ALL
+    SELECT t.rel, format('lacaja_analytics_%s_%s', t.source, e.event)::name
+    FROM tables c
+    CROSS JOIN LATERAL (VALUES
+        (c.sales, 'warehouse_sales'),
+        (CASE WHEN analytics_internal._has_columns(c.items, '{id,sale_id}') THEN c.items END, 'warehouse_items'),
+        (CASE WHEN analytics_internal._has_columns(c.returns, '{sale_item_id}') AND analytics_internal._has_columns(c.items, '{id,sale_id}')
+              THEN c.returns END, 'warehouse_item_returns'),
+        (CASE WHEN analytics_internal._has_columns(c.products, '{id}') THEN c.products END, 'warehouse_products')
     ) AS t (rel, source)
     CROSS JOIN unnest(ARRAY['insert', 'update', 'delete', 'truncate']) AS e (event)
-    WHERE t.rel IS NOT NULL
+    WHERE c.warehouse AND t.rel IS NOT NULL
 $$;
 
 -- One row per check: status 'ok', 'notice' (worth knowing) or 'problem' (numbers are or will
@@ -58,6 +80,8 @@ DECLARE
     cfg analytics_internal.source_config;
     missing text;
     disabled text;
+    unbound text;
+    policy int;
     r record;
     scheduler_database constant text := coalesce(current_setting('lacaja_analytics.database', true), '');
 BEGIN
@@ -72,13 +96,24 @@ BEGIN
         SELECT string_agg(format('%s.%s', t.tgrelid::regclass, t.tgname), ', ' ORDER BY 1) INTO disabled
         FROM analytics_internal._expected_capture_triggers() e
         JOIN pg_trigger t ON t.tgrelid = e.rel AND t.tgname = e.trigger_name
-        WHERE t.tgenabled = 'D';
-        IF missing IS NOT NULL THEN
+        WHERE t.tgenabled = 'D' OR (e.trigger_name LIKE '%\_replica%' AND t.tgenabled <> 'A');
+        SELECT string_agg(format('%s.%s', t.tgrelid::regclass, t.tgname), ', ' ORDER BY 1) INTO unbound
+        FROM analytics_internal._expected_capture_triggers() e
+        JOIN pg_trigger t ON t.tgrelid = e.rel AND t.tgname = e.trigger_name
+        WHERE NOT analytics_internal._is_extension_trigger(t.tgrelid, t.tgname);
+        IF NOT EXISTS (SELECT 1 FROM analytics_internal.capture_established) THEN
+            RETURN QUERY SELECT 'capture', 'problem',
+                'the capture was not rebuilt in this database (a restore without its triggers?): changes are not counted',
+                format('Run SELECT analytics.attach(%L); then SELECT count(*) FROM analytics.verify(); (docs/operations.md, restore).', cfg.source_schema);
+        ELSIF missing IS NOT NULL THEN
             RETURN QUERY SELECT 'capture', 'problem', 'capture triggers missing: ' || missing,
                 format('Run SELECT analytics.attach(%L); then SELECT analytics.refresh_all();', cfg.source_schema);
         ELSIF disabled IS NOT NULL THEN
             RETURN QUERY SELECT 'capture', 'problem', 'capture triggers disabled (changes are not counted): ' || disabled,
-                'ALTER TABLE … ENABLE TRIGGER for each, then SELECT analytics.refresh_all(); to count what was missed.';
+                format('Run SELECT analytics.attach(%L); then SELECT analytics.refresh_all(); to count what was missed.', cfg.source_schema);
+        ELSIF unbound IS NOT NULL THEN
+            RETURN QUERY SELECT 'capture', 'problem', 'capture triggers not bound to the extension (DROP EXTENSION would leave them): ' || unbound,
+                format('Run SELECT analytics.attach(%L);', cfg.source_schema);
         ELSE
             RETURN QUERY SELECT 'capture', 'ok',
                 format('attached to schema %s (%s variant); %s capture triggers enabled', cfg.source_schema, cfg.variant,
@@ -99,6 +134,17 @@ BEGIN
                    r.keys_corrected),
             CASE WHEN r.keys_corrected > 0
                  THEN 'Corrections mean writes reached the source without the capture (triggers off, a restore with session_replication_role = replica): see docs/operations.md.' END;
+    END IF;
+    IF EXISTS (SELECT 1 FROM analytics_internal.replica_writes) THEN
+        SELECT min(j.job_id) INTO policy FROM analytics.jobs j
+        WHERE j.proc = 'analytics_internal.policy_refresh_continuous_aggregate'::regproc AND j.scheduled;
+        RETURN QUERY SELECT 'writes with triggers off', CASE WHEN policy IS NULL THEN 'problem' ELSE 'notice' END,
+            format('%s key(s) of source rows written with session_replication_role = replica since %s, not yet compared with the rollups',
+                   count(*), min(w.noted_at)::timestamp(0)),
+            CASE WHEN policy IS NULL
+                 THEN 'Add a continuous-aggregate policy (it repairs them at each run), or run SELECT analytics.refresh_all();'
+                 ELSE format('The continuous-aggregate policy (job %s) repairs them at its next run, or CALL analytics.run_job(%s);', policy, policy) END
+        FROM analytics_internal.replica_writes w;
     END IF;
     IF EXISTS (SELECT 1 FROM analytics_internal.zone_changes) THEN
         RETURN QUERY SELECT 'zone changes', 'notice',

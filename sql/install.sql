@@ -1,23 +1,49 @@
 -- Runs last at CREATE EXTENSION: dump configuration, privileges, and attaching.
 
--- pg_dump keeps what the DBA configured and what was reported; rollups are rebuilt after a
--- restore with analytics.attach() and analytics.refresh_all().
-SELECT pg_catalog.pg_extension_config_dump('analytics.store_settings', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.ingest_errors_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics_internal.compat_replaced', '');
+-- pg_dump keeps everything the extension knows that the source does not: configuration, and
+-- the rollups with the source rows they sum, in the dump's one snapshot — so a restored
+-- database is exact without a refresh. What attach() generated is rebuilt when pg_restore
+-- re-creates the capture triggers (restore.sql). Not dumped: rollup_catalog (the extension's
+-- own definitions), capture_established (says whether this database's capture was rebuilt),
+-- the jobs CREATE EXTENSION makes (job_id < 1000) and per-run scheduler state.
+-- One call per statement: each call rewrites the extension's catalog row.
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOREACH t IN ARRAY ARRAY[
+    -- configuration
+    'analytics.store_settings', 'analytics_internal.source_config', 'analytics_internal.compat_replaced',
+    'analytics.hypertables', 'analytics.hypertables_hypertable_id_seq',
+    'analytics_internal.replaced_foreign_keys',
+    -- the registries themselves and their trigger functions are not the extension's: dumped as they are
+    'analytics_internal.replaced_unique_indexes',
+    'analytics.holidays', 'analytics_internal.store_isolation', 'analytics_internal.zone_changes',
+    'analytics.job_errors', 'analytics.job_errors_id_seq',
+    -- rollups: the parts and what they are folded from
+    'analytics_internal.sale_measures', 'analytics_internal.sales_hourly_parts', 'analytics_internal.sales_daily_parts',
+    'analytics_internal.customer_daily_parts', 'analytics_internal.product_stock_parts',
+    'analytics_internal.item_facts', 'analytics_internal.product_daily_parts', 'analytics_internal.cost_daily_parts',
+    'analytics_internal.replica_writes',
+    -- what was reported and done
+    'analytics.ingest_errors', 'analytics.ingest_errors_id_seq',
+    'analytics_internal.repair_log', 'analytics_internal.repair_log_id_seq',
+    'analytics.index_builds', 'analytics.index_builds_id_seq',
+    'analytics.hypertable_conversions', 'analytics.hypertable_conversions_conversion_id_seq',
+    'analytics.anomaly_predictions', 'analytics.anomaly_predictions_id_seq',
+    'analytics_internal.real_time_metric_state', 'analytics_internal.alert_state',
+    -- the warehouse: history the source does not keep (product versions), and its facts
+    'analytics_internal.warehouse_state', 'analytics_internal.warehouse_changes',
+    'analytics_internal.warehouse_product_changes', 'analytics_internal.warehouse_product_changes_change_id_seq',
+    'analytics.dim_product', 'analytics.dim_product_product_key_seq', 'analytics.dim_store', 'analytics.dim_customer',
+    'analytics.fact_sales', 'analytics.etl_runs', 'analytics.etl_runs_run_id_seq']::regclass[] LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(t, '');
+    END LOOP;
+END
+$$;
 SELECT pg_catalog.pg_extension_config_dump('analytics.jobs', 'WHERE job_id >= 1000');
 SELECT pg_catalog.pg_extension_config_dump('analytics.jobs_job_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.job_errors', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.hypertables_hypertable_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics_internal.replaced_foreign_keys', '');
--- the registries themselves and their trigger functions are not the extension's: dumped as they are
-SELECT pg_catalog.pg_extension_config_dump('analytics_internal.replaced_unique_indexes', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.holidays', '');
--- Product versions are history the source does not keep; facts are reloaded after a restore.
-SELECT pg_catalog.pg_extension_config_dump('analytics.dim_product', '');
-SELECT pg_catalog.pg_extension_config_dump('analytics.dim_product_product_key_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('analytics_internal.job_run_state', 'WHERE job_id >= 1000');
 
 -- Privileges: an allow-list (docs/api.md lists it, a test compares). Everything is revoked
 -- from PUBLIC; then PUBLIC may execute exactly the documented functions a dashboard or a table

@@ -295,7 +295,7 @@ $$;
 
 -- Called by attach(): captures products when sale_items has what the rollup reads. The sales
 -- triggers report sales whose place or validity changed (src/capture).
-CREATE FUNCTION analytics_internal._attach_items(source_schema name, valid_sale text) RETURNS text[]
+CREATE FUNCTION analytics_internal._attach_items(source_schema name, valid_sale text, create_triggers boolean DEFAULT true) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     items regclass := to_regclass(format('%I.sale_items', source_schema));
@@ -321,9 +321,9 @@ BEGIN
                              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = 'sale_item_id'
                              WHERE c.conrelid = returns AND c.contype = 'f' AND c.confrelid = items
                                AND c.conkey = ARRAY[a.attnum])
-             THEN 'direct' END);
+             THEN 'direct' END, create_triggers => create_triggers);
     IF analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
-        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns');
+        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns', create_triggers => create_triggers);
     END IF;
     RETURN triggers;
 END

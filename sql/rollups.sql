@@ -26,7 +26,8 @@ COMMENT ON TABLE analytics.store_settings IS
 CREATE TABLE analytics_internal.source_config (
     singleton           bool PRIMARY KEY DEFAULT true CHECK (singleton),
     source_schema       name NOT NULL,
-    source_schema_oid   oid  NOT NULL,
+    -- regnamespace, not oid: a dump keeps the name, so a restored database checks its own schema.
+    source_schema_oid   regnamespace NOT NULL,
     variant             text NOT NULL CHECK (variant IN ('real', 'simplified')),
     sales_has_status    bool NOT NULL,
     sales_has_voided_at bool NOT NULL,
@@ -561,6 +562,16 @@ LANGUAGE sql STABLE AS $$
         WHERE t.tgrelid = relation AND t.tgname = trigger_name)
 $$;
 
+-- Binds a trigger to the extension once (binding twice would record the dependency twice).
+CREATE FUNCTION analytics_internal._bind_trigger(relation regclass, trigger_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT analytics_internal._is_extension_trigger(relation, trigger_name) THEN
+        PERFORM analytics_internal._bind_trigger_to_extension(relation::oid, trigger_name);
+    END IF;
+END
+$$;
+
 -- TRUNCATE of a source table empties the rollups of that source (TG_ARGV[0]). Only from the
 -- extension's own triggers: attached anywhere else it refuses.
 CREATE FUNCTION analytics_internal._capture_truncate() RETURNS trigger
@@ -600,7 +611,7 @@ $$;
 -- The four capture triggers of one table, bound to the extension so DROP EXTENSION removes them.
 CREATE FUNCTION analytics_internal._create_capture_triggers(rel regclass, source text,
                                                    events text[] DEFAULT '{insert,update,delete,truncate}',
-                                                   argument text DEFAULT NULL)
+                                                   argument text DEFAULT NULL, create_triggers boolean DEFAULT true)
 RETURNS text[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn constant text := format('analytics_internal.%I(%s)', '_capture_' || source, coalesce(quote_literal(argument), ''));
@@ -609,6 +620,14 @@ DECLARE
     created text[] := '{}';
 BEGIN
     FOREACH event IN ARRAY events LOOP
+        IF NOT create_triggers THEN
+            -- A restore: bind what pg_restore created, create nothing (it may be coming).
+            IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = prefix || '_' || event) THEN
+                PERFORM analytics_internal._bind_trigger(rel, prefix || '_' || event);
+                created := created || (prefix || '_' || event);
+            END IF;
+            CONTINUE;
+        END IF;
         EXECUTE CASE event
             WHEN 'insert' THEN format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
                                        FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_insert', rel, fn)
@@ -620,7 +639,7 @@ BEGIN
                                          FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._capture_truncate(%L)',
                                         prefix || '_truncate', rel, source)
         END;
-        PERFORM analytics_internal._bind_trigger_to_extension(rel::oid, prefix || '_' || event);
+        PERFORM analytics_internal._bind_trigger(rel, prefix || '_' || event);
         created := created || (prefix || '_' || event);
     END LOOP;
     RETURN created;
@@ -678,7 +697,8 @@ BEGIN
     FOR t IN
         SELECT tg.tgname, tg.tgrelid::regclass AS rel
         FROM pg_trigger tg
-        WHERE starts_with(tg.tgname, prefix) AND NOT tg.tgisinternal
+        -- a partition's clone of a row trigger goes with the partitioned table's
+        WHERE starts_with(tg.tgname, prefix) AND NOT tg.tgisinternal AND tg.tgparentid = 0
         ORDER BY 2, 1
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
@@ -713,6 +733,7 @@ BEGIN
     PERFORM analytics_internal._lock_capture_tables(NULL);
     dropped := analytics_internal._drop_capture_triggers('lacaja_analytics_');
     DELETE FROM analytics_internal.source_config;
+    DELETE FROM analytics_internal.capture_established;
     PERFORM analytics_internal._set_fold_rows_body('BEGIN RETURN; END');
     PERFORM analytics_internal._generate_readers();
     PERFORM analytics_internal._detach_items();
@@ -798,23 +819,11 @@ BEGIN
     PERFORM analytics.detach();
     INSERT INTO analytics_internal.source_config (source_schema, source_schema_oid, variant, sales_has_status, sales_has_voided_at,
                                                   valid_sale, stock_source)
-    VALUES (source_schema, to_regnamespace(quote_ident(source_schema))::oid, CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
+    VALUES (source_schema, to_regnamespace(quote_ident(source_schema)), CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
             has_status, has_voided_at, valid_sale, stock_source);
 
-    PERFORM analytics_internal._set_fold_rows_body(analytics_internal._fold_rows_body());
-    PERFORM analytics_internal._generate_readers();
-    -- The triggers read the columns themselves (src/capture); validity is their argument.
-    triggers := analytics_internal._create_capture_triggers(sales, 'sales', argument =>
-        CASE WHEN has_status AND has_voided_at THEN 'status_voided_at' WHEN has_status THEN 'status'
-             WHEN has_voided_at THEN 'voided_at' ELSE 'all' END);
-    IF stock_source IS NOT NULL THEN
-        triggers := triggers || analytics_internal._create_capture_triggers(
-            to_regclass(format('%I.%I', source_schema,
-                               CASE stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
-            'stock', argument => stock_source);
-    END IF;
-    triggers := triggers || analytics_internal._attach_items(source_schema, valid_sale);
-    triggers := triggers || analytics_internal._warehouse_reattached(source_schema, warehouse_reload);
+    UPDATE analytics_internal.warehouse_state SET full_load_pending = warehouse_reload WHERE enabled;
+    triggers := analytics_internal._establish_capture(create_triggers => true);
 
     optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
                              'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
@@ -836,6 +845,40 @@ BEGIN
                                     WHERE o <> ALL (coalesce(found_tables, '{}'))), '[]'),
         'warnings', to_jsonb(analytics_internal._unindexed_lookups(source_schema)),
         'next_step', 'SELECT analytics.refresh_all();  -- backfills the rollups from history');
+END
+$$;
+
+-- What attach() builds from source_config: the generated fold and reader bodies, the capture
+-- triggers (bound to the extension) and, with the warehouse enabled, its capture. With
+-- create_triggers => false nothing is created: triggers that exist are bound — the state a
+-- restore leaves, where pg_restore creates the triggers one by one (src: restore.sql).
+CREATE FUNCTION analytics_internal._establish_capture(create_triggers boolean) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg analytics_internal.source_config;
+    triggers text[];
+BEGIN
+    SELECT * INTO STRICT cfg FROM analytics_internal.source_config;
+    -- First: a CREATE TRIGGER below fires the restore event trigger, which must see it done.
+    INSERT INTO analytics_internal.capture_established AS e (source_schema) VALUES (cfg.source_schema_oid)
+    ON CONFLICT (singleton) DO UPDATE SET source_schema = excluded.source_schema, established_at = now();
+    PERFORM analytics_internal._set_fold_rows_body(analytics_internal._fold_rows_body());
+    PERFORM analytics_internal._generate_readers();
+    -- The triggers read the columns themselves (src/capture); validity is their argument.
+    triggers := analytics_internal._create_capture_triggers(to_regclass(format('%I.sales', cfg.source_schema)), 'sales', argument =>
+        CASE WHEN cfg.sales_has_status AND cfg.sales_has_voided_at THEN 'status_voided_at' WHEN cfg.sales_has_status THEN 'status'
+             WHEN cfg.sales_has_voided_at THEN 'voided_at' ELSE 'all' END, create_triggers => create_triggers);
+    IF cfg.stock_source IS NOT NULL THEN
+        triggers := triggers || analytics_internal._create_capture_triggers(
+            to_regclass(format('%I.%I', cfg.source_schema,
+                               CASE cfg.stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
+            'stock', argument => cfg.stock_source, create_triggers => create_triggers);
+    END IF;
+    triggers := triggers || analytics_internal._attach_items(cfg.source_schema, cfg.valid_sale, create_triggers);
+    IF (SELECT w.enabled FROM analytics_internal.warehouse_state w) THEN
+        triggers := triggers || analytics_internal._attach_warehouse(cfg.source_schema, create_triggers);
+    END IF;
+    RETURN triggers || analytics_internal._create_replica_triggers(cfg.source_schema, create_triggers);
 END
 $$;
 
@@ -901,7 +944,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    IF to_regnamespace(quote_ident(config.source_schema)) IS DISTINCT FROM config.source_schema_oid::regnamespace THEN
+    IF to_regnamespace(quote_ident(config.source_schema)) IS DISTINCT FROM config.source_schema_oid THEN
         problems := format('schema %I is no longer the schema that was attached', config.source_schema);
     ELSE
         problems := analytics_internal._source_table_problems(config.source_schema);
@@ -1043,6 +1086,10 @@ BEGIN
     -- Repairs add corrections to shard 0; two at once would both add the same correction.
     -- Taken before the repair statement so that its snapshot sees the previous repair.
     PERFORM pg_advisory_xact_lock(1279345482, 1);
+    IF store_id IS NULL AND from_day IS NULL AND to_day IS NULL THEN
+        -- Everything is compared: writes noted with triggers off (restore.sql) are covered.
+        DELETE FROM analytics_internal.replica_writes;
+    END IF;
     -- Item facts first (they lock the sales they fix); the rollups are then sums of facts.
     items_fixed := analytics_internal._repair_item_facts(store_id, from_day, to_day);
     measured := analytics_internal._measured_ctes(store_id, from_day, to_day);

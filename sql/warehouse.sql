@@ -92,7 +92,8 @@ CREATE TABLE analytics_internal.warehouse_state (
     enabled_at        timestamptz,
     last_run_at       timestamptz
 );
-INSERT INTO analytics_internal.warehouse_state DEFAULT VALUES;
+-- No row until enable_warehouse(): the table is dumped (pg_extension_config_dump), and a row
+-- made by CREATE EXTENSION would collide with the restored one. No row reads as not enabled.
 
 CREATE TABLE analytics_internal.warehouse_changes (
     sale_id    uuid        NOT NULL,
@@ -213,7 +214,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Called by enable_warehouse() and by attach() while the warehouse is enabled.
-CREATE FUNCTION analytics_internal._attach_warehouse(source_schema name) RETURNS text[]
+CREATE FUNCTION analytics_internal._attach_warehouse(source_schema name, create_triggers boolean DEFAULT true) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sales constant regclass := to_regclass(format('%I.sales', source_schema));
@@ -243,7 +244,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END$b$, format(sale_columns, 'n'), format(sale_columns, 'o')));
-    triggers := analytics_internal._create_capture_triggers(sales, 'warehouse_sales');
+    triggers := analytics_internal._create_capture_triggers(sales, 'warehouse_sales', create_triggers => create_triggers);
 
     IF analytics_internal._has_columns(items, '{id,sale_id}') THEN
         PERFORM analytics_internal._set_capture_body('warehouse_items', $b$
@@ -258,7 +259,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END$b$);
-        triggers := triggers || analytics_internal._create_capture_triggers(items, 'warehouse_items');
+        triggers := triggers || analytics_internal._create_capture_triggers(items, 'warehouse_items', create_triggers => create_triggers);
     END IF;
 
     IF analytics_internal._has_columns(returns, '{sale_item_id}') AND analytics_internal._has_columns(items, '{id,sale_id}') THEN
@@ -277,7 +278,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END$b$, items));
-        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'warehouse_item_returns');
+        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'warehouse_item_returns', create_triggers => create_triggers);
     END IF;
 
     IF analytics_internal._has_columns(products, '{id}') THEN
@@ -298,7 +299,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END$b$, analytics_internal._product_attributes(products, 'n'), analytics_internal._product_attributes(products, 'o')));
-        triggers := triggers || analytics_internal._create_capture_triggers(products, 'warehouse_products');
+        triggers := triggers || analytics_internal._create_capture_triggers(products, 'warehouse_products', create_triggers => create_triggers);
     END IF;
     RETURN triggers;
 END
@@ -325,18 +326,6 @@ BEGIN
 END
 $$;
 
--- attach() re-creates the capture of an enabled warehouse.
-CREATE FUNCTION analytics_internal._warehouse_reattached(source_schema name, reload boolean) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT (SELECT enabled FROM analytics_internal.warehouse_state) THEN
-        RETURN '{}';
-    END IF;
-    UPDATE analytics_internal.warehouse_state SET full_load_pending = reload;
-    RETURN analytics_internal._attach_warehouse(source_schema);
-END
-$$;
-
 -- Turns the warehouse on: change capture from now on, and (unless schedule_interval is NULL)
 -- a job running etl_load_sales(). Returns at once; the first run loads all history.
 CREATE FUNCTION analytics.enable_warehouse(schedule_interval interval DEFAULT interval '15 minutes') RETURNS jsonb
@@ -353,8 +342,8 @@ BEGIN
     END IF;
     PERFORM analytics_internal._detach_warehouse();
     triggers := analytics_internal._attach_warehouse(cfg.source_schema);
-    UPDATE analytics_internal.warehouse_state
-       SET enabled = true, enabled_at = coalesce(CASE WHEN enabled THEN enabled_at END, now());
+    INSERT INTO analytics_internal.warehouse_state AS w (enabled, enabled_at) VALUES (true, now())
+    ON CONFLICT (singleton) DO UPDATE SET enabled = true, enabled_at = coalesce(CASE WHEN w.enabled THEN w.enabled_at END, now());
     SELECT j.job_id INTO job FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_etl_load_sales'::regproc;
     IF job IS NULL AND schedule_interval IS NOT NULL THEN
         job := analytics.add_job('analytics_internal.policy_etl_load_sales'::regproc, schedule_interval);
@@ -679,7 +668,7 @@ DECLARE
     result jsonb;
 BEGIN
     SELECT * INTO state FROM analytics_internal.warehouse_state FOR UPDATE;
-    IF NOT state.enabled THEN
+    IF NOT coalesce(state.enabled, false) THEN
         RAISE EXCEPTION 'the warehouse is not enabled'
             USING HINT = 'SELECT analytics.enable_warehouse();  -- captures changes from then on; the first etl_load_sales() loads all history';
     END IF;

@@ -23,7 +23,7 @@ mod tests {
         lacaja_pos();
         let (status, detail, _) = check("capture").unwrap();
         assert_eq!(status, "ok", "{detail}");
-        assert!(detail.contains("attached to schema pos") && detail.contains("16 capture triggers"), "{detail}");
+        assert!(detail.contains("attached to schema pos") && detail.contains("24 capture triggers"), "{detail}");
 
         run("ALTER TABLE pos.sales DISABLE TRIGGER lacaja_analytics_sales_insert");
         let (status, detail, hint) = check("capture").unwrap();

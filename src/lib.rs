@@ -80,6 +80,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires = ["timeseries", anomaly::_anomaly_verdicts]);
 pgrx::extension_sql_file!("../sql/warehouse.sql", name = "warehouse", requires = ["anomalies"]);
 pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["timeseries", "indexes"]);
+pgrx::extension_sql_file!("../sql/restore.sql", name = "restore", requires = ["health", "warehouse"]);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
@@ -99,6 +100,8 @@ mod security_tests;
 mod unique_registry_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod health_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod restore_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
