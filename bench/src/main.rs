@@ -721,7 +721,8 @@ fn main() {
     let output = bench.args.output.clone();
     // The events and anomaly benchmarks are commands of their own; their sections stay as
     // they last wrote them.
-    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (anomalies::BEGIN, anomalies::END), (warehouse::BEGIN, warehouse::END)] {
+    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (anomalies::BEGIN, anomalies::END), (warehouse::BEGIN, warehouse::END),
+                         (BY_HAND_BEGIN, BY_HAND_END)] {
         if let Some(section) = current_section(&output, begin, end) {
             let _ = write!(md, "\n{section}\n");
         }
@@ -729,6 +730,10 @@ fn main() {
     std::fs::write(&output, md).unwrap_or_else(|e| panic!("cannot write {output}: {e}"));
     eprintln!("==> {output} rewritten ({:.0} s in all)", started.elapsed().as_secs_f64());
 }
+
+/// Measurements run by hand with the command they give (a pgbench script of bench/): kept.
+const BY_HAND_BEGIN: &str = "<!-- measurements by hand, each with its command: kept by scripts/bench.sh -->";
+const BY_HAND_END: &str = "<!-- end of measurements by hand -->";
 
 /// Sessions that load the history (and so write parts) concurrently.
 const LOAD_SESSIONS: u64 = 8;
