@@ -18,6 +18,9 @@ echo "==> in-transaction tests (cargo pgrx test)"
 scripts/pg.sh stop  # cargo pgrx test installs its own build into the same directories
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$pgrx_data" tests::
 
+echo "==> the previous release, and a database on it for the upgrade test"
+scripts/previous_release.sh
+
 echo "==> integration tests against a PostgreSQL 15 server with lacaja_analytics preloaded"
 PROFILE=${PROFILE:-release} scripts/install.sh
 eval "$(scripts/pg.sh env)"

@@ -85,6 +85,13 @@ DECLARE
     r record;
     scheduler_database constant text := coalesce(current_setting('lacaja_analytics.database', true), '');
 BEGIN
+    -- A new release's library serves the previous release's SQL until the update.
+    RETURN QUERY SELECT 'version', CASE WHEN e.extversion = analytics_internal._library_version() THEN 'ok' ELSE 'problem' END,
+        CASE WHEN e.extversion = analytics_internal._library_version() THEN 'lacaja_analytics ' || e.extversion
+             ELSE format('the server runs the lacaja_analytics %s library on this database''s %s SQL', analytics_internal._library_version(), e.extversion) END,
+        CASE WHEN e.extversion <> analytics_internal._library_version()
+             THEN 'ALTER EXTENSION lacaja_analytics UPDATE;  -- docs/operations.md, "Upgrade"' END
+    FROM pg_extension e WHERE e.extname = 'lacaja_analytics';
     SELECT * INTO cfg FROM analytics_internal.source_config;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'capture', 'problem', 'lacaja_analytics is not attached: new sales are not counted',

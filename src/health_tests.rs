@@ -44,6 +44,19 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_library_newer_than_the_sql_is_reported_with_the_update_to_run() {
+        lacaja_pos();
+        let (status, detail, _) = check("version").unwrap();
+        assert_eq!((status.as_str(), detail), ("ok", format!("lacaja_analytics {}", env!("CARGO_PKG_VERSION"))));
+        // What a database still at the previous release's SQL says after the new library loads.
+        run("UPDATE pg_extension SET extversion = '0.1.0' WHERE extname = 'lacaja_analytics'");
+        let (status, detail, hint) = check("version").unwrap();
+        assert_eq!(status, "problem");
+        assert!(detail.contains(&format!("{} library on this database's 0.1.0 SQL", env!("CARGO_PKG_VERSION"))), "{detail}");
+        assert!(hint.starts_with("ALTER EXTENSION lacaja_analytics UPDATE"), "{hint}");
+    }
+
+    #[pg_test]
     fn the_last_comparison_with_the_source_and_its_corrections_are_reported() {
         lacaja_pos();
         let (status, detail, _) = check("rollups checked").unwrap();

@@ -132,6 +132,13 @@ fn configured_source_schema() -> String {
     crate::guc::source_schema()
 }
 
+/// This library's version, for `health()`: after a new release is installed and the server
+/// restarted, the library serves the previous release's SQL until `ALTER EXTENSION … UPDATE`.
+#[pg_extern(stable, parallel_safe, name = "_library_version", schema = "analytics_internal")]
+fn library_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
 /// True when Postgres can load the zone (names of pg_timezone_names, POSIX specs).
 #[pg_extern(immutable, parallel_safe, strict, name = "is_valid_timezone")]
 fn is_valid_timezone(name: &str) -> bool {

@@ -1,0 +1,1094 @@
+-- lacaja_analytics 0.1.0 -> 0.2.0 (ALTER EXTENSION lacaja_analytics UPDATE).
+--
+-- 0.2.0: a dump restores exact and capturing (the extension's tables dumped with the source,
+-- the capture re-established when pg_restore re-creates its triggers), and writes made with
+-- session_replication_role = replica are noted and repaired (sql/restore.sql, docs/design.md
+-- "Dump and restore"). The definitions below are those of the 0.2.0 sources; tests/upgrade.rs
+-- checks that an updated database's catalog equals a fresh 0.2.0 install's.
+--
+-- An attached database gets its new triggers here: that takes the capture tables' locks by
+-- short tries (lacaja_analytics.maintenance_lock_timeout, retried until maintenance_lock_wait),
+-- as attach() does; if a long report holds them that long, the update fails with 55P03 and
+-- changed nothing — run it again.
+
+\echo Use "ALTER EXTENSION lacaja_analytics UPDATE" to load this file. \quit
+
+-- Tables ------------------------------------------------------------------------------------
+
+-- A dump keeps the schema's name, so a restored database checks its own schema. The guard
+-- that reads the column is replaced first: this ALTER fires it, and a plan it kept from
+-- earlier in this session would still expect an oid.
+CREATE OR REPLACE FUNCTION analytics_internal._guard_source_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    config analytics_internal.source_config;
+    problems text;
+BEGIN
+    SELECT * INTO config FROM analytics_internal.source_config;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF to_regnamespace(quote_ident(config.source_schema)) IS DISTINCT FROM config.source_schema_oid THEN
+        problems := format('schema %I is no longer the schema that was attached', config.source_schema);
+    ELSE
+        problems := analytics_internal._source_table_problems(config.source_schema);
+    END IF;
+    IF problems IS NOT NULL THEN
+        RAISE EXCEPTION 'lacaja_analytics is attached to schema % and refuses this change: %', quote_ident(config.source_schema), problems
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The extension reads those as tables of built-in types, with its own rights. SELECT analytics.detach() first.';
+    END IF;
+END
+$$;
+
+ALTER TABLE analytics_internal.source_config ALTER COLUMN source_schema_oid TYPE regnamespace USING source_schema_oid::regnamespace;
+
+CREATE TABLE analytics_internal.capture_established (
+    singleton      boolean      PRIMARY KEY DEFAULT true CHECK (singleton),
+    source_schema  regnamespace NOT NULL,
+    established_at timestamptz  NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE analytics_internal.capture_established IS
+    'The capture''s generated functions were built in this database (not dumped: empty after a restore until its triggers are restored).';
+
+CREATE TABLE analytics_internal.replica_writes (
+    source   text        NOT NULL,  -- sales, items, item_returns, stock; truncate: everything
+    store_id uuid,
+    utc_day  date,
+    sale_id  uuid,                  -- items: resolved to store and day when repaired
+    item_id  uuid,                  -- item returns: likewise
+    noted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX replica_writes_key ON analytics_internal.replica_writes (source, store_id, utc_day, sale_id, item_id)
+    NULLS NOT DISTINCT;
+COMMENT ON TABLE analytics_internal.replica_writes IS
+    'Keys of source rows written while the capture triggers did not fire (session_replication_role = replica), until repaired.';
+
+REVOKE ALL ON analytics_internal.capture_established, analytics_internal.replica_writes FROM PUBLIC;
+
+-- Changed functions -------------------------------------------------------------------------
+
+-- src/rollups.rs
+CREATE FUNCTION analytics_internal."_library_version"() RETURNS TEXT /* &str */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'library_version_wrapper';
+
+-- Replaced by versions with a create_triggers argument (the restore binds, creates nothing).
+DROP FUNCTION analytics_internal._create_capture_triggers(regclass, text, text[], text);
+DROP FUNCTION analytics_internal._attach_items(name, text);
+DROP FUNCTION analytics_internal._attach_warehouse(name);
+-- attach() now sets the warehouse's reload flag itself.
+DROP FUNCTION analytics_internal._warehouse_reattached(name, boolean);
+
+CREATE FUNCTION analytics_internal._bind_trigger(relation regclass, trigger_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT analytics_internal._is_extension_trigger(relation, trigger_name) THEN
+        PERFORM analytics_internal._bind_trigger_to_extension(relation::oid, trigger_name);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._create_capture_triggers(rel regclass, source text,
+                                                   events text[] DEFAULT '{insert,update,delete,truncate}',
+                                                   argument text DEFAULT NULL, create_triggers boolean DEFAULT true)
+RETURNS text[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn constant text := format('analytics_internal.%I(%s)', '_capture_' || source, coalesce(quote_literal(argument), ''));
+    prefix constant text := 'lacaja_analytics_' || source;
+    event text;
+    created text[] := '{}';
+BEGIN
+    FOREACH event IN ARRAY events LOOP
+        IF NOT create_triggers THEN
+            -- A restore: bind what pg_restore created, create nothing (it may be coming).
+            IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = prefix || '_' || event) THEN
+                PERFORM analytics_internal._bind_trigger(rel, prefix || '_' || event);
+                created := created || (prefix || '_' || event);
+            END IF;
+            CONTINUE;
+        END IF;
+        EXECUTE CASE event
+            WHEN 'insert' THEN format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_insert', rel, fn)
+            WHEN 'update' THEN format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_update', rel, fn)
+            WHEN 'delete' THEN format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
+                                       FOR EACH STATEMENT EXECUTE FUNCTION %s', prefix || '_delete', rel, fn)
+            WHEN 'truncate' THEN format('CREATE TRIGGER %I AFTER TRUNCATE ON %s
+                                         FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._capture_truncate(%L)',
+                                        prefix || '_truncate', rel, source)
+        END;
+        PERFORM analytics_internal._bind_trigger(rel, prefix || '_' || event);
+        created := created || (prefix || '_' || event);
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._attach_items(source_schema name, valid_sale text, create_triggers boolean DEFAULT true) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    items regclass := to_regclass(format('%I.sale_items', source_schema));
+    returns regclass := to_regclass(format('%I.sale_return_items', source_schema));
+    triggers text[];
+BEGIN
+    IF NOT analytics_internal._has_columns(items, '{id,sale_id,product_id,qty,unit_price_bs,unit_price_usd}') THEN
+        RETURN '{}';
+    END IF;
+    UPDATE analytics_internal.source_config SET captures_items = true;
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._fold_items(target_shard int, new_sale_ids uuid[],
+            changed_sale_ids uuid[], moved_sale_ids uuid[], moved_stores uuid[], moved_times timestamptz[],
+            returned_item_ids uuid[]) RETURNS void
+        LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+        -- A POS commit folds one or two sales: plan once per session, not per commit.
+        SET plan_cache_mode = force_generic_plan AS %L$f$, analytics_internal._fold_items_body());
+    -- `direct`: the capture copies new items for the fold in Rust (src/capture/direct.rs),
+    -- which counts no returns for an item inserted by the committing transaction. True when a
+    -- return can only be recorded after its item: the returns table references the items.
+    triggers := analytics_internal._create_capture_triggers(items, 'items', argument =>
+        CASE WHEN NOT analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}')
+                  OR EXISTS (SELECT 1 FROM pg_constraint c
+                             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = 'sale_item_id'
+                             WHERE c.conrelid = returns AND c.contype = 'f' AND c.confrelid = items
+                               AND c.conkey = ARRAY[a.attnum])
+             THEN 'direct' END, create_triggers => create_triggers);
+    IF analytics_internal._has_columns(returns, '{sale_item_id,qty,total_bs,total_usd}') THEN
+        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'item_returns', create_triggers => create_triggers);
+    END IF;
+    RETURN triggers;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._attach_warehouse(source_schema name, create_triggers boolean DEFAULT true) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sales constant regclass := to_regclass(format('%I.sales', source_schema));
+    items constant regclass := to_regclass(format('%I.sale_items', source_schema));
+    returns constant regclass := to_regclass(format('%I.sale_return_items', source_schema));
+    products constant regclass := to_regclass(format('%I.products', source_schema));
+    -- What a fact reads from its sale: an update that changes none of it (a return's
+    -- rewrite of totals, a note) is not logged.
+    sale_columns constant text := (
+        SELECT string_agg(CASE c WHEN 'payment' THEN 'analytics.payment_method(%1$s.payment)' ELSE '%1$s.' || quote_ident(c) END, ', ')
+        FROM unnest(ARRAY['store_id', 'sold_at', 'customer_id', 'payment', 'exchange_rate', 'voided_at', 'status']) AS c
+        WHERE analytics_internal._has_columns(sales, ARRAY[c]));
+    triggers text[] := '{}';
+BEGIN
+    PERFORM analytics_internal._set_capture_body('warehouse_sales', format($b$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT id FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT id FROM old_rows;
+    ELSE
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
+        SELECT n.id FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
+        WHERE o.id IS NULL OR (%s) IS DISTINCT FROM (%s)
+        UNION ALL
+        SELECT o.id FROM old_rows o WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id);
+    END IF;
+    RETURN NULL;
+END$b$, format(sale_columns, 'n'), format(sale_columns, 'o')));
+    triggers := analytics_internal._create_capture_triggers(sales, 'warehouse_sales', create_triggers => create_triggers);
+
+    IF analytics_internal._has_columns(items, '{id,sale_id}') THEN
+        PERFORM analytics_internal._set_capture_body('warehouse_items', $b$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT DISTINCT sale_id FROM new_rows WHERE sale_id IS NOT NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO analytics_internal.warehouse_changes (sale_id) SELECT DISTINCT sale_id FROM old_rows WHERE sale_id IS NOT NULL;
+    ELSE
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
+        SELECT sale_id FROM new_rows WHERE sale_id IS NOT NULL UNION SELECT sale_id FROM old_rows WHERE sale_id IS NOT NULL;
+    END IF;
+    RETURN NULL;
+END$b$);
+        triggers := triggers || analytics_internal._create_capture_triggers(items, 'warehouse_items', create_triggers => create_triggers);
+    END IF;
+
+    IF analytics_internal._has_columns(returns, '{sale_item_id}') AND analytics_internal._has_columns(items, '{id,sale_id}') THEN
+        PERFORM analytics_internal._set_capture_body('warehouse_item_returns', format($b$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
+        SELECT DISTINCT i.sale_id FROM %1$s i WHERE i.id IN (SELECT sale_item_id FROM new_rows);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
+        SELECT DISTINCT i.sale_id FROM %1$s i WHERE i.id IN (SELECT sale_item_id FROM old_rows);
+    ELSE
+        INSERT INTO analytics_internal.warehouse_changes (sale_id)
+        SELECT DISTINCT i.sale_id FROM %1$s i
+        WHERE i.id IN (SELECT sale_item_id FROM new_rows UNION SELECT sale_item_id FROM old_rows);
+    END IF;
+    RETURN NULL;
+END$b$, items));
+        triggers := triggers || analytics_internal._create_capture_triggers(returns, 'warehouse_item_returns', create_triggers => create_triggers);
+    END IF;
+
+    IF analytics_internal._has_columns(products, '{id}') THEN
+        PERFORM analytics_internal._set_capture_body('warehouse_products', format($b$
+BEGIN
+    -- Each branch names only the transition tables its event has.
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
+        SELECT n.id, false, %1$s FROM new_rows n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o;
+    ELSE
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted) SELECT o.id, true FROM old_rows o
+        WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id);
+        INSERT INTO analytics_internal.warehouse_product_changes (product_id, deleted, store_id, name, category, sku)
+        SELECT n.id, false, %1$s FROM new_rows n
+        WHERE NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.id = n.id AND (%2$s) IS NOT DISTINCT FROM (%1$s));
+    END IF;
+    RETURN NULL;
+END$b$, analytics_internal._product_attributes(products, 'n'), analytics_internal._product_attributes(products, 'o')));
+        triggers := triggers || analytics_internal._create_capture_triggers(products, 'warehouse_products', create_triggers => create_triggers);
+    END IF;
+    RETURN triggers;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._establish_capture(create_triggers boolean) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg analytics_internal.source_config;
+    triggers text[];
+BEGIN
+    SELECT * INTO STRICT cfg FROM analytics_internal.source_config;
+    -- First: a CREATE TRIGGER below fires the restore event trigger, which must see it done.
+    INSERT INTO analytics_internal.capture_established AS e (source_schema) VALUES (cfg.source_schema_oid)
+    ON CONFLICT (singleton) DO UPDATE SET source_schema = excluded.source_schema, established_at = now();
+    PERFORM analytics_internal._set_fold_rows_body(analytics_internal._fold_rows_body());
+    PERFORM analytics_internal._generate_readers();
+    -- The triggers read the columns themselves (src/capture); validity is their argument.
+    triggers := analytics_internal._create_capture_triggers(to_regclass(format('%I.sales', cfg.source_schema)), 'sales', argument =>
+        CASE WHEN cfg.sales_has_status AND cfg.sales_has_voided_at THEN 'status_voided_at' WHEN cfg.sales_has_status THEN 'status'
+             WHEN cfg.sales_has_voided_at THEN 'voided_at' ELSE 'all' END, create_triggers => create_triggers);
+    IF cfg.stock_source IS NOT NULL THEN
+        triggers := triggers || analytics_internal._create_capture_triggers(
+            to_regclass(format('%I.%I', cfg.source_schema,
+                               CASE cfg.stock_source WHEN 'movements' THEN 'inventory_movements' ELSE 'products' END)),
+            'stock', argument => cfg.stock_source, create_triggers => create_triggers);
+    END IF;
+    triggers := triggers || analytics_internal._attach_items(cfg.source_schema, cfg.valid_sale, create_triggers);
+    IF (SELECT w.enabled FROM analytics_internal.warehouse_state w) THEN
+        triggers := triggers || analytics_internal._attach_warehouse(cfg.source_schema, create_triggers);
+    END IF;
+    RETURN triggers || analytics_internal._create_replica_triggers(cfg.source_schema, create_triggers);
+END
+$$;
+
+CREATE FUNCTION analytics_internal._on_trigger_created() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    created record;
+    restored boolean := false;
+    stray name;
+BEGIN
+    FOR created IN
+        SELECT t.tgrelid::regclass AS rel, t.tgname,
+               EXISTS (SELECT 1 FROM analytics_internal._expected_capture_triggers() e
+                       WHERE e.rel = t.tgrelid AND e.trigger_name = t.tgname) AS expected
+        FROM pg_event_trigger_ddl_commands() AS c
+        JOIN pg_trigger t ON c.classid = 'pg_trigger'::regclass AND t.oid = c.objid
+        WHERE NOT t.tgisinternal AND starts_with(t.tgname, 'lacaja_analytics_')
+          AND EXISTS (SELECT 1 FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'lacaja_analytics'
+                      WHERE d.classid = 'pg_proc'::regclass AND d.objid = t.tgfoid AND d.deptype = 'e'
+                        AND d.refclassid = 'pg_extension'::regclass)
+    LOOP
+        IF created.expected THEN
+            PERFORM analytics_internal._bind_trigger(created.rel, created.tgname);
+            restored := true;
+        ELSE
+            stray := created.tgname;
+        END IF;
+    END LOOP;
+    IF stray IS NOT NULL AND NOT EXISTS (SELECT 1 FROM analytics_internal.source_config) THEN
+        -- A dump without the extension's state (made by 0.1.0, or with --exclude-table-data).
+        RAISE WARNING 'lacaja_analytics: capture trigger % restored, but the dump did not hold what was attached', stray
+            USING HINT = 'After the restore: SELECT analytics.attach(''public''); SELECT analytics.refresh_all();';
+    END IF;
+    IF NOT restored OR EXISTS (SELECT 1 FROM analytics_internal.capture_established) THEN
+        RETURN;
+    END IF;
+    -- pg_restore --jobs creates triggers of several tables at once: one rebuild.
+    PERFORM pg_advisory_xact_lock(1279345482, 4);
+    IF NOT EXISTS (SELECT 1 FROM analytics_internal.capture_established) THEN
+        PERFORM analytics_internal._establish_capture(create_triggers => false);
+        RAISE NOTICE 'lacaja_analytics: capture of schema % re-established in this restored database',
+            (SELECT c.source_schema FROM analytics_internal.source_config c);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._note_replica_write() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source constant text := TG_ARGV[0];
+    warehouse constant boolean := coalesce((SELECT w.enabled FROM analytics_internal.warehouse_state w), false);
+    r jsonb;
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN  -- TRUNCATE
+        INSERT INTO analytics_internal.replica_writes (source) VALUES ('truncate') ON CONFLICT DO NOTHING;
+        UPDATE analytics_internal.warehouse_state SET full_load_pending = true WHERE enabled;
+        RETURN NULL;
+    END IF;
+    FOR r IN SELECT x FROM unnest(ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+                                        CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END]) AS x WHERE x IS NOT NULL LOOP
+        INSERT INTO analytics_internal.replica_writes (source, store_id, utc_day, sale_id, item_id)
+        VALUES (source,
+                CASE WHEN source IN ('sales', 'stock') THEN (r ->> 'store_id')::uuid END,
+                CASE WHEN source = 'sales' THEN ((r ->> 'sold_at')::timestamptz AT TIME ZONE 'UTC')::date END,
+                CASE WHEN source = 'items' THEN (r ->> 'sale_id')::uuid END,
+                CASE WHEN source = 'item_returns' THEN (r ->> 'sale_item_id')::uuid END)
+        ON CONFLICT DO NOTHING;
+        -- The warehouse reloads a changed sale from the source: logging it twice is harmless.
+        IF warehouse AND source IN ('sales', 'items') THEN
+            INSERT INTO analytics_internal.warehouse_changes (sale_id)
+            VALUES ((r ->> CASE source WHEN 'sales' THEN 'id' ELSE 'sale_id' END)::uuid);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._create_replica_triggers(source_schema name, create_triggers boolean) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    name name;
+    made text[] := '{}';
+    only_in_replica constant text := $w$WHEN (pg_catalog.current_setting('session_replication_role') = 'replica')$w$;
+BEGIN
+    FOR t IN
+        SELECT e.rel, e.source FROM (
+            SELECT DISTINCT x.rel, substring(x.trigger_name FROM '^lacaja_analytics_(.*)_insert$') AS source
+            FROM analytics_internal._expected_capture_triggers() x) AS e
+        WHERE e.source IS NOT NULL AND NOT starts_with(e.source, 'warehouse_')
+        ORDER BY e.source
+    LOOP
+        IF create_triggers THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW %s
+                            EXECUTE FUNCTION analytics_internal._note_replica_write(%L)',
+                           format('lacaja_analytics_%s_replica', t.source), t.rel, only_in_replica, t.source);
+            EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT %s
+                            EXECUTE FUNCTION analytics_internal._note_replica_write(%L)',
+                           format('lacaja_analytics_%s_replica_truncate', t.source), t.rel, only_in_replica, t.source);
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.rel, format('lacaja_analytics_%s_replica', t.source));
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.rel, format('lacaja_analytics_%s_replica_truncate', t.source));
+        END IF;
+        FOR name IN SELECT tg.tgname FROM pg_trigger tg
+                    WHERE tg.tgrelid = t.rel AND tg.tgname IN (format('lacaja_analytics_%s_replica', t.source),
+                                                               format('lacaja_analytics_%s_replica_truncate', t.source))
+                    ORDER BY 1 LOOP
+            PERFORM analytics_internal._bind_trigger(t.rel, name);
+            made := made || name::text;
+        END LOOP;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._repair_replica_writes() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg analytics_internal.source_config;
+    noted bigint;
+    everything boolean;
+    runs jsonb;
+    run jsonb;
+    repairs jsonb := '[]';
+BEGIN
+    SELECT * INTO cfg FROM analytics_internal.source_config;
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM analytics_internal.replica_writes) THEN
+        RETURN NULL;
+    END IF;
+    -- What this snapshot sees is repaired below and deleted with it; later notes stay.
+    EXECUTE format($q$
+        WITH taken AS MATERIALIZED (DELETE FROM analytics_internal.replica_writes RETURNING *),
+        placed AS (
+            SELECT t.store_id, t.utc_day FROM taken t WHERE t.store_id IS NOT NULL
+            UNION
+            SELECT s.store_id, (s.sold_at AT TIME ZONE 'UTC')::date FROM taken t JOIN %1$s s ON s.id = t.sale_id
+            UNION
+            SELECT f.store_id, (f.sold_at AT TIME ZONE 'UTC')::date FROM taken t JOIN analytics_internal.item_facts f ON f.sale_id = t.sale_id
+            UNION
+            SELECT s.store_id, (s.sold_at AT TIME ZONE 'UTC')::date
+            FROM taken t JOIN %2$s i ON i.id = t.item_id JOIN %1$s s ON s.id = i.sale_id
+            UNION
+            SELECT f.store_id, (f.sold_at AT TIME ZONE 'UTC')::date FROM taken t JOIN analytics_internal.item_facts f ON f.sale_item_id = t.item_id),
+        -- Days of a store less than four apart make one run.
+        numbered AS (
+            SELECT p.store_id, p.utc_day,
+                   count(*) FILTER (WHERE p.utc_day - p.previous > 3) OVER (PARTITION BY p.store_id ORDER BY p.utc_day) AS run
+            FROM (SELECT store_id, utc_day, lag(utc_day) OVER (PARTITION BY store_id ORDER BY utc_day) AS previous
+                  FROM placed WHERE utc_day IS NOT NULL) AS p)
+        SELECT (SELECT count(*) FROM taken),
+               (SELECT bool_or(t.source = 'truncate') FROM taken t),
+               (SELECT coalesce(jsonb_agg(jsonb_build_object('store_id', r.store_id, 'from_day', r.from_day, 'to_day', r.to_day)
+                                          ORDER BY r.store_id, r.from_day), '[]')
+                FROM (SELECT store_id, min(utc_day) - 1 AS from_day, max(utc_day) + 2 AS to_day FROM numbered GROUP BY store_id, run
+                      UNION ALL
+                      -- stock has no day: any window repairs the store's stock
+                      SELECT store_id, current_date, current_date + 1 FROM placed p
+                      WHERE p.utc_day IS NULL AND NOT EXISTS (SELECT 1 FROM placed q WHERE q.store_id = p.store_id AND q.utc_day IS NOT NULL)) AS r)
+        $q$, to_regclass(format('%I.sales', cfg.source_schema)),
+             coalesce(to_regclass(format('%I.sale_items', cfg.source_schema))::text, '(SELECT NULL::uuid AS id, NULL::uuid AS sale_id)'))
+      INTO noted, everything, runs;
+    IF everything THEN
+        RETURN jsonb_build_object('noted', noted, 'repairs', jsonb_build_array(analytics_internal._repair(NULL)));
+    END IF;
+    FOR run IN SELECT * FROM jsonb_array_elements(runs) LOOP
+        repairs := repairs || analytics_internal._repair((run ->> 'store_id')::uuid, (run ->> 'from_day')::date, (run ->> 'to_day')::date);
+    END LOOP;
+    RETURN jsonb_build_object('noted', noted, 'repairs', repairs);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics.attach(source_schema name DEFAULT 'public') RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sales regclass := to_regclass(format('%I.sales', source_schema));
+    has_status bool;
+    has_voided_at bool;
+    missing text[];
+    valid_sale text;
+    optional_tables text[];
+    found_tables text[];
+    stock_source text;
+    triggers text[];
+    problems text;
+    -- Re-attaching in one transaction misses no change: the warehouse needs no reload then.
+    warehouse_reload constant boolean := (SELECT w.full_load_pending FROM analytics_internal.warehouse_state w)
+        OR (SELECT c.source_schema FROM analytics_internal.source_config c) IS DISTINCT FROM source_schema;
+BEGIN
+    IF sales IS NULL THEN
+        RAISE EXCEPTION 'no table "sales" in schema "%"', source_schema
+            USING HINT = 'Pass the schema holding LA-CAJA''s tables: SELECT analytics.attach(''public'').';
+    END IF;
+
+    SELECT array_agg(need ORDER BY need) INTO missing
+    FROM unnest(ARRAY['id', 'store_id', 'sold_at', 'totals', 'payment', 'customer_id']) AS need
+    WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = sales AND a.attname = need AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '% lacks columns LA-CAJA''s sales always have: %', sales, array_to_string(missing, ', ')
+            USING HINT = 'See SPEC §1 for the columns analytics needs.';
+    END IF;
+
+    SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = sales AND attname = 'status' AND NOT attisdropped),
+           EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = sales AND attname = 'voided_at' AND NOT attisdropped)
+      INTO has_status, has_voided_at;
+    valid_sale := CASE
+        WHEN has_status AND has_voided_at THEN $v$r.status = 'completed' AND r.voided_at IS NULL$v$
+        WHEN has_status THEN $v$r.status = 'completed'$v$
+        WHEN has_voided_at THEN 'r.voided_at IS NULL'
+        ELSE 'true' END;
+
+    -- Stock: products.current_stock when the table has it (simplified variant), else the
+    -- sum of inventory_movements.
+    stock_source := CASE
+        WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.products', source_schema))
+                                                  AND attname = 'current_stock' AND NOT attisdropped)
+             AND analytics_internal._has_columns(to_regclass(format('%I.products', source_schema)), '{id,store_id}')
+            THEN 'current_stock'
+        WHEN analytics_internal._has_columns(to_regclass(format('%I.inventory_movements', source_schema)),
+                                    '{store_id,product_id,qty_delta}')
+            THEN 'movements' END;
+
+    -- What the owner's code will read must be tables of built-in column types, and stay so.
+    problems := analytics_internal._source_table_problems(source_schema);
+    IF problems IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot attach to schema %: %', source_schema, problems
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'lacaja_analytics reads these as tables with columns of built-in types (anything else would run its code with the extension''s rights).';
+    END IF;
+
+    PERFORM analytics_internal._lock_capture_tables(source_schema);
+    PERFORM analytics.detach();
+    INSERT INTO analytics_internal.source_config (source_schema, source_schema_oid, variant, sales_has_status, sales_has_voided_at,
+                                                  valid_sale, stock_source)
+    VALUES (source_schema, to_regnamespace(quote_ident(source_schema)), CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
+            has_status, has_voided_at, valid_sale, stock_source);
+
+    UPDATE analytics_internal.warehouse_state SET full_load_pending = warehouse_reload WHERE enabled;
+    triggers := analytics_internal._establish_capture(create_triggers => true);
+
+    optional_tables := ARRAY['stores', 'products', 'sale_items', 'sale_returns', 'sale_return_items',
+                             'inventory_movements', 'events', 'sales_heatmap', 'real_time_metrics'];
+    SELECT array_agg(o ORDER BY o) FILTER (WHERE to_regclass(format('%I.%I', source_schema, o)) IS NOT NULL)
+      INTO found_tables FROM unnest(optional_tables) AS o;
+
+    RETURN jsonb_build_object(
+        'attached', true,
+        'source_schema', source_schema,
+        'sales', sales::text,
+        'variant', CASE WHEN has_status THEN 'simplified' ELSE 'real' END,
+        'valid_sale', valid_sale,
+        'stock', coalesce(stock_source, 'not captured: no inventory_movements or products.current_stock'),
+        'products', CASE WHEN (SELECT captures_items FROM analytics_internal.source_config) THEN 'sale_items'
+                         ELSE 'not captured: no sale_items with id, sale_id, product_id, qty, unit_price_bs, unit_price_usd' END,
+        'triggers', to_jsonb(triggers),
+        'tables_found', coalesce(to_jsonb(found_tables), '[]'),
+        'tables_missing', coalesce((SELECT jsonb_agg(o ORDER BY o) FROM unnest(optional_tables) o
+                                    WHERE o <> ALL (coalesce(found_tables, '{}'))), '[]'),
+        'warnings', to_jsonb(analytics_internal._unindexed_lookups(source_schema)),
+        'next_step', 'SELECT analytics.refresh_all();  -- backfills the rollups from history');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics.detach() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dropped text[];
+BEGIN
+    PERFORM analytics_internal._lock_capture_tables(NULL);
+    dropped := analytics_internal._drop_capture_triggers('lacaja_analytics_');
+    DELETE FROM analytics_internal.source_config;
+    DELETE FROM analytics_internal.capture_established;
+    PERFORM analytics_internal._set_fold_rows_body('BEGIN RETURN; END');
+    PERFORM analytics_internal._generate_readers();
+    PERFORM analytics_internal._detach_items();
+    PERFORM analytics_internal._warehouse_detached();
+    RETURN jsonb_build_object('detached', true, 'dropped_triggers', to_jsonb(dropped));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics.enable_warehouse(schedule_interval interval DEFAULT interval '15 minutes') RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg analytics_internal.source_config;
+    triggers text[];
+    job int;
+BEGIN
+    SELECT * INTO cfg FROM analytics_internal.source_config;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lacaja_analytics is not attached to LA-CAJA''s tables'
+            USING HINT = 'SELECT analytics.attach(''public'');  -- then enable the warehouse';
+    END IF;
+    PERFORM analytics_internal._detach_warehouse();
+    triggers := analytics_internal._attach_warehouse(cfg.source_schema);
+    INSERT INTO analytics_internal.warehouse_state AS w (enabled, enabled_at) VALUES (true, now())
+    ON CONFLICT (singleton) DO UPDATE SET enabled = true, enabled_at = coalesce(CASE WHEN w.enabled THEN w.enabled_at END, now());
+    SELECT j.job_id INTO job FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_etl_load_sales'::regproc;
+    IF job IS NULL AND schedule_interval IS NOT NULL THEN
+        job := analytics.add_job('analytics_internal.policy_etl_load_sales'::regproc, schedule_interval);
+        PERFORM analytics_internal._label_job(job, format('Warehouse ETL [%s]', job), NULL);
+    ELSIF job IS NOT NULL AND schedule_interval IS NOT NULL THEN
+        PERFORM analytics.alter_job(job, schedule_interval => schedule_interval);
+    END IF;
+    RETURN jsonb_build_object(
+        'enabled', true,
+        'triggers', to_jsonb(triggers),
+        'job_id', job,
+        'full_load_pending', (SELECT full_load_pending FROM analytics_internal.warehouse_state),
+        'next_step', CASE WHEN (SELECT full_load_pending FROM analytics_internal.warehouse_state)
+                          THEN 'SELECT analytics.etl_load_sales();  -- loads all history once (or wait for the job)' END);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics.etl_load_sales(full_reload boolean DEFAULT false) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off SET random_page_cost = 1.1 AS $$
+DECLARE
+    started constant timestamptz := clock_timestamp();
+    state analytics_internal.warehouse_state;
+    cfg analytics_internal.source_config;
+    everything boolean;
+    changes bigint;
+    sale_ids uuid[];
+    products record;
+    rezoned uuid[];
+    facts record;
+    repointed bigint := 0;
+    customers bigint;
+    result jsonb;
+BEGIN
+    SELECT * INTO state FROM analytics_internal.warehouse_state FOR UPDATE;
+    IF NOT coalesce(state.enabled, false) THEN
+        RAISE EXCEPTION 'the warehouse is not enabled'
+            USING HINT = 'SELECT analytics.enable_warehouse();  -- captures changes from then on; the first etl_load_sales() loads all history';
+    END IF;
+    SELECT * INTO cfg FROM analytics_internal.source_config;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lacaja_analytics is detached from LA-CAJA''s tables: nothing to load from'
+            USING HINT = 'SELECT analytics.attach(''public'');  -- the next run then reloads the warehouse';
+    END IF;
+    everything := full_reload OR state.full_load_pending;
+
+    -- What this snapshot sees of the log is loaded below; later changes stay for the next run.
+    WITH consumed AS (DELETE FROM analytics_internal.warehouse_changes RETURNING sale_id)
+    SELECT count(*), array_agg(DISTINCT sale_id) INTO changes, sale_ids FROM consumed;
+    sale_ids := coalesce(sale_ids, '{}');
+
+    products := analytics_internal._etl_products(cfg.source_schema);
+    rezoned := analytics_internal._etl_stores(cfg.source_schema);
+    IF cardinality(rezoned) > 0 AND NOT everything THEN
+        EXECUTE format('SELECT array_agg(DISTINCT id) FROM (SELECT unnest($1) AS id UNION SELECT id FROM %I.sales WHERE store_id = ANY($2)) AS s',
+                       cfg.source_schema)
+           INTO sale_ids USING sale_ids, rezoned;
+    END IF;
+
+    facts := analytics_internal._etl_facts(CASE WHEN everything THEN NULL ELSE sale_ids END);
+    IF NOT everything THEN
+        repointed := analytics_internal._etl_repoint(products.touched);
+    END IF;
+    customers := analytics_internal._etl_customers(cfg.source_schema, CASE WHEN everything THEN NULL ELSE sale_ids END);
+
+    UPDATE analytics_internal.warehouse_state SET full_load_pending = false, last_run_at = now();
+    result := jsonb_build_object(
+        'mode', CASE WHEN everything THEN 'full' ELSE 'incremental' END,
+        'changes', changes,
+        'sales', CASE WHEN everything THEN NULL ELSE cardinality(sale_ids) END,
+        'facts_inserted', facts.inserted, 'facts_updated', facts.updated, 'facts_deleted', facts.deleted,
+        'facts_repointed', repointed,
+        'product_versions_opened', products.versions_opened, 'product_versions_closed', products.versions_closed,
+        'stores_rezoned', cardinality(rezoned),
+        'customers_written', customers,
+        'duration_ms', round(extract(epoch FROM clock_timestamp() - started)::numeric * 1000, 1));
+    INSERT INTO analytics.etl_runs (started_at, finished_at, result) VALUES (started, clock_timestamp(), result);
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics.health()
+RETURNS TABLE (check_name text, status text, detail text, hint text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    cfg analytics_internal.source_config;
+    missing text;
+    disabled text;
+    unbound text;
+    policy int;
+    r record;
+    scheduler_database constant text := coalesce(current_setting('lacaja_analytics.database', true), '');
+BEGIN
+    -- A new release's library serves the previous release's SQL until the update.
+    RETURN QUERY SELECT 'version', CASE WHEN e.extversion = analytics_internal._library_version() THEN 'ok' ELSE 'problem' END,
+        CASE WHEN e.extversion = analytics_internal._library_version() THEN 'lacaja_analytics ' || e.extversion
+             ELSE format('the server runs the lacaja_analytics %s library on this database''s %s SQL', analytics_internal._library_version(), e.extversion) END,
+        CASE WHEN e.extversion <> analytics_internal._library_version()
+             THEN 'ALTER EXTENSION lacaja_analytics UPDATE;  -- docs/operations.md, "Upgrade"' END
+    FROM pg_extension e WHERE e.extname = 'lacaja_analytics';
+    SELECT * INTO cfg FROM analytics_internal.source_config;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'capture', 'problem', 'lacaja_analytics is not attached: new sales are not counted',
+            'Run SELECT analytics.attach(''public''); then SELECT analytics.refresh_all(); (after a restore, see docs/operations.md).';
+    ELSE
+        SELECT string_agg(format('%s.%s', e.rel, e.trigger_name), ', ' ORDER BY 1) INTO missing
+        FROM analytics_internal._expected_capture_triggers() e
+        WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = e.rel AND t.tgname = e.trigger_name);
+        SELECT string_agg(format('%s.%s', t.tgrelid::regclass, t.tgname), ', ' ORDER BY 1) INTO disabled
+        FROM analytics_internal._expected_capture_triggers() e
+        JOIN pg_trigger t ON t.tgrelid = e.rel AND t.tgname = e.trigger_name
+        WHERE t.tgenabled = 'D' OR (e.trigger_name LIKE '%\_replica%' AND t.tgenabled <> 'A');
+        SELECT string_agg(format('%s.%s', t.tgrelid::regclass, t.tgname), ', ' ORDER BY 1) INTO unbound
+        FROM analytics_internal._expected_capture_triggers() e
+        JOIN pg_trigger t ON t.tgrelid = e.rel AND t.tgname = e.trigger_name
+        WHERE NOT analytics_internal._is_extension_trigger(t.tgrelid, t.tgname);
+        IF NOT EXISTS (SELECT 1 FROM analytics_internal.capture_established) THEN
+            RETURN QUERY SELECT 'capture', 'problem',
+                'the capture was not rebuilt in this database (a restore without its triggers?): changes are not counted',
+                format('Run SELECT analytics.attach(%L); then SELECT count(*) FROM analytics.verify(); (docs/operations.md, restore).', cfg.source_schema);
+        ELSIF missing IS NOT NULL THEN
+            RETURN QUERY SELECT 'capture', 'problem', 'capture triggers missing: ' || missing,
+                format('Run SELECT analytics.attach(%L); then SELECT analytics.refresh_all();', cfg.source_schema);
+        ELSIF disabled IS NOT NULL THEN
+            RETURN QUERY SELECT 'capture', 'problem', 'capture triggers disabled (changes are not counted): ' || disabled,
+                format('Run SELECT analytics.attach(%L); then SELECT analytics.refresh_all(); to count what was missed.', cfg.source_schema);
+        ELSIF unbound IS NOT NULL THEN
+            RETURN QUERY SELECT 'capture', 'problem', 'capture triggers not bound to the extension (DROP EXTENSION would leave them): ' || unbound,
+                format('Run SELECT analytics.attach(%L);', cfg.source_schema);
+        ELSE
+            RETURN QUERY SELECT 'capture', 'ok',
+                format('attached to schema %s (%s variant); %s capture triggers enabled', cfg.source_schema, cfg.variant,
+                       (SELECT count(*) FROM analytics_internal._expected_capture_triggers())), NULL::text;
+        END IF;
+    END IF;
+
+    SELECT * INTO r FROM analytics_internal.repair_log ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'rollups checked', 'notice', 'never compared with the source since install',
+            'SELECT count(*) FROM analytics.verify(); shows differences; a continuous-aggregate policy checks recent days on a schedule.';
+    ELSE
+        RETURN QUERY SELECT 'rollups checked', CASE WHEN r.keys_corrected = 0 THEN 'ok' ELSE 'notice' END,
+            format('last compared with the source %s ago (%s%s): %s keys corrected', date_trunc('second', now() - r.finished_at),
+                   CASE WHEN r.store_id IS NULL THEN 'every store' ELSE 'store ' || r.store_id END,
+                   CASE WHEN r.from_day IS NOT NULL OR r.to_day IS NOT NULL
+                        THEN format(', days %s to %s', coalesce(r.from_day::text, '…'), coalesce(r.to_day::text, '…')) ELSE '' END,
+                   r.keys_corrected),
+            CASE WHEN r.keys_corrected > 0
+                 THEN 'Corrections mean writes reached the source without the capture (triggers off, a restore with session_replication_role = replica): see docs/operations.md.' END;
+    END IF;
+    IF EXISTS (SELECT 1 FROM analytics_internal.replica_writes) THEN
+        SELECT min(j.job_id) INTO policy FROM analytics.jobs j
+        WHERE j.proc = 'analytics_internal.policy_refresh_continuous_aggregate'::regproc AND j.scheduled;
+        RETURN QUERY SELECT 'writes with triggers off', CASE WHEN policy IS NULL THEN 'problem' ELSE 'notice' END,
+            format('%s key(s) of source rows written with session_replication_role = replica since %s, not yet compared with the rollups',
+                   count(*), min(w.noted_at)::timestamp(0)),
+            CASE WHEN policy IS NULL
+                 THEN 'Add a continuous-aggregate policy (it repairs them at each run), or run SELECT analytics.refresh_all();'
+                 ELSE format('The continuous-aggregate policy (job %s) repairs them at its next run, or CALL analytics.run_job(%s);', policy, policy) END
+        FROM analytics_internal.replica_writes w;
+    END IF;
+    IF EXISTS (SELECT 1 FROM analytics_internal.zone_changes) THEN
+        RETURN QUERY SELECT 'zone changes', 'notice',
+            format('%s store(s) re-zoned; sales committed during the re-bucketing wait for the settle job', count(*)),
+            'The settle job (job 2) moves them within a minute with the scheduler, or run SELECT analytics.run_pending_jobs();'
+        FROM analytics_internal.zone_changes;
+    END IF;
+
+    FOR r IN SELECT s.job_id, s.application_name, s.consecutive_failures,
+                    (SELECT e.err_message FROM analytics.job_errors e WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) AS last_error
+             FROM analytics.job_stats s WHERE s.consecutive_failures > 0 ORDER BY s.job_id LOOP
+        RETURN QUERY SELECT 'job ' || r.job_id, 'problem',
+            format('%s failed its last %s run(s): %s', r.application_name, r.consecutive_failures, coalesce(r.last_error, '(no message)')),
+            format('SELECT * FROM analytics.job_errors WHERE job_id = %s ORDER BY finish_time DESC; fix the cause, then CALL analytics.run_job(%s);',
+                   r.job_id, r.job_id);
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM analytics.jobs WHERE scheduled) THEN
+        IF scheduler_database = current_database()
+           AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.backend_type = 'lacaja_analytics scheduler') THEN
+            RETURN QUERY SELECT 'scheduler', 'ok', 'the scheduler runs this database''s jobs', NULL::text;
+        ELSIF scheduler_database = current_database() THEN
+            RETURN QUERY SELECT 'scheduler', 'problem', 'lacaja_analytics.database names this database but no scheduler is running',
+                'Add lacaja_analytics to shared_preload_libraries and restart, or call SELECT analytics.run_pending_jobs(); from cron.';
+        ELSE
+            RETURN QUERY SELECT 'scheduler', 'notice',
+                format('%s: jobs here run only when SELECT analytics.run_pending_jobs(); is called',
+                       CASE WHEN scheduler_database = '' THEN 'no database is named for the scheduler (lacaja_analytics.database)'
+                            ELSE format('the scheduler runs the jobs of %s, not of this database', quote_ident(scheduler_database)) END),
+                format('ALTER SYSTEM SET lacaja_analytics.database = %L; SELECT pg_reload_conf();', current_database());
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT 'ingest errors', 'notice',
+        format('%s source value(s) could not be read and counted as 0, %s in the last day', count(*),
+               count(*) FILTER (WHERE first_seen > now() - interval '1 day')),
+        'SELECT * FROM analytics.ingest_errors ORDER BY first_seen DESC; fix the rows in LA-CAJA, the capture counts them again.'
+    FROM analytics.ingest_errors HAVING count(*) > 0;
+    RETURN QUERY SELECT 'index builds', 'problem',
+        format('%s recommended index build(s) failed: %s', count(*), string_agg(index_name || ' (' || left(error, 80) || ')', ', ' ORDER BY id)),
+        'SELECT * FROM analytics.index_builds WHERE status = ''failed''; then SELECT * FROM analytics.create_recommended_indexes(dry_run => false);'
+    FROM analytics.index_builds b
+    WHERE b.status = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM analytics.index_builds later WHERE later.index_name = b.index_name AND later.id > b.id AND later.status = 'built')
+    HAVING count(*) > 0;
+    RETURN QUERY SELECT 'index builds', 'notice', format('%s index build step(s) queued or running', count(*)),
+        'Follow them in analytics.index_builds.'
+    FROM analytics.index_builds WHERE status IN ('queued', 'building') HAVING count(*) > 0;
+    RETURN QUERY SELECT 'conversion of ' || c.table_name, 'notice',
+        format('create_hypertable in progress since %s ago: %s, %s rows copied', date_trunc('second', now() - c.started_at), c.status, c.rows_copied),
+        'Follow it in analytics.hypertable_conversions; POS writes continue until its swap.'
+    FROM analytics.hypertable_conversions c WHERE c.status NOT IN ('done', 'failed');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics_internal._conversion_swap(c analytics.hypertable_conversions) RETURNS analytics.hypertable_conversions
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names record := analytics_internal._conversion_names(c);
+    rel record;
+    statements text[];
+    views text[];
+    fk_constraints oid[];
+    replaced text[] := '{}';
+    stmt text;
+    locked_at timestamptz;
+    h analytics.hypertables;
+    job int;
+    ix record;
+BEGIN
+    locked_at := clock_timestamp();
+    IF c.online THEN
+        PERFORM analytics_internal._lock_tables(analytics_internal._conversion_lock_set(c.relation), 'ACCESS EXCLUSIVE');
+        locked_at := clock_timestamp();
+        c := analytics_internal._conversion_apply_log(c, NULL);
+    END IF;
+    SELECT cl.relowner, cl.relrowsecurity, cl.relforcerowsecurity, cl.relacl INTO rel FROM pg_class cl WHERE cl.oid = c.relation;
+    SELECT * INTO h FROM analytics.hypertables WHERE hypertable_id = c.hypertable_id;
+
+    -- Written while the names still mean the old table; run once the new one has its name.
+    statements := ARRAY(
+        SELECT s FROM pg_trigger t
+        CROSS JOIN LATERAL unnest(ARRAY[pg_get_triggerdef(t.oid),
+            -- a trigger's firing mode (the capture's replica triggers are ENABLE ALWAYS)
+            CASE WHEN t.tgenabled <> 'O' THEN
+                format('ALTER TABLE %s %s TRIGGER %I', names.old_table,
+                       CASE t.tgenabled WHEN 'A' THEN 'ENABLE ALWAYS' WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'DISABLE' END, t.tgname) END])
+            WITH ORDINALITY AS x (s, n)
+        WHERE t.tgrelid = c.relation AND NOT t.tgisinternal AND t.tgname NOT LIKE 'lacaja\_conversion\_log\_%' AND s IS NOT NULL
+        ORDER BY t.tgname, n);
+    statements := statements || ARRAY(
+        SELECT format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname, names.old_table,
+                      CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                      CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+                      (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') FROM unnest(p.polroles) r),
+                      ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
+                      ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')')
+        FROM pg_policy p WHERE p.polrelid = c.relation ORDER BY p.polname);
+    IF rel.relrowsecurity THEN
+        statements := statements || format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', names.old_table);
+    END IF;
+    IF rel.relforcerowsecurity THEN
+        statements := statements || format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', names.old_table);
+    END IF;
+    statements := statements || format('ALTER TABLE %s OWNER TO %I', names.old_table, pg_get_userbyid(rel.relowner));
+    statements := statements || ARRAY(
+        SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, names.old_table,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+        FROM aclexplode(rel.relacl) a WHERE a.grantee <> rel.relowner);
+    IF obj_description(c.relation, 'pg_class') IS NOT NULL THEN
+        statements := statements || format('COMMENT ON TABLE %s IS %L', names.old_table, obj_description(c.relation, 'pg_class'));
+    END IF;
+    -- Views over the table follow it to the new one (same definition, grants and owner kept).
+    views := ARRAY(
+        SELECT format('CREATE OR REPLACE VIEW %I.%I%s AS %s', n.nspname, v.relname,
+                      ' WITH (' || array_to_string(v.reloptions, ', ') || ')', pg_get_viewdef(v.oid))
+        FROM pg_depend d JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+        JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
+        WHERE d.refobjid = c.relation AND v.oid <> c.relation AND v.relkind = 'v'
+        GROUP BY v.oid, n.nspname ORDER BY v.oid);
+    fk_constraints := ARRAY(SELECT k.oid FROM pg_constraint k WHERE k.confrelid = c.relation AND k.contype = 'f'
+                            AND k.conrelid <> c.relation);
+
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', names.old_table, names.retired);
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', names.staging, c.table_name);
+    FOREACH stmt IN ARRAY views LOOP
+        EXECUTE stmt;
+    END LOOP;
+    -- serial columns keep their sequence (it would go with the old table); identity columns
+    -- continue where the old table's sequence was
+    PERFORM analytics_internal._exec(format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::regclass, names.old_table, a.attname))
+    FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+    JOIN pg_attribute a ON a.attrelid = c.relation AND a.attnum = d.refobjsubid
+    WHERE d.refobjid = c.relation AND d.classid = 'pg_class'::regclass AND d.deptype = 'a';
+    PERFORM setval(pg_get_serial_sequence(names.old_table, a.attname),
+                   (SELECT s.last_value FROM pg_sequences s
+                    WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass
+                          = pg_get_serial_sequence(format('%I.%I', c.schema_name, names.retired), a.attname)::regclass))
+    FROM pg_attribute a WHERE a.attrelid = c.relation AND a.attidentity <> '' AND NOT a.attisdropped;
+    FOREACH stmt IN ARRAY ARRAY(SELECT k::text FROM unnest(fk_constraints) k) LOOP
+        replaced := replaced || analytics_internal._replace_foreign_key(stmt::oid, names.old_table);
+    END LOOP;
+    EXECUTE format('DROP TABLE %I.%I', c.schema_name, names.retired);
+    IF c.online THEN
+        EXECUTE format('DROP TABLE %s', names.log_table);
+    END IF;
+    -- index-backed names, free now
+    FOR ix IN SELECT k.conname FROM pg_constraint k WHERE k.conrelid = h.relation AND k.contype IN ('p', 'u')
+                AND k.conname LIKE '%\_lacaja\_' || c.conversion_id LOOP
+        EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', names.old_table, ix.conname,
+                       regexp_replace(ix.conname, '_lacaja_' || c.conversion_id || '$', ''));
+    END LOOP;
+    FOR ix IN SELECT i.indexrelid::regclass AS idx, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+              WHERE i.indrelid = h.relation AND ic.relname LIKE '%\_lacaja\_' || c.conversion_id LOOP
+        EXECUTE format('ALTER INDEX %s RENAME TO %I', ix.idx, regexp_replace(ix.relname, '_lacaja_' || c.conversion_id || '$', ''));
+    END LOOP;
+    FOREACH stmt IN ARRAY statements LOOP
+        EXECUTE stmt;
+    END LOOP;
+    PERFORM analytics_internal._bind_trigger_to_extension(h.relation::oid, t.tgname)
+    FROM pg_trigger t WHERE t.tgrelid = h.relation AND t.tgname LIKE 'lacaja\_analytics\_%';
+    job := analytics.add_job('analytics_internal.policy_chunk_maintenance'::regproc,
+                             least(analytics_internal._fixed_interval(h.chunk_interval), interval '1 hour'),
+                             jsonb_build_object('hypertable_id', h.hypertable_id));
+    PERFORM analytics_internal._label_job(job, format('Chunk Maintenance [%s]', job), h.relation);
+    IF c.online THEN
+        c.longest_lock_ms := greatest(c.longest_lock_ms, round(extract(epoch FROM clock_timestamp() - locked_at) * 1000, 1));
+    END IF;
+    c.status := 'done';
+    c.finished_at := clock_timestamp();
+    IF replaced <> '{}' THEN
+        RAISE NOTICE 'foreign keys now enforced by triggers: %', array_to_string(replaced, ', ');
+    END IF;
+    RETURN c;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics_internal._drop_capture_triggers(prefix text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    dropped text[] := '{}';
+BEGIN
+    FOR t IN
+        SELECT tg.tgname, tg.tgrelid::regclass AS rel
+        FROM pg_trigger tg
+        -- a partition's clone of a row trigger goes with the partitioned table's
+        WHERE starts_with(tg.tgname, prefix) AND NOT tg.tgisinternal AND tg.tgparentid = 0
+        ORDER BY 2, 1
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+        dropped := dropped || format('%s.%s', t.rel, t.tgname);
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics_internal._expected_capture_triggers()
+RETURNS TABLE (rel regclass, trigger_name name)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH tables AS (
+        SELECT to_regclass(format('%I.sales', c.source_schema)) AS sales,
+               to_regclass(format('%I.sale_items', c.source_schema)) AS items,
+               to_regclass(format('%I.sale_return_items', c.source_schema)) AS returns,
+               to_regclass(format('%I.inventory_movements', c.source_schema)) AS movements,
+               to_regclass(format('%I.products', c.source_schema)) AS products,
+               c.captures_items, c.stock_source,
+               coalesce((SELECT w.enabled FROM analytics_internal.warehouse_state w), false) AS warehouse
+        FROM analytics_internal.source_config c)
+    SELECT t.rel, format('lacaja_analytics_%s_%s', t.source, e.event)::name
+    FROM tables c
+    CROSS JOIN LATERAL (VALUES
+        (c.sales, 'sales'),
+        (CASE WHEN c.captures_items THEN c.items END, 'items'),
+        (CASE WHEN c.captures_items AND analytics_internal._has_columns(c.returns, '{sale_item_id,qty,total_bs,total_usd}')
+              THEN c.returns END, 'item_returns'),
+        (CASE c.stock_source WHEN 'movements' THEN c.movements WHEN 'current_stock' THEN c.products END, 'stock')
+    ) AS t (rel, source)
+    CROSS JOIN unnest(ARRAY['insert', 'update', 'delete', 'truncate', 'replica', 'replica_truncate']) AS e (event)
+    WHERE t.rel IS NOT NULL
+    UNION ALL
+    SELECT t.rel, format('lacaja_analytics_%s_%s', t.source, e.event)::name
+    FROM tables c
+    CROSS JOIN LATERAL (VALUES
+        (c.sales, 'warehouse_sales'),
+        (CASE WHEN analytics_internal._has_columns(c.items, '{id,sale_id}') THEN c.items END, 'warehouse_items'),
+        (CASE WHEN analytics_internal._has_columns(c.returns, '{sale_item_id}') AND analytics_internal._has_columns(c.items, '{id,sale_id}')
+              THEN c.returns END, 'warehouse_item_returns'),
+        (CASE WHEN analytics_internal._has_columns(c.products, '{id}') THEN c.products END, 'warehouse_products')
+    ) AS t (rel, source)
+    CROSS JOIN unnest(ARRAY['insert', 'update', 'delete', 'truncate']) AS e (event)
+    WHERE c.warehouse AND t.rel IS NOT NULL
+$$;
+
+
+CREATE OR REPLACE FUNCTION analytics_internal._repair(store_id uuid, from_day date DEFAULT NULL, to_day date DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    measured record;
+    ctes text[];
+    counts text[] := '{}';
+    c analytics_internal.rollup_catalog;
+    corrected jsonb;
+    items_fixed bigint;
+    started timestamptz := clock_timestamp();
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'analytics refresh must run at READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING HINT = 'Run it in its own transaction; it never blocks sales.';
+    END IF;
+    -- Repairs add corrections to shard 0; two at once would both add the same correction.
+    -- Taken before the repair statement so that its snapshot sees the previous repair.
+    PERFORM pg_advisory_xact_lock(1279345482, 1);
+    IF store_id IS NULL AND from_day IS NULL AND to_day IS NULL THEN
+        -- Everything is compared: writes noted with triggers off (restore.sql) are covered.
+        DELETE FROM analytics_internal.replica_writes;
+    END IF;
+    -- Item facts first (they lock the sales they fix); the rollups are then sums of facts.
+    items_fixed := analytics_internal._repair_item_facts(store_id, from_day, to_day);
+    measured := analytics_internal._measured_ctes(store_id, from_day, to_day);
+    ctes := measured.ctes;
+    FOREACH c IN ARRAY measured.rollups LOOP
+        ctes := ctes || format('fix_%s AS (%s RETURNING 1)', c.position,
+            analytics_internal._add_to_parts_sql(c, analytics_internal._difference_sql(c, 'measured_' || c.source,
+                                                                     analytics_internal._parts_filter(c, store_id, from_day, to_day)), '0', false));
+        counts := counts || format('%L, (SELECT count(*) FROM fix_%s)', c.name, c.position);
+    END LOOP;
+    counts := counts || $q$'valid_sales', (SELECT count(*) FROM measured_sales)$q$::text;
+    -- One statement: the sources and every rollup are read in the same snapshot.
+    EXECUTE format('WITH %s SELECT jsonb_build_object(%s)', array_to_string(ctes, ', '), array_to_string(counts, ', '))
+      INTO corrected;
+    corrected := jsonb_build_object(
+        'store_id', store_id,
+        'keys_corrected', corrected - 'valid_sales',
+        'valid_sales', corrected -> 'valid_sales',
+        'sales_with_item_facts_rebuilt', items_fixed,
+        'duration_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000, 1));
+    PERFORM analytics_internal._log_repair(store_id, from_day, to_day, corrected);  -- for analytics.health()
+    RETURN corrected;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE analytics_internal.policy_refresh_continuous_aggregate(job_id int, config jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    w record := analytics_internal._policy_window(config);
+    result jsonb;
+    noted jsonb;
+BEGIN
+    -- First what was written with triggers off, wherever it is (restore.sql).
+    noted := analytics_internal._repair_replica_writes();
+    IF noted IS NOT NULL THEN
+        RAISE LOG 'lacaja_analytics job %: writes made with triggers off repaired: %', job_id, noted;
+    END IF;
+    result := analytics_internal._repair(NULL, w.from_day, w.to_day);
+    RAISE LOG 'lacaja_analytics job %: % over [%, %): %', job_id, config ->> 'continuous_aggregate', w.from_day, w.to_day, result;
+END
+$$;
+
+REVOKE ALL ON FUNCTION analytics_internal._library_version(),
+                       analytics_internal._bind_trigger(regclass, name),
+                       analytics_internal._create_capture_triggers(regclass, text, text[], text, boolean),
+                       analytics_internal._attach_items(name, text, boolean),
+                       analytics_internal._attach_warehouse(name, boolean),
+                       analytics_internal._establish_capture(boolean),
+                       analytics_internal._on_trigger_created(),
+                       analytics_internal._note_replica_write(),
+                       analytics_internal._create_replica_triggers(name, boolean),
+                       analytics_internal._repair_replica_writes()
+    FROM PUBLIC;
+
+CREATE EVENT TRIGGER lacaja_analytics_restore_capture ON ddl_command_end WHEN TAG IN ('CREATE TRIGGER')
+    EXECUTE FUNCTION analytics_internal._on_trigger_created();
+ALTER EVENT TRIGGER lacaja_analytics_restore_capture ENABLE ALWAYS;
+
+
+-- What pg_dump keeps (install.sql) ---------------------------------------------------------
+
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOREACH t IN ARRAY ARRAY[
+        'analytics_internal.source_config', 'analytics_internal.store_isolation', 'analytics_internal.zone_changes',
+        'analytics.job_errors_id_seq',
+        'analytics_internal.sale_measures', 'analytics_internal.sales_hourly_parts', 'analytics_internal.sales_daily_parts',
+        'analytics_internal.customer_daily_parts', 'analytics_internal.product_stock_parts',
+        'analytics_internal.item_facts', 'analytics_internal.product_daily_parts', 'analytics_internal.cost_daily_parts',
+        'analytics_internal.replica_writes',
+        'analytics_internal.repair_log', 'analytics_internal.repair_log_id_seq',
+        'analytics.index_builds', 'analytics.index_builds_id_seq',
+        'analytics.hypertable_conversions', 'analytics.hypertable_conversions_conversion_id_seq',
+        'analytics.anomaly_predictions', 'analytics.anomaly_predictions_id_seq',
+        'analytics_internal.real_time_metric_state', 'analytics_internal.alert_state',
+        'analytics_internal.warehouse_state', 'analytics_internal.warehouse_changes',
+        'analytics_internal.warehouse_product_changes', 'analytics_internal.warehouse_product_changes_change_id_seq',
+        'analytics.dim_store', 'analytics.dim_customer', 'analytics.fact_sales', 'analytics.etl_runs',
+        'analytics.etl_runs_run_id_seq']::regclass[] LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(t, '');
+    END LOOP;
+END
+$$;
+SELECT pg_catalog.pg_extension_config_dump('analytics_internal.job_run_state', 'WHERE job_id >= 1000');
+
+-- An attached database: its capture was built by 0.1.0's attach() (the generated bodies are
+-- the same in 0.2.0); it gains the triggers that note writes made with triggers off.
+DO $$
+DECLARE
+    schema_name constant name := (SELECT c.source_schema FROM analytics_internal.source_config c);
+BEGIN
+    IF schema_name IS NOT NULL THEN
+        PERFORM analytics_internal._lock_capture_tables(schema_name);
+        INSERT INTO analytics_internal.capture_established (source_schema)
+        SELECT c.source_schema_oid FROM analytics_internal.source_config c;
+        PERFORM analytics_internal._create_replica_triggers(schema_name, true);
+    END IF;
+END
+$$;
