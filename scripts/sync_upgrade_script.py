@@ -2,10 +2,11 @@
 # Release helper (docs/operations.md, "Making a release"): copies into the update script the
 # current definition, from sql/*.sql, of every function or procedure the script creates, so that
 # one changed again after it was written is not left behind. Run from the repository's root.
-import re
-FILES=['sql/rollups.sql','sql/products.sql','sql/timeseries.sql','sql/warehouse.sql','sql/health.sql','sql/restore.sql']
-src={f:open(f).read() for f in FILES}
 import glob
+import re
+
+FILES=[f for f in sorted(glob.glob('sql/*.sql')) if not f.startswith('sql/lacaja_analytics--')]
+src={f:open(f).read() for f in FILES}
 p=sorted(glob.glob('sql/lacaja_analytics--*--*.sql'))[-1]
 s=open(p).read()
 def src_block(kind,name):

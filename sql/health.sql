@@ -160,6 +160,13 @@ BEGIN
         FROM analytics_internal.zone_changes;
     END IF;
 
+    FOR r IN SELECT s.job_id, j.application_name FROM analytics_internal.job_run_state s JOIN analytics.jobs j USING (job_id)
+             WHERE s.running_pid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.running_pid)
+             ORDER BY s.job_id LOOP
+        RETURN QUERY SELECT 'job ' || r.job_id, 'problem',
+            format('%s was running when its process ended (killed, or the server restarted); its work was rolled back', r.application_name),
+            format('It is recorded as crashed and retried when the scheduler starts or SELECT analytics.run_pending_jobs(); runs; CALL analytics.run_job(%s); runs it now.', r.job_id);
+    END LOOP;
     FOR r IN SELECT s.job_id, s.application_name, s.consecutive_failures,
                     (SELECT e.err_message FROM analytics.job_errors e WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) AS last_error
              FROM analytics.job_stats s WHERE s.consecutive_failures > 0 ORDER BY s.job_id LOOP
@@ -202,6 +209,19 @@ BEGIN
     RETURN QUERY SELECT 'conversion of ' || c.table_name, 'notice',
         format('create_hypertable in progress since %s ago: %s, %s rows copied', date_trunc('second', now() - c.started_at), c.status, c.rows_copied),
         'Follow it in analytics.hypertable_conversions; POS writes continue until its swap.'
-    FROM analytics.hypertable_conversions c WHERE c.status NOT IN ('done', 'failed');
+    FROM analytics.hypertable_conversions c WHERE c.status NOT IN ('done', 'failed')
+      AND c.conversion_id NOT IN (SELECT i.conversion_id FROM analytics_internal._interrupted_conversions() i);
+    RETURN QUERY SELECT 'conversion of ' || c.table_name, 'problem',
+        format('create_hypertable %s stopped at %s (%s rows copied): its worker ended with the server; the POS writes are still logged for it',
+               c.conversion_id, c.status, c.rows_copied),
+        'SELECT analytics.run_pending_jobs(); undoes it (the scheduler does at its start); then run create_hypertable again.'
+    FROM analytics_internal._interrupted_conversions() c;
+    RETURN QUERY SELECT 'conversion of ' || c.table_name, 'notice',
+        format('create_hypertable %s was interrupted %s ago and undone: %s', c.conversion_id, date_trunc('second', now() - c.finished_at), c.error),
+        format('Run create_hypertable(%L, %L, …) again.', format('%I.%I', c.schema_name, c.table_name), c.time_column)
+    FROM analytics.hypertable_conversions c
+    WHERE c.status = 'failed' AND c.sqlstate = '57P01' AND c.finished_at > now() - interval '7 days'
+      AND NOT EXISTS (SELECT 1 FROM analytics.hypertable_conversions later
+                      WHERE later.relation = c.relation AND later.conversion_id > c.conversion_id);
 END
 $$;

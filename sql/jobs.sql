@@ -341,7 +341,8 @@ END
 $$;
 
 -- Runs that were going when their backend died (kill -9, a crash, a restart) are failures,
--- as are runs this backend left marked (its recording failed).
+-- as are runs this backend left marked (its recording failed). Called when the scheduler
+-- starts and by every run_pending_jobs().
 CREATE FUNCTION analytics_internal._recover_crashed_runs() RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -359,6 +360,13 @@ BEGIN
         PERFORM analytics_internal._record_job_run(id, 'crash', 'the job''s process ended without finishing it (killed, or the server restarted)');
         crashed := crashed + 1;
     END LOOP;
+    -- The same for an online create_hypertable whose worker died (sql/timeseries.sql); it may
+    -- wait for the table's locks by short tries, and never fails the jobs that follow.
+    BEGIN
+        PERFORM analytics_internal._recover_interrupted_conversions();
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'lacaja_analytics: an interrupted conversion could not be undone yet: %', SQLERRM;
+    END;
     RETURN crashed;
 END
 $$;

@@ -742,6 +742,13 @@ BEGIN
         FROM analytics_internal.zone_changes;
     END IF;
 
+    FOR r IN SELECT s.job_id, j.application_name FROM analytics_internal.job_run_state s JOIN analytics.jobs j USING (job_id)
+             WHERE s.running_pid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.running_pid)
+             ORDER BY s.job_id LOOP
+        RETURN QUERY SELECT 'job ' || r.job_id, 'problem',
+            format('%s was running when its process ended (killed, or the server restarted); its work was rolled back', r.application_name),
+            format('It is recorded as crashed and retried when the scheduler starts or SELECT analytics.run_pending_jobs(); runs; CALL analytics.run_job(%s); runs it now.', r.job_id);
+    END LOOP;
     FOR r IN SELECT s.job_id, s.application_name, s.consecutive_failures,
                     (SELECT e.err_message FROM analytics.job_errors e WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) AS last_error
              FROM analytics.job_stats s WHERE s.consecutive_failures > 0 ORDER BY s.job_id LOOP
@@ -784,7 +791,20 @@ BEGIN
     RETURN QUERY SELECT 'conversion of ' || c.table_name, 'notice',
         format('create_hypertable in progress since %s ago: %s, %s rows copied', date_trunc('second', now() - c.started_at), c.status, c.rows_copied),
         'Follow it in analytics.hypertable_conversions; POS writes continue until its swap.'
-    FROM analytics.hypertable_conversions c WHERE c.status NOT IN ('done', 'failed');
+    FROM analytics.hypertable_conversions c WHERE c.status NOT IN ('done', 'failed')
+      AND c.conversion_id NOT IN (SELECT i.conversion_id FROM analytics_internal._interrupted_conversions() i);
+    RETURN QUERY SELECT 'conversion of ' || c.table_name, 'problem',
+        format('create_hypertable %s stopped at %s (%s rows copied): its worker ended with the server; the POS writes are still logged for it',
+               c.conversion_id, c.status, c.rows_copied),
+        'SELECT analytics.run_pending_jobs(); undoes it (the scheduler does at its start); then run create_hypertable again.'
+    FROM analytics_internal._interrupted_conversions() c;
+    RETURN QUERY SELECT 'conversion of ' || c.table_name, 'notice',
+        format('create_hypertable %s was interrupted %s ago and undone: %s', c.conversion_id, date_trunc('second', now() - c.finished_at), c.error),
+        format('Run create_hypertable(%L, %L, …) again.', format('%I.%I', c.schema_name, c.table_name), c.time_column)
+    FROM analytics.hypertable_conversions c
+    WHERE c.status = 'failed' AND c.sqlstate = '57P01' AND c.finished_at > now() - interval '7 days'
+      AND NOT EXISTS (SELECT 1 FROM analytics.hypertable_conversions later
+                      WHERE later.relation = c.relation AND later.conversion_id > c.conversion_id);
 END
 $$;
 
@@ -1033,7 +1053,61 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION analytics_internal._interrupted_conversions() RETURNS SETOF analytics.hypertable_conversions
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.* FROM analytics.hypertable_conversions c
+    WHERE c.online AND c.status NOT IN ('done', 'failed')
+      AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                      WHERE a.pid = c.worker_pid AND a.backend_type = 'lacaja_analytics hypertable conversion'
+                        AND a.backend_start <= c.started_at)
+$$;
+
+CREATE FUNCTION analytics_internal._recover_interrupted_conversions() RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id int;
+    undone int := 0;
+BEGIN
+    FOR id IN SELECT c.conversion_id FROM analytics_internal._interrupted_conversions() c ORDER BY 1 LOOP
+        PERFORM analytics_internal._conversion_abandon(id, '57P01',
+            'interrupted: the server stopped during the conversion (killed, crashed or restarted); it was undone, the table is as it was; run create_hypertable again');
+        undone := undone + 1;
+    END LOOP;
+    RETURN undone;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics_internal._recover_crashed_runs() RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    crashed int;
+    id int;
+BEGIN
+    crashed := 0;
+    FOR id IN
+        SELECT s.job_id FROM analytics_internal.job_run_state s
+        WHERE s.running_pid IS NOT NULL
+          -- this backend runs one job at a time: a run still marked as its own is over
+          AND (s.running_pid = pg_backend_pid()
+               OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.running_pid))
+    LOOP
+        PERFORM analytics_internal._record_job_run(id, 'crash', 'the job''s process ended without finishing it (killed, or the server restarted)');
+        crashed := crashed + 1;
+    END LOOP;
+    -- The same for an online create_hypertable whose worker died (sql/timeseries.sql); it may
+    -- wait for the table's locks by short tries, and never fails the jobs that follow.
+    BEGIN
+        PERFORM analytics_internal._recover_interrupted_conversions();
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'lacaja_analytics: an interrupted conversion could not be undone yet: %', SQLERRM;
+    END;
+    RETURN crashed;
+END
+$$;
+
 REVOKE ALL ON FUNCTION analytics_internal._library_version(),
+                       analytics_internal._interrupted_conversions(),
+                       analytics_internal._recover_interrupted_conversions(),
                        analytics_internal._bind_trigger(regclass, name),
                        analytics_internal._create_capture_triggers(regclass, text, text[], text, boolean),
                        analytics_internal._attach_items(name, text, boolean),

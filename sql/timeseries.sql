@@ -1386,6 +1386,34 @@ BEGIN
 END
 $$;
 
+-- An online conversion whose worker is gone without finishing (the server was killed or
+-- restarted: a worker is not restarted) is undone as a failed step is: the table is as it
+-- was, and create_hypertable can run again. Its worker is alive when a process of that pid and
+-- type started before the conversion (a pid reused after a restart started later).
+CREATE FUNCTION analytics_internal._interrupted_conversions() RETURNS SETOF analytics.hypertable_conversions
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.* FROM analytics.hypertable_conversions c
+    WHERE c.online AND c.status NOT IN ('done', 'failed')
+      AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                      WHERE a.pid = c.worker_pid AND a.backend_type = 'lacaja_analytics hypertable conversion'
+                        AND a.backend_start <= c.started_at)
+$$;
+
+CREATE FUNCTION analytics_internal._recover_interrupted_conversions() RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id int;
+    undone int := 0;
+BEGIN
+    FOR id IN SELECT c.conversion_id FROM analytics_internal._interrupted_conversions() c ORDER BY 1 LOOP
+        PERFORM analytics_internal._conversion_abandon(id, '57P01',
+            'interrupted: the server stopped during the conversion (killed, crashed or restarted); it was undone, the table is as it was; run create_hypertable again');
+        undone := undone + 1;
+    END LOOP;
+    RETURN undone;
+END
+$$;
+
 CREATE FUNCTION analytics_internal._forget_hypertable(id int) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM analytics.hypertables h WHERE h.hypertable_id = id
