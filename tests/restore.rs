@@ -1,7 +1,7 @@
 //! Dump and restore on the demo's data (LA-CAJA's schema, the demo's generated history, sales
 //! and events as hypertables, compatibility views, jobs, the warehouse), with pg_dump and
-//! pg_restore as a DBA runs them: custom format, plain format, and custom restored section by
-//! section. The restored database must be the same (rollups, jobs, settings, zones,
+//! pg_restore as a DBA runs them: custom format (restored with --jobs), plain format, and custom
+//! restored section by section. The restored database must be the same (rollups, jobs, settings, zones,
 //! hypertables and chunks, the warehouse), exact without a refresh, capturing at once; and
 //! writes made there with triggers off (session_replication_role = replica) must be noted and
 //! repaired by the continuous-aggregate policy.
@@ -9,7 +9,7 @@
 mod common;
 
 use common::workload::{assert_exact, run_sessions, seed_products, SharedIds};
-use common::{connect, customer_prefix, server, STORES};
+use common::{add_pos_stores, connect, server, STORES};
 use postgres::Client;
 use std::path::Path;
 use std::process::Command;
@@ -46,31 +46,10 @@ fn demo_database(name: &str, seed: u64) -> Client {
                   "-f", root.join("demo/generate.sql").to_str().unwrap(),
                   "-f", root.join("sql/fixtures/lacaja_materialized_views.sql").to_str().unwrap()]);
     let mut db = connect(name);
-    for (i, (store, _)) in STORES.iter().enumerate() {
-        db.batch_execute(&format!(
-            "INSERT INTO stores (id, name) VALUES ('{store}', 'Store {i}');
-             INSERT INTO customers (id, store_id, name)
-             SELECT ('{}' || lpad(c::text, 12, '0'))::uuid, '{store}', 'customer ' || c FROM generate_series(1, 10) c;",
-            customer_prefix(i)
-        ))
-        .unwrap();
-    }
+    add_pos_stores(&mut db);
     seed_products(&mut db);
-    db.batch_execute(
-        "CREATE EXTENSION lacaja_analytics;
-         SELECT analytics.refresh_all();
-         SELECT analytics.set_store_timezone(store_id, tz) FROM demo.store_zones;
-         SELECT analytics.install_compat(replace_public => true);
-         SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day', migrate_data => true,
-                                            extend_unique => true, replace_foreign_keys => true, replace_unique => true);
-         SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day', migrate_data => true,
-                                            extend_unique => true, replace_foreign_keys => true, replace_unique => true);
-         SELECT analytics.add_retention_policy('events', INTERVAL '2 years');
-         SELECT analytics.add_continuous_aggregate_policy('analytics.sales_daily', INTERVAL '7 days', INTERVAL '1 hour', INTERVAL '1 hour');
-         INSERT INTO analytics.holidays (store_id, day, name) SELECT NULL, current_date + 3, 'Test holiday';
-         SELECT analytics.enable_warehouse();",
-    )
-    .unwrap();
+    db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
+    run("psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo(name), "-f", root.join("tests/sql/demo_setup.sql").to_str().unwrap()]);
     for (store, tz) in STORES {
         db.execute("SELECT analytics.set_store_timezone($1::text::uuid, $2)", &[&store, &tz]).unwrap();
     }
@@ -205,8 +184,9 @@ fn dump_and_restore_keep_every_number_and_capture_at_once() {
 
     let target = "lacaja_test_restore_custom";
     recreate(target);
-    run("pg_restore", &["-d", &conninfo(target), custom.to_str().unwrap()]);
-    check_restored(&mut source, target, "pg_restore of pg_dump -Fc", seed);
+    // --jobs: triggers of several tables are created at once (the rebuild takes a lock).
+    run("pg_restore", &["--jobs", "2", "-d", &conninfo(target), custom.to_str().unwrap()]);
+    check_restored(&mut source, target, "pg_restore --jobs 2 of pg_dump -Fc", seed);
 
     let target = "lacaja_test_restore_plain";
     recreate(target);

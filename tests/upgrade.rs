@@ -8,7 +8,7 @@
 mod common;
 
 use common::workload::{assert_exact, run_sessions, seed_products, SharedIds};
-use common::{connect, customer_prefix, STORES};
+use common::{add_pos_stores, connect};
 use postgres::Client;
 use std::sync::{Arc, Mutex};
 
@@ -84,15 +84,7 @@ fn update_from_the_previous_release_keeps_everything_and_equals_a_fresh_install(
         .collect();
     assert!(missing.is_empty(), "the current library lacks functions the {previous} SQL calls: {missing:?}");
     assert!(figures_changed(&mut db).is_empty(), "the new library changed figures: {:?}", figures_changed(&mut db));
-    for (i, (store, _)) in STORES.iter().enumerate() {
-        db.batch_execute(&format!(
-            "INSERT INTO stores (id, name) VALUES ('{store}', 'Store {i}');
-             INSERT INTO customers (id, store_id, name)
-             SELECT ('{}' || lpad(c::text, 12, '0'))::uuid, '{store}', 'customer ' || c FROM generate_series(1, 10) c;",
-            customer_prefix(i)
-        ))
-        .unwrap();
-    }
+    add_pos_stores(&mut db);
     seed_products(&mut db);
     sell(seed, 100);
     assert_exact(&mut db, seed, &format!("the current library serving the {previous} SQL"));

@@ -40,7 +40,17 @@ pub fn lacaja_database(name: &str) -> Client {
     admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let mut db = connect(name);
     db.batch_execute(FIXTURE).unwrap();
-    for (i, (store, tz)) in STORES.iter().enumerate() {
+    add_pos_stores(&mut db);
+    db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
+    for (store, tz) in STORES {
+        db.execute("SELECT analytics.set_store_timezone($1::text::uuid, $2)", &[&store, &tz]).unwrap();
+    }
+    db
+}
+
+/// The stores the POS workload sells in (`STORES`), with ten customers each.
+pub fn add_pos_stores(db: &mut Client) {
+    for (i, (store, _)) in STORES.iter().enumerate() {
         db.batch_execute(&format!(
             "INSERT INTO stores (id, name) VALUES ('{store}', 'Store {i}');
              INSERT INTO customers (id, store_id, name)
@@ -48,13 +58,7 @@ pub fn lacaja_database(name: &str) -> Client {
             customer_prefix(i)
         ))
         .unwrap();
-        let _ = tz;
     }
-    db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
-    for (store, tz) in STORES {
-        db.execute("SELECT analytics.set_store_timezone($1::text::uuid, $2)", &[&store, &tz]).unwrap();
-    }
-    db
 }
 
 pub fn customer_prefix(store_index: usize) -> String {

@@ -1,18 +1,7 @@
 -- Run by scripts/previous_release.sh on the previous release: what a user has set up and
 -- sold when the next release arrives. Uses only what that release has. :version is its version.
 CREATE EXTENSION lacaja_analytics VERSION :'version';
-SELECT analytics.refresh_all();
-SELECT analytics.set_store_timezone(store_id, tz) FROM demo.store_zones;
-SELECT analytics.install_compat(replace_public => true);
-SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day', migrate_data => true,
-                                   extend_unique => true, replace_foreign_keys => true, replace_unique => true);
-SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day', migrate_data => true,
-                                   extend_unique => true, replace_foreign_keys => true, replace_unique => true);
-SELECT analytics.add_retention_policy('events', INTERVAL '2 years');
-SELECT analytics.add_continuous_aggregate_policy('analytics.sales_daily', INTERVAL '7 days', INTERVAL '1 hour', INTERVAL '1 hour');
-INSERT INTO analytics.holidays (store_id, day, name) VALUES (NULL, current_date + 3, 'Upgrade test holiday');
-SELECT analytics.enable_warehouse();
-SELECT analytics.etl_load_sales();
+\ir demo_setup.sql
 SELECT analytics.run_pending_jobs();
 \i demo/live.sql
 SELECT analytics.etl_load_sales();
