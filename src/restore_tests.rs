@@ -118,4 +118,32 @@ mod tests {
         assert_eq!(repaired.0["repairs"][0]["store_id"], serde_json::Value::Null, "{}", repaired.0);
         assert_matches_oracle();
     }
+
+    /// The schema's name reaches the generated triggers and the repair's dynamic SQL: a hostile
+    /// one stays an identifier (quoted once), and the noted keys are repaired all the same.
+    #[pg_test]
+    fn a_hostile_schema_name_stays_an_identifier_in_noting_and_repairing() {
+        lacaja_pos();
+        products_and_items();
+        run("CREATE TABLE public.canary (x int)");
+        run("SELECT analytics.detach()");
+        run(r#"ALTER SCHEMA pos RENAME TO "pos""; DROP TABLE public.canary; --""#);
+        run(r#"SET LOCAL search_path = "pos""; DROP TABLE public.canary; --", public"#);
+        run(r#"SELECT analytics.attach('pos"; DROP TABLE public.canary; --')"#);
+        run("SELECT analytics.refresh_all()");
+        let replica_triggers: i64 = scalar(
+            "SELECT count(*) FROM pg_trigger t WHERE t.tgname LIKE 'lacaja\\_analytics\\_%\\_replica%' AND t.tgenabled = 'A'
+               AND analytics_internal._is_extension_trigger(t.tgrelid, t.tgname)",
+        )
+        .unwrap();
+        assert_eq!(replica_triggers, 8, "two noting triggers on each of the four captured tables, bound, ENABLE ALWAYS");
+        run("SET LOCAL session_replication_role = replica");
+        run(&sale(3, STORE_B, "2026-01-10 12:00:00-04", "20.00", "CASH_BS", None));
+        run(&format!("UPDATE sale_items SET qty = 5 WHERE sale_id = {}", sale_id(1)));
+        run("SET LOCAL session_replication_role = origin");
+        let repaired: pgrx::JsonB = scalar("SELECT analytics_internal._repair_replica_writes()").unwrap();
+        assert_eq!(repaired.0["noted"], 2, "{}", repaired.0);
+        assert_eq!(scalar::<bool>("SELECT to_regclass('public.canary') IS NOT NULL"), Some(true));
+        assert_matches_oracle();
+    }
 }
