@@ -87,7 +87,8 @@ q -At -c "INSERT INTO sales (id, store_id, sold_at, totals, payment, sale_number
           FROM sales s WHERE s.sale_number = 1 ORDER BY s.store_id LIMIT 1" 2>&1 | sed -n 's/^psql:[^:]*:[0-9]*: //; s/^/    /; 1,3p' || true
 q -At -c "SELECT '    constraints enforced by a registry across chunks: ' || string_agg(index_name, ', ' ORDER BY index_name)
           FROM analytics_internal.replaced_unique_indexes"
-q -At -c "SELECT '    foreign keys enforced by triggers: ' || count(*) FROM analytics_internal.replaced_foreign_keys"
+q -At -c "SELECT '    foreign keys enforced by triggers: ' || count(*) || ', ' || count(check_function)
+                 || ' of them with one probe of a registry of the parent''s key' FROM analytics_internal.replaced_foreign_keys"
 
 echo "==> recommended indexes, built CONCURRENTLY by a background worker (analytics.create_recommended_indexes)"
 q -At -c "SELECT count(*) || ' to build' FROM analytics.create_recommended_indexes(dry_run => false) WHERE action LIKE 'queued%'"

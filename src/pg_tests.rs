@@ -836,6 +836,14 @@ pub(crate) mod tests {
                                                extend_unique => true, replace_foreign_keys => true)");
         let replaced: i64 = scalar("SELECT count(*) FROM analytics_internal.replaced_foreign_keys WHERE parent = 'fk.parent'::regclass").unwrap();
         assert_eq!(replaced, 3);
+        // The referenced key is kept in a registry, which the checks probe (generated functions).
+        let generated: i64 = scalar(
+            "SELECT count(*) FROM analytics_internal.replaced_foreign_keys WHERE parent = 'fk.parent'::regclass AND check_function IS NOT NULL",
+        )
+        .unwrap();
+        assert_eq!(generated, 3);
+        // ... which keeps the key unique across chunks, as it was.
+        assert_fails("INSERT INTO fk.parent VALUES (1, '2026-03-01')", "23505");
         // child side: the parent must exist
         assert_fails("INSERT INTO fk.child_restrict VALUES (2, 99)", "23503");
         assert_fails("UPDATE fk.child_cascade SET parent_id = 98 WHERE id = 3", "23503");

@@ -105,16 +105,23 @@ mod tests {
             assert!(cells.len() >= 2 && cells.iter().all(|c| c.len() > 10), "{signature}: say why and what it checks");
         }
         let documented: BTreeSet<String> = documented.into_iter().map(|(sig, _)| sig).collect();
-        // A unique index kept across chunks brings its registry's trigger function.
+        // A unique index kept across chunks brings its registry's trigger function; a foreign
+        // key into a key kept that way, its generated check.
         run("CREATE SCHEMA lacaja_definers;
-             CREATE TABLE lacaja_definers.t (at timestamptz NOT NULL, code text);
+             CREATE TABLE lacaja_definers.t (id int PRIMARY KEY, at timestamptz NOT NULL, code text);
              CREATE UNIQUE INDEX t_code ON lacaja_definers.t (code) WHERE code IS NOT NULL;
-             SELECT analytics.create_hypertable('lacaja_definers.t', 'at', replace_unique => true);");
+             CREATE TABLE lacaja_definers.child (t_id int REFERENCES lacaja_definers.t);
+             SELECT analytics.create_hypertable('lacaja_definers.t', 'at', replace_unique => true, extend_unique => true,
+                                                replace_foreign_keys => true);");
+        let generated: i64 = scalar("SELECT count(*) FROM analytics_internal.replaced_foreign_keys WHERE check_function IS NOT NULL").unwrap();
+        assert_eq!(generated, 1);
         // Generated capture and registry functions are listed by their family.
         let definers = strings(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM analytics_internal.replaced_unique_indexes r JOIN pg_class c ON c.oid = r.registry
                                       WHERE c.relname = p.proname AND p.pronamespace = 'analytics_internal'::regnamespace)
                          THEN 'analytics_internal.<index>_keys()'
+                         WHEN EXISTS (SELECT 1 FROM analytics_internal.replaced_foreign_keys f WHERE f.check_function = p.oid)
+                         THEN 'analytics_internal.<foreign key>_check_<child>()'
                          ELSE regexp_replace(p.oid::regprocedure::text,
                                              '^analytics_internal\\._capture_[a-z_]+\\(\\)$', 'analytics_internal._capture_*()') END
              FROM pg_proc p

@@ -5,7 +5,7 @@
 
 #[pgrx::pg_schema]
 mod tests {
-    use crate::pg_tests::tests::{assert_fails, lacaja_pos, outcome_helper, run, sale, scalar, STORE_A, STORE_B};
+    use crate::pg_tests::tests::{assert_fails, lacaja_pos, outcome_helper, run, sale, sale_id, scalar, STORE_A, STORE_B};
     use pgrx::prelude::*;
 
     /// Sales with invoice numbers on days far apart (so in different chunks), then `pos.sales`
@@ -103,6 +103,93 @@ mod tests {
             scalar("SELECT pg_get_functiondef('analytics_internal.idx_sales_store_sale_number_keys'::regproc)").unwrap();
         let expected = include_str!("../tests/expected/unique_registry_trigger.sql");
         assert!(actual.trim_end() == expected.trim_end(), "the registry trigger differs from tests/expected; it is now:\n{actual}");
+    }
+
+    /// The check generated for LA-CAJA's `sale_items.sale_id` once `sales` keeps a registry of
+    /// its ids (`tests/expected/foreign_key_check.sql`, the child's oid written `<child>`).
+    #[pg_test]
+    fn the_generated_foreign_key_check_is_the_expected_one() {
+        sales_hypertable();
+        let actual: String = scalar(
+            "SELECT regexp_replace(pg_get_functiondef(f.check_function), '_check_[0-9]+', '_check_<child>', 'g')
+             FROM analytics_internal.replaced_foreign_keys f WHERE f.constraint_name = 'sale_items_sale_id_fkey'",
+        )
+        .unwrap();
+        let expected = include_str!("../tests/expected/foreign_key_check.sql");
+        assert!(actual.trim_end() == expected.trim_end(), "the foreign key check differs from tests/expected; it is now:\n{actual}");
+    }
+
+    /// Items need their sale in whatever chunk it is, through the registry of sale ids; the ids
+    /// stay unique across chunks; a deleted sale takes its items and its id; a child column of
+    /// another type keeps the generic check over the chunks.
+    #[pg_test]
+    fn a_replaced_foreign_key_finds_its_parent_in_the_registry() {
+        sales_hypertable();
+        let kept: i64 = scalar("SELECT count(*) FROM analytics_internal.sales_pkey_keys").unwrap();
+        assert_eq!(kept, 3, "every sale's id");
+        let checks: i64 = scalar(
+            "SELECT count(*) FROM analytics_internal.replaced_foreign_keys
+             WHERE parent = 'pos.sales'::regclass AND check_function IS NOT NULL",
+        )
+        .unwrap();
+        let replaced: i64 = scalar("SELECT count(*) FROM analytics_internal.replaced_foreign_keys WHERE parent = 'pos.sales'::regclass").unwrap();
+        assert!(replaced > 5 && checks == replaced, "{checks} of {replaced} replaced keys probe the registry");
+        let item = |sale: &str| {
+            format!(
+                "INSERT INTO pos.sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+                 SELECT gen_random_uuid(), {sale}, p.id, 1, 10, 0.27 FROM pos.products p LIMIT 1"
+            )
+        };
+        run(&format!(
+            "INSERT INTO pos.products (id, store_id, name, price_bs, price_usd, cost_bs, cost_usd)
+             VALUES (gen_random_uuid(), '{STORE_A}', 'p', 10, 0.27, 5, 0.13)"
+        ));
+        // January's sale is in another chunk than March's
+        run(&item(&sale_id(1)));
+        run(&item(&sale_id(2)));
+        assert_fails(&item("gen_random_uuid()"), "23503");
+        let message: String = scalar(&format!(
+            "SELECT pg_temp.analytics_test_message({})",
+            pgrx::spi::quote_literal(&item("'e0000000-0000-4000-8000-000000000001'::uuid"))
+        ))
+        .unwrap();
+        assert!(message.contains("sale_items_sale_id_fkey"), "{message}");
+        // moving an item to a sale that does not exist, or to one that does
+        assert_fails(&format!("UPDATE pos.sale_items SET sale_id = gen_random_uuid() WHERE sale_id = {}", sale_id(1)), "23503");
+        run(&format!("UPDATE pos.sale_items SET sale_id = {} WHERE sale_id = {}", sale_id(3), sale_id(1)));
+        // a sale's id stays unique across chunks (the original primary key)
+        assert_fails(
+            // (sale 1 has no items left, so no foreign key stops it first)
+            &format!("UPDATE pos.sales SET id = {} WHERE id = {}", sale_id(2), sale_id(1)),
+            "23505",
+        );
+        // a deleted sale takes its items (ON DELETE CASCADE) and its id
+        run(&format!("DELETE FROM pos.sales WHERE id = {}", sale_id(2)));
+        let left: i64 = scalar(&format!(
+            "SELECT (SELECT count(*) FROM pos.sale_items WHERE sale_id = {id}) + (SELECT count(*) FROM analytics_internal.sales_pkey_keys WHERE id = {id})",
+            id = sale_id(2)
+        ))
+        .unwrap();
+        assert_eq!(left, 0);
+        assert_fails(&item(&sale_id(2)), "23503");
+    }
+
+    #[pg_test]
+    fn a_foreign_key_of_another_type_keeps_the_generic_check() {
+        outcome_helper();
+        run("CREATE SCHEMA fkt;
+             CREATE TABLE fkt.parent (id int PRIMARY KEY, at timestamptz NOT NULL);
+             CREATE TABLE fkt.child (parent_id bigint REFERENCES fkt.parent);
+             INSERT INTO fkt.parent SELECT i, '2026-01-01'::timestamptz + i * interval '1 day' FROM generate_series(1, 3) i;
+             SELECT analytics.create_hypertable('fkt.parent', 'at', INTERVAL '1 day', migrate_data => true,
+                                                extend_unique => true, replace_foreign_keys => true);");
+        let generic: bool = scalar(
+            "SELECT check_function IS NULL FROM analytics_internal.replaced_foreign_keys WHERE parent = 'fkt.parent'::regclass",
+        )
+        .unwrap();
+        assert!(generic);
+        run("INSERT INTO fkt.child VALUES (2), (NULL)");
+        assert_fails("INSERT INTO fkt.child VALUES (9)", "23503");
     }
 
     #[pg_test]

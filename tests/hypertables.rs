@@ -349,3 +349,70 @@ fn invoice_numbers_stay_unique_across_chunks_between_sessions() {
         .get(0);
     assert_eq!(numbers, 2);
 }
+
+/// A replaced foreign key whose parent keeps a registry of its key (the check probes the
+/// registry) behaves like Postgres' own between sessions: an item inserted while its sale is
+/// deleted either makes the delete wait and goes with the cascade, or waits for the delete and
+/// fails (23503); never an item without its sale.
+#[test]
+fn an_item_and_the_deletion_of_its_sale_never_leave_an_orphan() {
+    let database = "lacaja_test_fk_registry";
+    let mut db = lacaja_database(database);
+    seed_products(&mut db);
+    db.batch_execute(&format!(
+        "INSERT INTO sales (id, store_id, sold_at, totals, payment)
+         SELECT gen_random_uuid(), '{}', now() - d * interval '1 day', '{{\"total_bs\": 10}}', '{{\"method\": \"CASH_BS\"}}'
+         FROM unnest(ARRAY[40, 0]) d",
+        STORES[0].0
+    ))
+    .unwrap();
+    db.batch_execute(
+        "SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day', migrate_data => true,
+                                            extend_unique => true, replace_foreign_keys => true, replace_unique => true)",
+    )
+    .unwrap();
+    let probed: bool = db
+        .query_one(
+            "SELECT check_function IS NOT NULL FROM analytics_internal.replaced_foreign_keys WHERE constraint_name = 'sale_items_sale_id_fkey'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(probed, "the items' key probes the registry of sale ids");
+    let sale_of_item_first: String = db.query_one("SELECT id::text FROM sales ORDER BY sold_at LIMIT 1", &[]).unwrap().get(0);
+    let sale_deleted_first: String = db.query_one("SELECT id::text FROM sales ORDER BY sold_at DESC LIMIT 1", &[]).unwrap().get(0);
+    let item = |sale: &str| {
+        format!(
+            "INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+             SELECT gen_random_uuid(), '{sale}', p.id, 1, 10, 0.27 FROM products p LIMIT 1"
+        )
+    };
+    let delete = |sale: &str| format!("DELETE FROM sales WHERE id = '{sale}'");
+    for (first_statement, second_statement, item_first) in [
+        (item(&sale_of_item_first), delete(&sale_of_item_first), true),
+        (delete(&sale_deleted_first), item(&sale_deleted_first), false),
+    ] {
+        let mut first = connect(database);
+        first.batch_execute(&format!("BEGIN; {first_statement}")).unwrap();
+        let second = thread::spawn(move || {
+            let mut second = connect(database);
+            let started = std::time::Instant::now();
+            let outcome = second.batch_execute(&second_statement);
+            (outcome.map_err(|e| e.as_db_error().map(|d| d.code().code().to_string())), started.elapsed())
+        });
+        thread::sleep(Duration::from_millis(500));
+        first.batch_execute("COMMIT").unwrap();
+        let (outcome, waited) = second.join().unwrap();
+        assert!(waited >= Duration::from_millis(400), "the second waits for the first ({waited:?})");
+        if item_first {
+            outcome.expect("the delete goes on and takes the new item with it");
+        } else {
+            assert_eq!(outcome.expect_err("an item for a deleted sale"), Some("23503".to_string()));
+        }
+    }
+    let orphans: i64 = db
+        .query_one("SELECT count(*) FROM sale_items i WHERE NOT EXISTS (SELECT 1 FROM sales s WHERE s.id = i.sale_id)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0);
+}
