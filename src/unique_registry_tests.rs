@@ -106,7 +106,8 @@ mod tests {
     }
 
     /// The check generated for LA-CAJA's `sale_items.sale_id` once `sales` keeps a registry of
-    /// its ids (`tests/expected/foreign_key_check.sql`, the child's oid written `<child>`).
+    /// its ids and times (`tests/expected/foreign_key_check.sql`, the child's oid written
+    /// `<child>`; when a change is intended, replace the file with the text this test prints).
     #[pg_test]
     fn the_generated_foreign_key_check_is_the_expected_one() {
         sales_hypertable();
