@@ -61,7 +61,8 @@ INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payme
 SELECT gen_random_uuid(), s.id,
        ((d.day + make_interval(hours => h.h, secs => 3600 * random()))::timestamp AT TIME ZONE 'America/Caracas'),
        36.5, 'USD',
-       jsonb_build_object('total_usd', t.usd, 'total_bs', round(t.usd * 36.5, 2), 'subtotal_usd', t.usd, 'subtotal_bs', round(t.usd * 36.5, 2)),
+       jsonb_build_object('total_usd', t.usd, 'total_bs', round(t.usd * 36.5, 2), 'subtotal_usd', t.usd, 'subtotal_bs', round(t.usd * 36.5, 2),
+                          'discount_usd', 0, 'discount_bs', 0),
        jsonb_build_object('method', 'CASH_USD')
 FROM bench_days d
 CROSS JOIN bench_stores s
