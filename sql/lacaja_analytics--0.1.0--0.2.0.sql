@@ -1506,6 +1506,167 @@ BEGIN
 END
 $$;
 
+-- Stock as the owner sees it (rollups.sql): warehouse_stock, lots, weight units, BCV rate ----
+
+DROP FUNCTION analytics_internal._inventory_figures_body(regclass);
+CREATE FUNCTION analytics_internal._inventory_figures_body(products regclass, warehouse_stock regclass, warehouses regclass,
+                                                           lots regclass, rates regclass) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    by_warehouse constant boolean := analytics_internal._has_columns(warehouse_stock, '{warehouse_id,product_id,stock}')
+                                     AND analytics_internal._has_columns(warehouses, '{id,store_id}');
+    with_lots constant boolean := analytics_internal._has_columns(lots, '{product_id,remaining_quantity,unit_cost_bs,unit_cost_usd}');
+    with_rates constant boolean := analytics_internal._has_columns(rates, '{store_id,rate,rate_type,is_active,is_preferred,effective_from,effective_until,updated_at,created_at}');
+    by_weight constant boolean := analytics_internal._has_columns(products, '{is_weight_product,weight_unit,cost_per_weight_bs,cost_per_weight_usd}');
+    stock_rows text;
+    lot_join text;
+    unit_cost text;
+    queries text[];
+    filter_stock text;
+    filter_product text;
+BEGIN
+    IF NOT analytics_internal._has_columns(products, '{id,store_id,is_active,low_stock_threshold,cost_bs,cost_usd}') THEN
+        RETURN 'BEGIN RETURN; END';
+    END IF;
+    lot_join := CASE WHEN with_lots THEN format(
+        'LEFT JOIN LATERAL (SELECT count(*) AS lots, sum(l.remaining_quantity) AS quantity,
+                                   sum(l.remaining_quantity) FILTER (WHERE l.remaining_quantity > 0) AS remaining,
+                                   sum(l.remaining_quantity * l.unit_cost_bs) FILTER (WHERE l.remaining_quantity > 0) AS cost_bs,
+                                   sum(l.remaining_quantity * l.unit_cost_usd) FILTER (WHERE l.remaining_quantity > 0) AS cost_usd
+                            FROM %s AS l WHERE l.product_id = p.id) AS lot ON true', lots)
+        ELSE 'CROSS JOIN LATERAL (SELECT 0::bigint AS lots, NULL::numeric AS quantity, NULL::numeric AS remaining,
+                                         NULL::numeric AS cost_bs, NULL::numeric AS cost_usd) AS lot' END;
+    -- %1$s: bs or usd (formatted before any name is put in)
+    unit_cost := concat('CASE ',
+        CASE WHEN by_weight THEN
+            'WHEN p.is_weight_product THEN coalesce(p.cost_per_weight_%1$s, p.cost_%1$s * CASE p.weight_unit WHEN ''g'' THEN 0.001
+                 WHEN ''lb'' THEN 0.45359237 WHEN ''oz'' THEN 0.028349523125 ELSE 1 END) ' END,
+        'WHEN lot.remaining > 0 THEN lot.cost_%1$s / lot.remaining ELSE p.cost_%1$s END');
+    -- all stores, then one store: each text formatted once (names are never formatted again)
+    FOREACH filter_product IN ARRAY ARRAY['true', 'p.store_id = for_store'] LOOP
+        filter_stock := CASE WHEN filter_product = 'true' THEN 'true'
+                             WHEN by_warehouse THEN 'w.store_id = for_store' ELSE 'x.store_id = for_store' END;
+        stock_rows := CASE WHEN by_warehouse THEN format(
+            'SELECT w.store_id, s.product_id, sum(s.stock) AS stock FROM %s AS s JOIN %s AS w ON w.id = s.warehouse_id
+             WHERE %s GROUP BY w.store_id, s.product_id', warehouse_stock, warehouses, filter_stock)
+            ELSE format('SELECT x.store_id, x.product_id, sum(x.stock) AS stock FROM analytics_internal.product_stock_parts x
+                         WHERE %s GROUP BY x.store_id, x.product_id HAVING sum(x.movements) <> 0', filter_stock) END;
+        queries := queries || format($q$
+        SELECT f.store_id, f.total_products, f.low_stock_count, f.out_of_stock_count,
+               CASE WHEN f.value_usd > 0 AND f.bcv_rate IS NOT NULL THEN f.value_usd * f.bcv_rate ELSE f.value_bs END,
+               f.value_usd, f.avg_stock_level, f.categories_count
+        FROM (SELECT p.store_id, count(*) AS total_products,
+                     count(*) FILTER (WHERE p.low_stock_threshold > 0
+                                        AND CASE WHEN lot.lots > 0 THEN lot.quantity ELSE coalesce(s.stock, 0) END <= p.low_stock_threshold)
+                         AS low_stock_count,
+                     count(*) FILTER (WHERE coalesce(s.stock, 0) <= 0) AS out_of_stock_count,
+                     coalesce(sum(greatest(coalesce(s.stock, 0), 0) * (%1$s)), 0) AS value_bs,
+                     coalesce(sum(greatest(coalesce(s.stock, 0), 0) * (%2$s)), 0) AS value_usd,
+                     avg(coalesce(s.stock, 0)) AS avg_stock_level,
+                     count(DISTINCT %3$s) AS categories_count,
+                     %5$s AS bcv_rate
+              FROM %4$s AS p
+              LEFT JOIN (%6$s) AS s ON s.store_id = p.store_id AND s.product_id = p.id
+              %7$s
+              WHERE p.is_active AND %8$s
+              GROUP BY p.store_id) AS f$q$,
+            format(unit_cost, 'bs'), format(unit_cost, 'usd'),
+            CASE WHEN analytics_internal._has_columns(products, '{category}') THEN 'p.category' ELSE 'NULL::text' END,
+            products,
+            -- the store's BCV rate in force (LA-CAJA's order of preference)
+            CASE WHEN with_rates THEN format(
+                '(SELECT r.rate FROM %s AS r WHERE r.store_id = p.store_id AND r.rate_type = ''BCV'' AND r.is_active
+                     AND r.effective_from <= now() AND (r.effective_until IS NULL OR r.effective_until > now())
+                  ORDER BY r.is_preferred DESC, r.effective_from DESC, r.updated_at DESC, r.created_at DESC LIMIT 1)', rates)
+                 ELSE 'NULL::numeric' END,
+            stock_rows, lot_join, filter_product);
+    END LOOP;
+    RETURN format($f$
+BEGIN
+    -- generated by analytics.attach() for %s
+    IF for_store IS NULL THEN
+        RETURN QUERY %s;
+    ELSE
+        RETURN QUERY %s;
+    END IF;
+END$f$, concat_ws(', ', products, CASE WHEN by_warehouse THEN warehouse_stock END, CASE WHEN by_warehouse THEN warehouses END,
+                  CASE WHEN with_lots THEN lots END, CASE WHEN with_rates THEN rates END),
+        queries[1], queries[2]);
+END
+$$;
+
+CREATE FUNCTION analytics_internal._product_stock()
+RETURNS TABLE (store_id uuid, product_id uuid, stock numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._product_stock_body(warehouse_stock regclass, warehouses regclass) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN CASE WHEN analytics_internal._has_columns(warehouse_stock, '{warehouse_id,product_id,stock}')
+                     AND analytics_internal._has_columns(warehouses, '{id,store_id}')
+           THEN format($f$
+BEGIN
+    -- generated by analytics.attach() for %1$s and %2$s
+    RETURN QUERY SELECT w.store_id, s.product_id, sum(s.stock)::numeric
+                 FROM %1$s AS s JOIN %2$s AS w ON w.id = s.warehouse_id
+                 GROUP BY w.store_id, s.product_id;
+END$f$, warehouse_stock, warehouses)
+           ELSE $f$
+BEGIN
+    -- generated by analytics.attach(): the ledger rollup (no warehouse_stock in the source)
+    RETURN QUERY SELECT p.store_id, p.product_id, sum(p.stock)
+                 FROM analytics_internal.product_stock_parts p
+                 GROUP BY p.store_id, p.product_id HAVING sum(p.movements) <> 0;
+END$f$ END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION analytics_internal._generate_readers() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source_schema constant name := (SELECT c.source_schema FROM analytics_internal.source_config c);
+    products constant regclass := CASE WHEN source_schema IS NOT NULL THEN to_regclass(format('%I.products', source_schema)) END;
+    warehouse_stock constant regclass := CASE WHEN source_schema IS NOT NULL THEN analytics_internal._source_table(source_schema, 'warehouse_stock') END;
+    warehouses constant regclass := CASE WHEN source_schema IS NOT NULL THEN analytics_internal._source_table(source_schema, 'warehouses') END;
+    lots constant regclass := CASE WHEN source_schema IS NOT NULL THEN analytics_internal._source_table(source_schema, 'product_lots') END;
+    rates constant regclass := CASE WHEN source_schema IS NOT NULL THEN analytics_internal._source_table(source_schema, 'exchange_rates') END;
+BEGIN
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._inventory_figures(for_store uuid DEFAULT NULL)
+        RETURNS TABLE (store_id uuid, total_products bigint, low_stock_count bigint, out_of_stock_count bigint,
+                       stock_value_bs numeric, stock_value_usd numeric, avg_stock_level numeric, categories_count bigint)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        analytics_internal._inventory_figures_body(products, warehouse_stock, warehouses, lots, rates));
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._product_stock()
+        RETURNS TABLE (store_id uuid, product_id uuid, stock numeric)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        CASE WHEN source_schema IS NULL THEN 'BEGIN RETURN; END'
+             ELSE analytics_internal._product_stock_body(warehouse_stock, warehouses) END);
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._products_sold(store_id uuid, from_day date, to_day date)
+        RETURNS TABLE (product_id uuid, name text, category text, qty numeric, returned_qty numeric, net_qty numeric,
+                       revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        analytics_internal._products_sold_body(products));
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._customer_figures(for_store uuid DEFAULT NULL)
+        RETURNS TABLE (store_id uuid, total_customers bigint, customers_with_debt bigint, total_debt_bs numeric, total_debt_usd numeric,
+                       active_customers_30d bigint)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        analytics_internal._customer_figures_body(
+            CASE WHEN source_schema IS NOT NULL THEN to_regclass(format('%I.customers', source_schema)) END,
+            CASE WHEN source_schema IS NOT NULL THEN to_regclass(format('%I.debts', source_schema)) END));
+END
+$$;
+
+CREATE OR REPLACE VIEW analytics.product_stock WITH (security_barrier) AS
+SELECT s.store_id, s.product_id, s.stock
+FROM analytics_internal._product_stock() AS s
+WHERE analytics_internal._store_visible(s.store_id);
+-- named by a view that PUBLIC reads (install.sql grants those)
+GRANT EXECUTE ON FUNCTION analytics_internal._product_stock() TO PUBLIC;
+
 REVOKE ALL ON FUNCTION analytics_internal._library_version(),
                        analytics_internal._interrupted_conversions(),
                        analytics_internal._recover_interrupted_conversions(),
@@ -1522,7 +1683,9 @@ REVOKE ALL ON FUNCTION analytics_internal._library_version(),
                        analytics_internal._fk_check_function_sql(name, regclass, regclass, name, name[], name[]),
                        analytics_internal._key_registry(regclass, name[]),
                        analytics_internal._unique_registry_trigger_sql(regclass, name, name[], name[]),
-                       analytics_internal._create_unique_registry(regclass, int, oid, name, name[])
+                       analytics_internal._create_unique_registry(regclass, int, oid, name, name[]),
+                       analytics_internal._inventory_figures_body(regclass, regclass, regclass, regclass, regclass),
+                       analytics_internal._product_stock_body(regclass, regclass)
     FROM PUBLIC;
 
 CREATE EVENT TRIGGER lacaja_analytics_restore_capture ON ddl_command_end WHEN TAG IN ('CREATE TRIGGER')
@@ -1558,8 +1721,9 @@ END
 $$;
 SELECT pg_catalog.pg_extension_config_dump('analytics_internal.job_run_state', 'WHERE job_id >= 1000');
 
--- An attached database: its capture was built by 0.1.0's attach() (the generated bodies are
--- the same in 0.2.0); it gains the triggers that note writes made with triggers off.
+-- An attached database: its capture was built by 0.1.0's attach() (the generated fold bodies
+-- are the same in 0.2.0); it gains the triggers that note writes made with triggers off, and
+-- readers of the stock that follow warehouse_stock.
 DO $$
 DECLARE
     schema_name constant name := (SELECT c.source_schema FROM analytics_internal.source_config c);
@@ -1569,6 +1733,8 @@ BEGIN
         INSERT INTO analytics_internal.capture_established (source_schema)
         SELECT c.source_schema_oid FROM analytics_internal.source_config c;
         PERFORM analytics_internal._create_replica_triggers(schema_name, true);
+        -- the readers of LA-CAJA's stock, lots and rates
+        PERFORM analytics_internal._generate_readers();
     END IF;
 END
 $$;

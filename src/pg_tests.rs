@@ -292,30 +292,61 @@ pub(crate) mod tests {
         assert_matches_oracle();
     }
 
+    /// SPEC §2: stock is what the store's warehouses hold (variants summed, reserved and other
+    /// stores' warehouses not), low stock looks at lots, the value takes lots' costs, weight
+    /// units and the BCV rate in force; the ledger does not count.
     #[pg_test]
-    fn stock_and_inventory_metrics_follow_movements_and_products() {
+    fn stock_and_inventory_metrics_follow_warehouses_lots_and_rates() {
         lacaja_pos();
         run(&format!(
             "INSERT INTO products (id, store_id, name, cost_bs, cost_usd, low_stock_threshold, is_active)
              SELECT ('f0000000-0000-4000-8000-00000000000' || i)::uuid, '{STORE_A}', 'p' || i, 10 * i, i, 5, i <> 4
-             FROM generate_series(1, 6) i"
+             FROM generate_series(1, 6) i;
+             UPDATE products SET is_weight_product = true, weight_unit = 'g', cost_usd = 1000, cost_bs = 40000
+             WHERE id = 'f0000000-0000-4000-8000-000000000005';
+             INSERT INTO warehouses (id, store_id, name) VALUES ('e1000000-0000-4000-8000-000000000001', '{STORE_A}', 'w1'),
+                 ('e1000000-0000-4000-8000-000000000002', '{STORE_A}', 'w2'), ('e1000000-0000-4000-8000-000000000003', '{STORE_B}', 'w3');"
         ));
-        let product = |i: u32| format!("'f0000000-0000-4000-8000-00000000000{i}'");
+        let product = |i: u32| format!("'f0000000-0000-4000-8000-00000000000{i}'::uuid");
+        let warehouse = |i: u32| format!("'e1000000-0000-4000-8000-00000000000{i}'::uuid");
         run(&format!(
-            "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
-             VALUES (gen_random_uuid(), '{STORE_A}', {p1}, 'received', 20), (gen_random_uuid(), '{STORE_A}', {p1}, 'sold', -17.5),
-                    (gen_random_uuid(), '{STORE_A}', {p2}, 'received', 3), (gen_random_uuid(), '{STORE_A}', {p3}, 'received', 2),
-                    (gen_random_uuid(), '{STORE_A}', {p3}, 'sold', -2), (gen_random_uuid(), '{STORE_A}', {p4}, 'received', 9)",
-            p1 = product(1), p2 = product(2), p3 = product(3), p4 = product(4)
+            "INSERT INTO warehouse_stock (warehouse_id, product_id, variant_id, stock, reserved)
+             VALUES ({w1}, {p1}, NULL, 20, 0), ({w2}, {p1}, gen_random_uuid(), 0.5, 0), ({w1}, {p2}, NULL, 3, 7),
+                    ({w3}, {p3}, NULL, 50, 0), ({w1}, {p4}, NULL, 9, 0), ({w2}, {p5}, NULL, 100, 0);
+             INSERT INTO product_lots (product_id, lot_number, initial_quantity, remaining_quantity, unit_cost_bs, unit_cost_usd)
+             VALUES ({p1}, 'a', 5, 2, 160, 4), ({p1}, 'b', 5, 1, 40, 1), ({p1}, 'c', 5, 0, 999, 99);
+             INSERT INTO exchange_rates (store_id, rate, rate_type, effective_from, effective_until)
+             VALUES ('{STORE_A}', 40, 'BCV', now() - interval '1 day', NULL), ('{STORE_A}', 99, 'BCV', now() - interval '9 days', now() - interval '1 day'),
+                    ('{STORE_A}', 70, 'PARALLEL', now() - interval '1 hour', NULL);
+             -- the ledger says something else, and does not count
+             INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+             VALUES (gen_random_uuid(), '{STORE_A}', {p6}, 'received', 30)",
+            w1 = warehouse(1), w2 = warehouse(2), w3 = warehouse(3),
+            p1 = product(1), p2 = product(2), p3 = product(3), p4 = product(4), p5 = product(5), p6 = product(6)
         ));
         assert_matches_oracle();
-        let low: i64 = scalar(&format!("SELECT low_stock_count FROM analytics.inventory_metrics WHERE store_id = '{STORE_A}'")).unwrap();
-        assert_eq!(low, 2, "2.5 and 3 units are at or under the threshold of 5");
-        run(&format!("UPDATE inventory_movements SET qty_delta = qty_delta - 10 WHERE product_id = {}", product(2)));
-        run(&format!("DELETE FROM inventory_movements WHERE product_id = {}", product(3)));
+        let stock: String = scalar(
+            "SELECT string_agg(format('%s/%s', right(product_id::text, 1), stock), ',' ORDER BY store_id, product_id) FROM analytics.product_stock",
+        )
+        .unwrap();
+        assert_eq!(stock, "1/20.500,2/3.000,4/9.000,5/100.000,3/50.000", "store A's warehouses, then store B's");
+        let metrics: String = scalar(&format!(
+            "SELECT format('%s/%s/%s/%s/%s', total_products, low_stock_count, out_of_stock_count, stock_value_usd::numeric(12,2),
+                           stock_value_bs::numeric(12,2)) FROM analytics.inventory_metrics WHERE store_id = '{STORE_A}'"
+        ))
+        .unwrap();
+        // p1 low by its lots (3), p2 (3), p3 and p6 (none here); value 20.5 × 3 + 3 × 2 + 100 g × 1 = 167.5 USD, × 40 Bs
+        assert_eq!(metrics, "5/4/2/167.50/6700.00");
+        // without a BCV rate in force, Bs from the costs in Bs: 20.5 × 120 + 3 × 20 + 100 × 40
+        run(&format!("UPDATE exchange_rates SET is_active = false WHERE store_id = '{STORE_A}' AND rate = 40"));
+        let bs: String =
+            scalar(&format!("SELECT stock_value_bs::numeric(12,2)::text FROM analytics.inventory_metrics WHERE store_id = '{STORE_A}'")).unwrap();
+        assert_eq!(bs, "6520.00");
+        run(&format!("UPDATE warehouse_stock SET stock = greatest(0, stock - 25) WHERE product_id = {}", product(1)));
         run(&format!("UPDATE products SET is_active = true, low_stock_threshold = 20, cost_bs = 1 WHERE id = {}", product(4)));
+        run(&format!("DELETE FROM product_lots WHERE product_id = {}", product(1)));
         assert_matches_oracle();
-        run("TRUNCATE inventory_movements");
+        run("TRUNCATE warehouse_stock");
         assert_matches_oracle();
     }
 
@@ -340,7 +371,7 @@ pub(crate) mod tests {
             "SELECT format('%s/%s/%s', total_products, low_stock_count, out_of_stock_count) FROM analytics.inventory_metrics",
         )
         .unwrap();
-        assert_eq!(metrics, "5/3/1");
+        assert_eq!(metrics, "5/4/1", "threshold 2: stock 0, 1, 2 and 2 are low (SPEC §2)");
         let verify: i64 = scalar("SELECT count(*) FROM analytics.verify()").unwrap();
         assert_eq!(verify, 0);
     }

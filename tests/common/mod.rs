@@ -53,6 +53,8 @@ pub fn add_pos_stores(db: &mut Client) {
     for (i, (store, _)) in STORES.iter().enumerate() {
         db.batch_execute(&format!(
             "INSERT INTO stores (id, name) VALUES ('{store}', 'Store {i}');
+             INSERT INTO warehouses (id, store_id, name, is_default) VALUES (gen_random_uuid(), '{store}', 'main', true),
+                                                                         (gen_random_uuid(), '{store}', 'back', false);
              INSERT INTO customers (id, store_id, name)
              SELECT ('{}' || lpad(c::text, 12, '0'))::uuid, '{store}', 'customer ' || c FROM generate_series(1, 10) c;",
             customer_prefix(i)

@@ -173,6 +173,10 @@ pub fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) 
 /// movement, or a product that changes what the inventory metrics count.
 pub fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(String, String)]) {
     let (product, store) = rng.pick(products).clone();
+    if rng.chance(50) {
+        change_warehouse_stock(db, rng, &product, &store);
+        return;
+    }
     match rng.below(6) {
         0..=2 => {
             let qty = format!("{}{}.{}", if rng.chance(60) { "-" } else { "" }, rng.below(40), rng.below(1000));
@@ -203,6 +207,112 @@ pub fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(
             db.execute(
                 "UPDATE products SET is_active = random() < 0.8, low_stock_threshold = (random() * 10)::int,
                         cost_bs = round((random() * 100)::numeric, 2) WHERE id = $1::text::uuid",
+                &[&product],
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Stock as LA-CAJA's services write it (SPEC §7): a clamped change of one warehouse's row (base
+/// or a variant) with its movement, a transfer's reservation (no movement), an escrow sale (a
+/// movement without a stock write), a void whose warehouse is unknown (a movement without a
+/// warehouse), a lot received or consumed, a BCV rate set or retired, a product made a weight
+/// product.
+pub fn change_warehouse_stock(db: &mut postgres::Transaction, rng: &mut Rng, product: &str, store: &str) {
+    let warehouse: String = db
+        .query_one(
+            "SELECT id::text FROM warehouses WHERE store_id = $1::text::uuid ORDER BY random() LIMIT 1",
+            &[&store],
+        )
+        .unwrap()
+        .get(0);
+    let qty = format!("{}{}.{}", if rng.chance(50) { "-" } else { "" }, rng.below(20), rng.below(1000));
+    match rng.below(10) {
+        0..=3 => {
+            // updateStock: GREATEST(0, stock + delta), base row or a variant, and the movement
+            let variant = if rng.chance(30) { format!("'f0000000-0000-4000-8000-00000000000{}'::uuid", rng.below(3)) } else { "NULL".into() };
+            let conflict = if variant == "NULL" { "(warehouse_id, product_id) WHERE variant_id IS NULL" } else { "(warehouse_id, product_id, variant_id)" };
+            db.execute(
+                &format!(
+                    "INSERT INTO warehouse_stock (warehouse_id, product_id, variant_id, stock)
+                     VALUES ($1::text::uuid, $2::text::uuid, {variant}, greatest(0, $3::text::numeric))
+                     ON CONFLICT {conflict} DO UPDATE SET stock = greatest(0, warehouse_stock.stock + $3::text::numeric), updated_at = now()"
+                ),
+                &[&warehouse, &product, &qty],
+            )
+            .unwrap();
+            db.execute(
+                &format!(
+                    "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, warehouse_id, variant_id)
+                     VALUES (gen_random_uuid(), $1::text::uuid, $2::text::uuid, 'adjust', $3::text::numeric, $4::text::uuid, {variant})"
+                ),
+                &[&store, &product, &qty, &warehouse],
+            )
+            .unwrap();
+        }
+        4 => {
+            // a transfer created: stock moves to reserved, no movement until it is received
+            db.execute(
+                "UPDATE warehouse_stock SET stock = stock - 1, reserved = reserved + 1
+                 WHERE warehouse_id = $1::text::uuid AND product_id = $2::text::uuid AND variant_id IS NULL AND stock >= 1",
+                &[&warehouse, &product],
+            )
+            .unwrap();
+        }
+        5 => {
+            // an escrow sale (movement, no stock write) or a void whose warehouse is unknown
+            let (kind, wh) = if rng.chance(50) { ("sold", Some(warehouse.as_str())) } else { ("adjust", None) };
+            db.execute(
+                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, warehouse_id)
+                 VALUES (gen_random_uuid(), $1::text::uuid, $2::text::uuid, $3, -1, $4::text::uuid)",
+                &[&store, &product, &kind, &wh],
+            )
+            .unwrap();
+        }
+        6 => {
+            if rng.chance(60) {
+                db.execute(
+                    "INSERT INTO product_lots (product_id, lot_number, initial_quantity, remaining_quantity, unit_cost_bs, unit_cost_usd)
+                     VALUES ($1::text::uuid, gen_random_uuid()::text, 10, $2::text::numeric, round((random() * 80)::numeric, 2),
+                             round((random() * 2)::numeric, 2))",
+                    &[&product, &format!("{}.{}", rng.below(12), rng.below(1000))],
+                )
+                .unwrap();
+            } else {
+                db.execute(
+                    "UPDATE product_lots SET remaining_quantity = greatest(0, remaining_quantity - 2.5)
+                     WHERE id = (SELECT id FROM product_lots WHERE product_id = $1::text::uuid ORDER BY received_at LIMIT 1)",
+                    &[&product],
+                )
+                .unwrap();
+            }
+        }
+        7 => {
+            if rng.chance(70) {
+                db.execute(
+                    "INSERT INTO exchange_rates (store_id, rate, rate_type, is_active, is_preferred, effective_from, effective_until)
+                     VALUES ($1::text::uuid, round((30 + random() * 20)::numeric, 6), (ARRAY['BCV', 'BCV', 'PARALLEL'])[1 + (random() * 2)::int],
+                             random() < 0.9, false, now() - (random() * 3) * interval '1 day',
+                             CASE WHEN random() < 0.2 THEN now() - interval '1 hour' END)",
+                    &[&store],
+                )
+                .unwrap();
+            } else {
+                db.execute(
+                    "UPDATE exchange_rates SET is_active = NOT is_active, updated_at = now()
+                     WHERE id = (SELECT id FROM exchange_rates WHERE store_id = $1::text::uuid ORDER BY random() LIMIT 1)",
+                    &[&store],
+                )
+                .unwrap();
+            }
+        }
+        _ => {
+            db.execute(
+                "UPDATE products SET is_weight_product = random() < 0.5, weight_unit = (ARRAY['kg', 'g', 'lb', 'oz'])[1 + (random() * 3)::int],
+                        cost_per_weight_bs = CASE WHEN random() < 0.5 THEN round((random() * 10)::numeric, 6) END,
+                        cost_per_weight_usd = CASE WHEN random() < 0.5 THEN round((random() * 0.3)::numeric, 6) END
+                 WHERE id = $1::text::uuid",
                 &[&product],
             )
             .unwrap();

@@ -74,20 +74,55 @@ LEFT JOIN (SELECT sale_item_id, sum(qty) AS qty, sum(total_bs) AS total_bs, sum(
            FROM sale_return_items GROUP BY sale_item_id) r ON r.sale_item_id = i.id
 GROUP BY 1, 2, 3;
 
+-- SPEC §2 product_stock: with warehouse_stock, Σ stock over the store's warehouses (every
+-- variant and the base row; reserved not included).
 CREATE TEMP VIEW oracle_product_stock AS
-SELECT store_id, product_id, sum(qty_delta)::numeric AS stock
-FROM inventory_movements GROUP BY 1, 2;
+SELECT w.store_id, ws.product_id, sum(ws.stock)::numeric AS stock
+FROM warehouse_stock ws JOIN warehouses w ON w.id = ws.warehouse_id
+GROUP BY 1, 2;
 
-CREATE TEMP VIEW oracle_inventory_metrics AS
-SELECT p.store_id, count(*) AS total_products,
-       count(*) FILTER (WHERE p.low_stock_threshold > 0 AND s.stock > 0 AND s.stock <= p.low_stock_threshold) AS low_stock_count,
-       count(*) FILTER (WHERE coalesce(s.stock, 0) <= 0) AS out_of_stock_count,
-       coalesce(sum(s.stock * p.cost_bs) FILTER (WHERE s.stock > 0), 0) AS stock_value_bs,
-       coalesce(sum(s.stock * p.cost_usd) FILTER (WHERE s.stock > 0), 0) AS stock_value_usd
+-- SPEC §2 inventory_metrics, per active product first (LA-CAJA's dashboard rules).
+CREATE TEMP VIEW oracle_inventory_products AS
+SELECT p.store_id, p.id, p.low_stock_threshold, p.category,
+       coalesce(s.stock, 0) AS stock,
+       CASE WHEN EXISTS (SELECT 1 FROM product_lots l WHERE l.product_id = p.id)
+            THEN (SELECT sum(l.remaining_quantity) FROM product_lots l WHERE l.product_id = p.id)
+            ELSE coalesce(s.stock, 0) END AS lot_or_stock,
+       CASE WHEN p.is_weight_product
+            THEN coalesce(p.cost_per_weight_bs, p.cost_bs * CASE p.weight_unit WHEN 'g' THEN 0.001 WHEN 'lb' THEN 0.45359237
+                                                                              WHEN 'oz' THEN 0.028349523125 ELSE 1 END)
+            WHEN lot.remaining > 0 THEN lot.cost_bs / lot.remaining
+            ELSE p.cost_bs END AS unit_cost_bs,
+       CASE WHEN p.is_weight_product
+            THEN coalesce(p.cost_per_weight_usd, p.cost_usd * CASE p.weight_unit WHEN 'g' THEN 0.001 WHEN 'lb' THEN 0.45359237
+                                                                                WHEN 'oz' THEN 0.028349523125 ELSE 1 END)
+            WHEN lot.remaining > 0 THEN lot.cost_usd / lot.remaining
+            ELSE p.cost_usd END AS unit_cost_usd
 FROM products p
 LEFT JOIN oracle_product_stock s ON s.store_id = p.store_id AND s.product_id = p.id
-WHERE p.is_active
-GROUP BY p.store_id;
+LEFT JOIN (SELECT l.product_id, sum(l.remaining_quantity) AS remaining,
+                  sum(l.remaining_quantity * l.unit_cost_bs) AS cost_bs, sum(l.remaining_quantity * l.unit_cost_usd) AS cost_usd
+           FROM product_lots l WHERE l.remaining_quantity > 0 GROUP BY l.product_id) lot ON lot.product_id = p.id
+WHERE p.is_active;
+
+-- The store's BCV rate in force (SPEC §2, LA-CAJA's order of preference).
+CREATE TEMP VIEW oracle_bcv_rate AS
+SELECT DISTINCT ON (r.store_id) r.store_id, r.rate
+FROM exchange_rates r
+WHERE r.rate_type = 'BCV' AND r.is_active AND r.effective_from <= now() AND now() < coalesce(r.effective_until, 'infinity')
+ORDER BY r.store_id, r.is_preferred DESC, r.effective_from DESC, r.updated_at DESC, r.created_at DESC;
+
+CREATE TEMP VIEW oracle_inventory_metrics AS
+SELECT v.store_id, v.total_products, v.low_stock_count, v.out_of_stock_count,
+       CASE WHEN v.stock_value_usd > 0 AND b.rate IS NOT NULL THEN v.stock_value_usd * b.rate ELSE v.stock_value_bs END AS stock_value_bs,
+       v.stock_value_usd
+FROM (SELECT p.store_id, count(*) AS total_products,
+             count(*) FILTER (WHERE p.low_stock_threshold > 0 AND p.lot_or_stock <= p.low_stock_threshold) AS low_stock_count,
+             count(*) FILTER (WHERE p.stock <= 0) AS out_of_stock_count,
+             coalesce(sum(greatest(p.stock, 0) * p.unit_cost_bs), 0) AS stock_value_bs,
+             coalesce(sum(greatest(p.stock, 0) * p.unit_cost_usd), 0) AS stock_value_usd
+      FROM oracle_inventory_products p GROUP BY p.store_id) v
+LEFT JOIN oracle_bcv_rate b ON b.store_id = v.store_id;
 
 -- The compatibility views (docs/design.md: payment groups, the 30 local days, net figures).
 CREATE TEMP VIEW oracle_mv_sales_daily AS
@@ -133,10 +168,8 @@ GROUP BY d.product_id, p.name, p.category, d.store_id;
 CREATE TEMP VIEW oracle_mv_inventory_metrics AS
 SELECT m.store_id, m.total_products, m.low_stock_count, m.out_of_stock_count,
        m.stock_value_bs AS total_stock_value_bs, m.stock_value_usd AS total_stock_value_usd,
-       (SELECT avg(coalesce(s.stock, 0)) FROM products p
-        LEFT JOIN oracle_product_stock s ON s.store_id = p.store_id AND s.product_id = p.id
-        WHERE p.is_active AND p.store_id = m.store_id) AS avg_stock_level,
-       (SELECT count(DISTINCT p.category) FROM products p WHERE p.is_active AND p.store_id = m.store_id) AS categories_count
+       (SELECT avg(p.stock) FROM oracle_inventory_products p WHERE p.store_id = m.store_id) AS avg_stock_level,
+       (SELECT count(DISTINCT p.category) FROM oracle_inventory_products p WHERE p.store_id = m.store_id) AS categories_count
 FROM oracle_inventory_metrics m;
 
 -- SPEC §7's mv_customer_metrics, each debt counted once; active customers: a valid sale in
