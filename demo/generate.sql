@@ -162,6 +162,21 @@ SELECT gen_random_uuid(), m.store_id, m.product_id, 'received',
 FROM inventory_movements m JOIN demo_products p ON p.id = m.product_id
 GROUP BY m.store_id, m.product_id, (m.happened_at::date - date '2000-01-03') / 14;
 
+-- What LA-CAJA's screens read (SPEC §2): each store's warehouses and the stock they hold, as
+-- its writes leave it (clamped at 0); lots with their costs for some products; the store's BCV rate.
+INSERT INTO warehouses (id, store_id, name, code, is_default)
+SELECT md5('warehouse/' || st.id || '/' || w.code)::uuid, st.id, w.name, w.code, w.code = 'PRI'
+FROM stores st CROSS JOIN (VALUES ('PRI', 'Principal'), ('DEP', 'Depósito')) AS w (code, name);
+INSERT INTO warehouse_stock (warehouse_id, product_id, stock, updated_at)
+SELECT md5('warehouse/' || m.store_id || '/PRI')::uuid, m.product_id, greatest(0, sum(m.qty_delta)), max(m.happened_at)
+FROM inventory_movements m GROUP BY m.store_id, m.product_id;
+INSERT INTO product_lots (product_id, lot_number, initial_quantity, remaining_quantity, unit_cost_bs, unit_cost_usd, received_at)
+SELECT p.id, 'L-' || n, 24, 6 * n, round(p.cost_bs * (0.9 + 0.1 * n), 2), round(p.cost_usd * (0.9 + 0.1 * n), 2), now() - n * interval '9 days'
+FROM products p CROSS JOIN generate_series(1, 2) n
+WHERE NOT p.is_weight_product AND abs(hashtext(p.id::text)) % 5 = 0;
+INSERT INTO exchange_rates (store_id, rate, rate_type, is_active, is_preferred, effective_from)
+SELECT st.id, 36.5, 'BCV', true, true, now() - interval '1 day' FROM stores st;
+
 ANALYZE;
 SELECT count(*) AS sales, count(*) FILTER (WHERE voided_at IS NOT NULL) AS voided,
        (SELECT count(*) FROM sale_items) AS items, (SELECT count(*) FROM sale_returns) AS returns
