@@ -1664,7 +1664,8 @@ CREATE OR REPLACE VIEW analytics.product_stock WITH (security_barrier) AS
 SELECT s.store_id, s.product_id, s.stock
 FROM analytics_internal._product_stock() AS s
 WHERE analytics_internal._store_visible(s.store_id);
--- named by a view that PUBLIC reads (install.sql grants those)
+-- named by a view that PUBLIC reads: as install.sql leaves those (revoked, then granted)
+REVOKE ALL ON FUNCTION analytics_internal._product_stock() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION analytics_internal._product_stock() TO PUBLIC;
 
 REVOKE ALL ON FUNCTION analytics_internal._library_version(),

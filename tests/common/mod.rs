@@ -71,8 +71,15 @@ pub fn customer_prefix(store_index: usize) -> String {
 /// its SPEC §3 reference for every store, plus the rows `analytics.verify()` reports. Empty
 /// when everything is exact.
 pub fn differences(db: &mut Client) -> Vec<String> {
+    differences_under(db, "")
+}
+
+/// `differences`, with some of the oracle's views redefined by `overrides` (SQL run after the
+/// oracle: an older release's definitions, for the upgrade test).
+pub fn differences_under(db: &mut Client, overrides: &str) -> Vec<String> {
     db.batch_execute("BEGIN; SET LOCAL search_path = public;").unwrap();
     db.batch_execute(ORACLE).unwrap();
+    db.batch_execute(overrides).unwrap();
     let mut found: Vec<String> = db
         .query("SELECT relation, differences FROM oracle_differences WHERE differences > 0", &[])
         .unwrap()
