@@ -407,7 +407,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END$f$,
-        quote_ident(constraint_name),
+        analytics_internal._in_comment(quote_ident(constraint_name)),
         (SELECT string_agg(format('NEW.%I IS NULL', c), ' OR ') FROM unnest(child_columns) c),
         (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(child_columns) c),
         (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(child_columns) c),

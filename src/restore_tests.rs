@@ -119,6 +119,35 @@ mod tests {
         assert_matches_oracle();
     }
 
+    /// Names reach `--` comments of generated SECURITY DEFINER bodies: a newline in a schema's
+    /// or a foreign key's name must not end the comment and make the rest of the name code run
+    /// with the extension's rights.
+    #[pg_test]
+    fn a_newline_in_a_name_stays_in_the_generated_comment() {
+        lacaja_pos();
+        run("CREATE TABLE public.canary (x int)");
+        run("SELECT analytics.detach()");
+        run("ALTER SCHEMA pos RENAME TO \"pos
+DROP TABLE public.canary; --\"");
+        run("SELECT analytics.attach(E'pos\nDROP TABLE public.canary; --')");
+        run("SELECT count(*) FROM analytics.product_stock; SELECT count(*) FROM analytics.inventory_metrics;
+             SELECT count(*) FROM analytics.mv_customer_metrics");
+        run("CREATE TABLE public.fk_parent (id int PRIMARY KEY, at timestamptz NOT NULL);
+             INSERT INTO public.fk_parent VALUES (1, '2026-01-01');
+             CREATE TABLE public.fk_child (parent_id int);
+             ALTER TABLE public.fk_child ADD CONSTRAINT \"fk
+DROP TABLE public.canary; --\" FOREIGN KEY (parent_id) REFERENCES public.fk_parent;
+             SELECT analytics.create_hypertable('public.fk_parent', 'at', INTERVAL '1 day', migrate_data => true,
+                                                extend_unique => true, replace_foreign_keys => true);
+             INSERT INTO public.fk_child VALUES (1)");
+        let generated: i64 =
+            scalar("SELECT count(*) FROM analytics_internal.replaced_foreign_keys WHERE check_function IS NOT NULL AND child = 'public.fk_child'::regclass")
+                .unwrap();
+        assert_eq!(generated, 1, "the key got its generated check");
+        let canary: bool = scalar("SELECT to_regclass('public.canary') IS NOT NULL").unwrap();
+        assert!(canary, "a name's newline ended a comment and ran the rest as code");
+    }
+
     /// The schema's name reaches the generated triggers and the repair's dynamic SQL: a hostile
     /// one stays an identifier (quoted once), and the noted keys are repaired all the same.
     #[pg_test]
