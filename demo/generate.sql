@@ -148,25 +148,29 @@ UPDATE sales s SET totals = s.totals || jsonb_build_object(
         'total_usd', (s.totals ->> 'total_usd')::numeric - r.total_usd)
 FROM demo_returns r WHERE r.sale_id = s.id;
 
--- Stock: what was sold each day, and deliveries every two weeks that roughly cover it, so
--- that some products run low and a few run out.
-INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, happened_at)
-SELECT gen_random_uuid(), s.store_id, i.product_id, 'sold', -sum(i.qty), date_trunc('day', s.sold_at) + interval '23 hours'
-FROM sales s JOIN sale_items i ON i.sale_id = s.id
-WHERE s.voided_at IS NULL
-GROUP BY s.store_id, i.product_id, date_trunc('day', s.sold_at);
-INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, unit_cost_bs, unit_cost_usd, happened_at)
-SELECT gen_random_uuid(), m.store_id, m.product_id, 'received',
-       round(-sum(m.qty_delta) * (0.9 + 0.25 * random())::numeric + 8, CASE WHEN bool_or(p.is_weight) THEN 3 ELSE 0 END),
-       0, 0, min(m.happened_at) - interval '20 hours'
-FROM inventory_movements m JOIN demo_products p ON p.id = m.product_id
-GROUP BY m.store_id, m.product_id, (m.happened_at::date - date '2000-01-03') / 14;
-
--- What LA-CAJA's screens read (SPEC §2): each store's warehouses and the stock they hold, as
--- its writes leave it (clamped at 0); lots with their costs for some products; the store's BCV rate.
+-- Each store's warehouses (LA-CAJA's screens read the stock they hold, SPEC §2).
 INSERT INTO warehouses (id, store_id, name, code, is_default)
 SELECT md5('warehouse/' || st.id || '/' || w.code)::uuid, st.id, w.name, w.code, w.code = 'PRI'
 FROM stores st CROSS JOIN (VALUES ('PRI', 'Principal'), ('DEP', 'Depósito')) AS w (code, name);
+
+-- Stock: what was sold each day, and deliveries every two weeks that roughly cover it, so
+-- that some products run low and a few run out; all in the main warehouse.
+INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, happened_at, warehouse_id)
+SELECT gen_random_uuid(), s.store_id, i.product_id, 'sold', -sum(i.qty), date_trunc('day', s.sold_at) + interval '23 hours',
+       md5('warehouse/' || s.store_id || '/PRI')::uuid
+FROM sales s JOIN sale_items i ON i.sale_id = s.id
+WHERE s.voided_at IS NULL
+GROUP BY s.store_id, i.product_id, date_trunc('day', s.sold_at);
+INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, unit_cost_bs, unit_cost_usd, happened_at,
+                                 warehouse_id)
+SELECT gen_random_uuid(), m.store_id, m.product_id, 'received',
+       round(-sum(m.qty_delta) * (0.9 + 0.25 * random())::numeric + 8, CASE WHEN bool_or(p.is_weight) THEN 3 ELSE 0 END),
+       0, 0, min(m.happened_at) - interval '20 hours', md5('warehouse/' || m.store_id || '/PRI')::uuid
+FROM inventory_movements m JOIN demo_products p ON p.id = m.product_id
+GROUP BY m.store_id, m.product_id, (m.happened_at::date - date '2000-01-03') / 14;
+
+-- What LA-CAJA's screens read (SPEC §2): the stock the warehouses hold, as its writes leave it
+-- (clamped at 0); lots with their costs for some products; the store's BCV rate.
 INSERT INTO warehouse_stock (warehouse_id, product_id, stock, updated_at)
 SELECT md5('warehouse/' || m.store_id || '/PRI')::uuid, m.product_id, greatest(0, sum(m.qty_delta)), max(m.happened_at)
 FROM inventory_movements m GROUP BY m.store_id, m.product_id;

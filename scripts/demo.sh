@@ -131,6 +131,9 @@ echo "    its ABC analysis (top 8 of the last 30 days)"
 q -c "SELECT rank, name, category, revenue_bs, cumulative_share, class
       FROM analytics.report_product_abc('$first_store', current_date - 30) LIMIT 8"
 
+echo "==> stock: the warehouses the owner sees against the movement ledger (analytics.stock_drift)"
+q -v store="$first_store" -f demo/stock_drift.sql
+
 for store in $(q -At -c "SELECT id FROM stores ORDER BY id"); do
   echo
   q -v store="$store" -f demo/dashboard.sql

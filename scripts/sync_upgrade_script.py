@@ -13,7 +13,10 @@ def src_block(kind,name):
     pat=re.compile(r'^CREATE '+kind+r' '+re.escape(name)+r'\(', re.M)
     hits=[(f,m) for f in FILES for m in pat.finditer(src[f])]
     if len(hits)!=1: return None
-    f,m=hits[0]; t=src[f][m.start():]; return t[:t.index('\n$$;\n')+5]
+    f,m=hits[0]; t=src[f][m.start():]
+    # SQL-standard bodies (BEGIN ATOMIC) are kept by hand
+    if 'BEGIN ATOMIC' in t[:t.find('$$') if '$$' in t else len(t)]: return None
+    return t[:t.index('\n$$;\n')+5]
 out=s; n=0
 for m in re.finditer(r'^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE) ([\w.]+)\(', s, re.M):
     name=m.group(3); kind=m.group(2)

@@ -68,7 +68,7 @@ BEGIN
             'refresh_analytics_views',
             'easter_sunday', 'venezuela_holidays',
             -- dashboards: each checks that its caller may read the rollups (and the store)
-            'kpis', 'sales_by_day', 'top_products', 'heatmap', 'inventory_metrics_of', 'current_metrics',
+            'kpis', 'sales_by_day', 'top_products', 'heatmap', 'inventory_metrics_of', 'current_metrics', 'stock_drift',
             -- warehouse reports: read fact_sales with the caller's rights
             'report_lines', 'report_sales_by_category_month', 'report_sales_by_weekday_hour',
             'report_sales_by_payment_month', 'report_product_abc',

@@ -1684,6 +1684,11 @@ BEGIN
         LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
         CASE WHEN source_schema IS NULL THEN 'BEGIN RETURN; END'
              ELSE analytics_internal._product_stock_body(warehouse_stock, warehouses) END);
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._stock_drift(for_store uuid)
+        RETURNS SETOF analytics.stock_drift
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        CASE WHEN source_schema IS NULL THEN 'BEGIN RETURN; END'
+             ELSE analytics_internal._stock_drift_body(warehouse_stock, warehouses) END);
     EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._products_sold(store_id uuid, from_day date, to_day date)
         RETURNS TABLE (product_id uuid, name text, category text, qty numeric, returned_qty numeric, net_qty numeric,
                        revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
@@ -1706,6 +1711,261 @@ WHERE analytics_internal._store_visible(s.store_id);
 -- named by a view that PUBLIC reads: as install.sql leaves those (revoked, then granted)
 REVOKE ALL ON FUNCTION analytics_internal._product_stock() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION analytics_internal._product_stock() TO PUBLIC;
+
+-- The stock ledger per warehouse and stock_drift() (rollups.sql) ---------------------------
+-- The parts gain the warehouse and the escrow movements' part: the table is made anew (the
+-- library keeps folding into 0.1.0's shape until it is) and, in an attached database,
+-- recomputed from the movements below, under the capture tables' locks.
+DROP TABLE analytics_internal.product_stock_parts;
+CREATE TABLE analytics_internal.product_stock_parts (
+    store_id     uuid    NOT NULL,
+    warehouse_id uuid    NOT NULL,
+    product_id   uuid    NOT NULL,
+    shard        int     NOT NULL,
+    stock        numeric NOT NULL,
+    movements    bigint  NOT NULL,
+    escrow       numeric NOT NULL,
+    PRIMARY KEY (store_id, warehouse_id, product_id, shard)
+) WITH (fillfactor = 80);
+REVOKE ALL ON analytics_internal.product_stock_parts FROM PUBLIC;
+UPDATE analytics_internal.rollup_catalog
+SET keys = '{store_id,warehouse_id,product_id}',
+    key_exprs = '{store_id,"coalesce(warehouse_id, ''00000000-0000-0000-0000-000000000000'')",product_id}',
+    vals = '{stock,movements,escrow}', val_exprs = '{sum(qty),sum(sign),sum(escrow)}'
+WHERE name = 'product_stock';
+
+DROP FUNCTION analytics_internal._fold_rows(int, int[], uuid[], uuid[], timestamptz[], uuid[], jsonb[], jsonb[], boolean[],
+                                            int[], uuid[], uuid[], text[]);
+CREATE FUNCTION analytics_internal._fold_rows(target_shard int, sale_signs int[], sale_ids uuid[], sale_stores uuid[],
+        sale_times timestamptz[], sale_customers uuid[], sale_totals jsonb[], sale_payments jsonb[], sale_counts boolean[],
+        stock_signs int[], stock_stores uuid[], stock_warehouses uuid[], stock_products uuid[], stock_quantities text[],
+        stock_escrow boolean[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN;
+END
+$$;
+CREATE OR REPLACE FUNCTION analytics_internal._fold_rows_body() RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    rows_of constant jsonb := jsonb_build_object(
+        'sales', $q$SELECT r.sign, r.store_id, r.sold_at, r.customer_id, r.totals, r.payment
+                    FROM unnest(sale_signs, sale_stores, sale_times, sale_customers, sale_totals, sale_payments, sale_counts)
+                         AS r (sign, store_id, sold_at, customer_id, totals, payment, counts)
+                    WHERE r.counts$q$,
+        'stock', $q$SELECT r.sign, r.store_id, r.warehouse_id, r.product_id, r.qty, r.from_escrow
+                    FROM unnest(stock_signs, stock_stores, stock_warehouses, stock_products, stock_quantities, stock_escrow)
+                         AS r (sign, store_id, warehouse_id, product_id, qty, from_escrow)$q$);
+    -- What could not be read is reported, once, without failing the sale: a cheap test first,
+    -- the report only for the rare malformed sale.
+    problems constant text := $q$
+    IF EXISTS (SELECT 1 FROM unnest(sale_signs, sale_totals, sale_payments) AS r (sign, totals, payment)
+               WHERE r.sign > 0 AND NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)) THEN
+        INSERT INTO analytics.ingest_errors (source_table, source_id, column_name, problem, value)
+        SELECT 'sales', r.id::text, p.column_name, p.problem, p.value
+        FROM unnest(sale_signs, sale_ids, sale_totals, sale_payments) AS r (sign, id, totals, payment)
+        CROSS JOIN LATERAL analytics_internal.sale_problems(r.totals, r.payment) AS p
+        WHERE r.sign > 0 AND NOT analytics_internal.sale_is_well_formed(r.totals, r.payment)
+        ON CONFLICT DO NOTHING;
+    END IF;$q$;
+    fold_source text;
+    upserts text[];
+    statement text;
+    body text := '';
+BEGIN
+    FOREACH fold_source IN ARRAY ARRAY['sales', 'stock'] LOOP
+        SELECT array_agg(analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'),
+                                                              'target_shard', true) ORDER BY c.position)
+          INTO upserts FROM analytics_internal.rollup_catalog c WHERE c.source = fold_source;
+        statement := format('WITH changed AS (%s), measured AS (%s)', rows_of ->> fold_source,
+                            analytics_internal._measured_sql(fold_source, 'SELECT * FROM changed'));
+        FOR j IN 1..cardinality(upserts) - 1 LOOP
+            statement := statement || format(', add_%s AS (%s)', j, upserts[j]);
+        END LOOP;
+        body := body || format(E'\n    IF cardinality(%s) > 0 THEN\n        %s\n        %s;%s\n    END IF;',
+                               CASE fold_source WHEN 'sales' THEN 'sale_signs' ELSE 'stock_signs' END,
+                               statement, upserts[cardinality(upserts)],
+                               CASE fold_source WHEN 'sales' THEN problems ELSE '' END);
+    END LOOP;
+    RETURN format(E'\nBEGIN\n    -- generated by analytics.attach() from analytics_internal.rollup_catalog%s\nEND', body);
+END
+$$;
+CREATE OR REPLACE FUNCTION analytics_internal._set_fold_rows_body(body text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._fold_rows(target_shard int, sale_signs int[],
+            sale_ids uuid[], sale_stores uuid[], sale_times timestamptz[], sale_customers uuid[], sale_totals jsonb[],
+            sale_payments jsonb[], sale_counts boolean[], stock_signs int[], stock_stores uuid[], stock_warehouses uuid[],
+            stock_products uuid[], stock_quantities text[], stock_escrow boolean[]) RETURNS void
+        LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+        -- Called at every commit that sold something: plan once per session.
+        SET plan_cache_mode = force_generic_plan AS %L$f$, body);
+END
+$$;
+CREATE OR REPLACE FUNCTION analytics_internal._measure_stock_sql(source text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format($q$
+        SELECT c.sign, c.store_id, c.warehouse_id, c.product_id, c.sign * coalesce(c.qty::numeric, 0) AS qty,
+               CASE WHEN c.from_escrow THEN c.sign * coalesce(c.qty::numeric, 0) ELSE 0 END AS escrow
+        FROM (%s) AS c
+        WHERE c.store_id IS NOT NULL AND c.product_id IS NOT NULL$q$, source)
+$$;
+DROP FUNCTION analytics_internal._capture_columns(text, text);
+CREATE FUNCTION analytics_internal._column_or(rel regclass, column_name name, column_type regtype, otherwise text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a
+                             WHERE a.attrelid = rel AND a.attname = column_name AND a.atttypid = column_type
+                               AND a.attnum > 0 AND NOT a.attisdropped)
+                THEN format('r.%I', column_name) ELSE otherwise END
+$$;
+CREATE FUNCTION analytics_internal._capture_columns(source text, stock_source text, movements regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN source = 'sales' THEN 'r.store_id, r.sold_at, r.customer_id, r.totals, r.payment'
+        WHEN stock_source = 'movements' THEN
+            format('r.store_id, r.product_id, r.qty_delta AS qty, %s AS warehouse_id, %s AS from_escrow',
+                   analytics_internal._column_or(movements, 'warehouse_id', 'uuid', 'NULL::uuid'),
+                   analytics_internal._column_or(movements, 'from_escrow', 'boolean', 'false'))
+        WHEN stock_source = 'current_stock' THEN
+            'r.store_id, r.id AS product_id, r.current_stock AS qty, NULL::uuid AS warehouse_id, false AS from_escrow'
+    END
+$$;
+CREATE OR REPLACE FUNCTION analytics_internal._source_rows_sql(source text, store_filter text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cfg analytics_internal.source_config;
+BEGIN
+    SELECT * INTO cfg FROM analytics_internal.source_config;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lacaja_analytics is not attached to any sales table'
+            USING HINT = 'Run SELECT analytics.attach(''public'') (or the schema holding LA-CAJA''s tables).';
+    END IF;
+    RETURN CASE
+        WHEN source = 'sales' THEN
+            format('SELECT 1 AS sign, %s FROM %I.sales AS r WHERE (%s) AND (%s)',
+                   analytics_internal._capture_columns('sales', NULL, NULL), cfg.source_schema, cfg.valid_sale, store_filter)
+        WHEN source = 'stock' AND cfg.stock_source = 'movements' THEN
+            format('SELECT 1 AS sign, %s FROM %I.inventory_movements AS r WHERE %s',
+                   analytics_internal._capture_columns('stock', cfg.stock_source,
+                       to_regclass(format('%I.inventory_movements', cfg.source_schema))), cfg.source_schema, store_filter)
+        WHEN source = 'stock' AND cfg.stock_source = 'current_stock' THEN
+            format('SELECT 1 AS sign, %s FROM %I.products AS r WHERE %s',
+                   analytics_internal._capture_columns('stock', cfg.stock_source, NULL), cfg.source_schema, store_filter)
+        -- Product rollups are sums of the item facts (see sql/products.sql).
+        WHEN source = 'items' AND cfg.captures_items THEN
+            format('SELECT 1 AS sign, r.* FROM analytics_internal.item_facts AS r WHERE %s', store_filter)
+    END;
+END
+$$;
+CREATE OR REPLACE FUNCTION analytics_internal._read_source_tables() RETURNS SETOF name
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT unnest(ARRAY['sales', 'sale_items', 'sale_returns', 'sale_return_items', 'products', 'inventory_movements',
+                        'stores', 'customers', 'debts', 'warehouses', 'warehouse_stock', 'product_lots', 'exchange_rates',
+                        'real_time_metrics', 'alert_thresholds', 'real_time_alerts']::name[])
+$$;
+
+CREATE TYPE analytics.stock_drift AS (
+    store_id     uuid,
+    warehouse_id uuid,
+    product_id   uuid,
+    ledger       numeric,
+    stock        numeric,
+    reserved     numeric,
+    difference   numeric,
+    escrow       numeric,
+    cause        text
+);
+CREATE FUNCTION analytics_internal._stock_drift(for_store uuid)
+RETURNS SETOF analytics.stock_drift
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN;
+END
+$$;
+CREATE FUNCTION analytics_internal._stock_drift_body(warehouse_stock regclass, warehouses regclass) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    queries text[] := '{}';
+    filter_ledger text;
+    filter_held text;
+BEGIN
+    IF NOT (analytics_internal._has_columns(warehouse_stock, '{warehouse_id,product_id,stock,reserved}')
+            AND analytics_internal._has_columns(warehouses, '{id,store_id}')) THEN
+        RETURN $f$
+BEGIN
+    -- generated by analytics.attach(): no warehouse_stock in the source
+    RAISE EXCEPTION 'stock_drift() compares the movement ledger with warehouse_stock, and the attached schema has no warehouse_stock (with warehouse_id, product_id, stock, reserved) and warehouses (id, store_id)'
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Without warehouse_stock the ledger is the stock (analytics.product_stock): there is nothing to reconcile.';
+END$f$;
+    END IF;
+    -- all stores, then one store: each text formatted once (names are never formatted again)
+    FOREACH filter_ledger IN ARRAY ARRAY['true', 'p.store_id = for_store'] LOOP
+        filter_held := CASE WHEN filter_ledger = 'true' THEN 'true' ELSE 'w.store_id = for_store' END;
+        queries := queries || format($q$
+        SELECT d.store_id, d.warehouse_id, d.product_id, d.ledger, d.stock, d.reserved, d.difference, d.escrow,
+               CASE WHEN d.warehouse_id IS NULL THEN 'movements without a warehouse'
+                    ELSE nullif(concat_ws(' and ',
+                        CASE WHEN d.escrow <> 0 THEN 'escrow sales' END,
+                        CASE WHEN d.difference - d.escrow < 0 AND d.reserved > 0 AND d.ledger - d.escrow < d.reserved
+                                  THEN 'transfer in transit'
+                             WHEN d.difference - d.escrow < 0 AND d.ledger - d.escrow < 0 THEN 'clamp hid a negative' END), '') END
+        FROM (SELECT store_id, warehouse_id, product_id,
+                     coalesce(l.ledger, 0) AS ledger, coalesce(h.stock, 0) AS stock, coalesce(h.reserved, 0) AS reserved,
+                     coalesce(l.ledger, 0) - coalesce(h.stock, 0) - coalesce(h.reserved, 0) AS difference,
+                     coalesce(l.escrow, 0) AS escrow
+              FROM (SELECT p.store_id, nullif(p.warehouse_id, '00000000-0000-0000-0000-000000000000') AS warehouse_id,
+                           p.product_id, sum(p.stock) AS ledger, sum(p.escrow) AS escrow
+                    FROM analytics_internal.product_stock_parts p
+                    WHERE %3$s
+                    GROUP BY p.store_id, p.warehouse_id, p.product_id) AS l
+              FULL JOIN (SELECT w.store_id, s.warehouse_id, s.product_id, sum(s.stock)::numeric AS stock,
+                                sum(s.reserved)::numeric AS reserved
+                         FROM %1$s AS s JOIN %2$s AS w ON w.id = s.warehouse_id
+                         WHERE %4$s
+                         GROUP BY w.store_id, s.warehouse_id, s.product_id) AS h
+                   USING (store_id, warehouse_id, product_id)) AS d
+        WHERE d.difference <> 0$q$, warehouse_stock, warehouses, filter_ledger, filter_held);
+    END LOOP;
+    RETURN format($f$
+BEGIN
+    -- generated by analytics.attach() for %3$s
+    IF for_store IS NULL THEN
+        RETURN QUERY %1$s;
+    ELSE
+        RETURN QUERY %2$s;
+    END IF;
+END$f$, queries[1], queries[2], analytics_internal._in_comment(concat(warehouse_stock, ' and ', warehouses)));
+END
+$$;
+CREATE FUNCTION analytics_internal._stock_drift_of(for_store uuid, token bigint)
+RETURNS SETOF analytics.stock_drift
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller constant oid := analytics_internal._redeem_caller(token);
+BEGIN
+    PERFORM analytics_internal._check_reader(caller, for_store);
+    RETURN QUERY
+    SELECT d.* FROM analytics_internal._stock_drift(for_store) AS d
+    WHERE analytics_internal._store_visible_to(caller, d.store_id)
+    ORDER BY d.store_id, d.warehouse_id NULLS FIRST, d.product_id;
+END
+$$;
+CREATE FUNCTION analytics.stock_drift(store_id uuid DEFAULT NULL)
+RETURNS SETOF analytics.stock_drift
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM analytics_internal._stock_drift_of(store_id, analytics_internal._caller_token());
+END;
+REVOKE ALL ON FUNCTION analytics_internal._fold_rows(int, int[], uuid[], uuid[], timestamptz[], uuid[], jsonb[], jsonb[], boolean[],
+                                                     int[], uuid[], uuid[], uuid[], text[], boolean[]),
+                       analytics_internal._column_or(regclass, name, regtype, text),
+                       analytics_internal._capture_columns(text, text, regclass),
+                       analytics_internal._stock_drift(uuid),
+                       analytics_internal._stock_drift_body(regclass, regclass)
+    FROM PUBLIC;
+-- the public wrapper and what it names (install.sql)
+GRANT EXECUTE ON FUNCTION analytics.stock_drift(uuid), analytics_internal._stock_drift_of(uuid, bigint) TO PUBLIC;
 
 REVOKE ALL ON FUNCTION analytics_internal._library_version(),
                        analytics_internal._interrupted_conversions(),
@@ -1774,8 +2034,15 @@ BEGIN
         INSERT INTO analytics_internal.capture_established (source_schema)
         SELECT c.source_schema_oid FROM analytics_internal.source_config c;
         PERFORM analytics_internal._create_replica_triggers(schema_name, true);
-        -- the readers of LA-CAJA's stock, lots and rates
+        -- the readers of LA-CAJA's stock, lots and rates, and the drift
         PERFORM analytics_internal._generate_readers();
+        -- the fold of the ledger per warehouse, and the ledger recomputed (its table is new)
+        PERFORM analytics_internal._set_fold_rows_body(analytics_internal._fold_rows_body());
+        EXECUTE (SELECT format('WITH measured AS (%s) %s',
+                               analytics_internal._measured_sql('stock', analytics_internal._source_rows_sql('stock', 'true')),
+                               analytics_internal._add_to_parts_sql(c, analytics_internal._aggregate_sql(c, 'measured'), '0', true))
+                 FROM analytics_internal.rollup_catalog c WHERE c.name = 'product_stock')
+        WHERE EXISTS (SELECT 1 FROM analytics_internal.source_config c WHERE c.stock_source IS NOT NULL);
     END IF;
 END
 $$;

@@ -351,6 +351,99 @@ pub(crate) mod tests {
     }
 
     #[pg_test]
+    fn stock_drift_tells_each_cause() {
+        lacaja_pos();
+        run(&format!(
+            "INSERT INTO products (id, store_id, name, cost_bs, cost_usd, low_stock_threshold)
+             SELECT ('f0000000-0000-4000-8000-00000000000' || i)::uuid, '{STORE_A}', 'p' || i, 10, 1, 0 FROM generate_series(1, 8) i;
+             INSERT INTO warehouses (id, store_id, name) VALUES ('e1000000-0000-4000-8000-000000000001', '{STORE_A}', 'w1'),
+                 ('e1000000-0000-4000-8000-000000000002', '{STORE_A}', 'w2'), ('e1000000-0000-4000-8000-000000000003', '{STORE_B}', 'w3');"
+        ));
+        // Each product's movements and the warehouse rows LA-CAJA's writes leave (clamped at 0).
+        let product = |i: u32| format!("'f0000000-0000-4000-8000-00000000000{i}'::uuid");
+        let warehouse = |i: u32| format!("'e1000000-0000-4000-8000-00000000000{i}'::uuid");
+        let moved = |store: &str, p: u32, w: Option<u32>, qty: &str, escrow: bool| {
+            run(&format!(
+                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, warehouse_id, from_escrow)
+                 VALUES (gen_random_uuid(), '{store}', {}, 'adjust', {qty}, {}, {escrow})",
+                product(p),
+                w.map(warehouse).unwrap_or("NULL".into())
+            ))
+        };
+        let held = |p: u32, w: u32, stock: &str, reserved: &str| {
+            run(&format!(
+                "INSERT INTO warehouse_stock (warehouse_id, product_id, stock, reserved) VALUES ({}, {}, {stock}, {reserved})
+                 ON CONFLICT (warehouse_id, product_id) WHERE variant_id IS NULL DO UPDATE SET stock = excluded.stock, reserved = excluded.reserved",
+                warehouse(w),
+                product(p)
+            ))
+        };
+        // p1: a void whose warehouse was unknown
+        moved(STORE_A, 1, None, "1", false);
+        // p2: 10 received, 2 sold from an offline device's escrow
+        moved(STORE_A, 2, Some(1), "10", false);
+        moved(STORE_A, 2, Some(1), "-2", true);
+        held(2, 1, "10", "0");
+        // p3: 4 received, 7 sold: clamped at 0
+        moved(STORE_A, 3, Some(1), "4", false);
+        moved(STORE_A, 3, Some(1), "-7", false);
+        held(3, 1, "0", "0");
+        // p4: 10 received, 5 reserved for a transfer, 7 sold: the clamp hid 2
+        moved(STORE_A, 4, Some(1), "10", false);
+        moved(STORE_A, 4, Some(1), "-7", false);
+        held(4, 1, "0", "5");
+        // p5: a transfer of 4 received from w1 into w2 (and a variant in w2): no drift
+        moved(STORE_A, 5, Some(1), "10", false);
+        moved(STORE_A, 5, Some(1), "-4", false);
+        moved(STORE_A, 5, Some(2), "4", false);
+        moved(STORE_A, 5, Some(2), "1.5", false);
+        held(5, 1, "6", "0");
+        held(5, 2, "4", "0");
+        run(&format!(
+            "INSERT INTO warehouse_stock (warehouse_id, product_id, variant_id, stock) VALUES ({}, {}, gen_random_uuid(), 1.5)",
+            warehouse(2),
+            product(5)
+        ));
+        // p6: 5 received, the warehouse row set to 2 without a movement: not told
+        moved(STORE_A, 6, Some(1), "5", false);
+        held(6, 1, "2", "0");
+        // p7: 10 received, 1 sold from escrow, 12 sold and clamped
+        moved(STORE_A, 7, Some(2), "10", false);
+        moved(STORE_A, 7, Some(2), "-1", true);
+        moved(STORE_A, 7, Some(2), "-12", false);
+        held(7, 2, "0", "0");
+        // p8: in store B's warehouse, equal
+        moved(STORE_B, 8, Some(3), "3", false);
+        held(8, 3, "3", "0");
+        assert_matches_oracle();
+        let drift = |store: &str| -> Option<String> {
+            scalar(&format!(
+                "SELECT string_agg(format('p%s %s %s/%s/%s/%s/%s %s', right(product_id::text, 1), coalesce(right(warehouse_id::text, 1), '-'),
+                                          trim_scale(ledger), trim_scale(stock), trim_scale(reserved), trim_scale(difference),
+                                          trim_scale(escrow), coalesce(cause, '?')), '; ')
+                 FROM analytics.stock_drift({store})"
+            ))
+        };
+        assert_eq!(
+            drift("NULL").unwrap(),
+            [
+                "p1 - 1/0/0/1/0 movements without a warehouse",
+                "p2 1 8/10/0/-2/-2 escrow sales",
+                "p3 1 -3/0/0/-3/0 clamp hid a negative",
+                "p4 1 3/0/5/-2/0 transfer in transit",
+                "p6 1 5/2/0/3/0 ?",
+                "p7 2 -3/0/0/-3/-1 escrow sales and clamp hid a negative",
+            ]
+            .join("; ")
+        );
+        assert_eq!(drift(&format!("'{STORE_B}'")), None, "store B's warehouse holds its ledger");
+        // instant: a movement committed moves the ledger at once
+        moved(STORE_A, 6, Some(1), "-3", false);
+        assert_eq!(scalar::<i64>("SELECT count(*) FROM analytics.stock_drift() WHERE right(product_id::text, 1) = '6'"), Some(0));
+        assert_matches_oracle();
+    }
+
+    #[pg_test]
     fn simplified_variant_takes_stock_from_current_stock() {
         run("CREATE SCHEMA simple");
         run("CREATE TABLE simple.sales (id uuid PRIMARY KEY, store_id uuid NOT NULL, sold_at timestamptz NOT NULL,
@@ -374,6 +467,9 @@ pub(crate) mod tests {
         assert_eq!(metrics, "5/4/1", "threshold 2: stock 0, 1, 2 and 2 are low (SPEC §2)");
         let verify: i64 = scalar("SELECT count(*) FROM analytics.verify()").unwrap();
         assert_eq!(verify, 0);
+        // no warehouses: nothing to reconcile the ledger with
+        outcome_helper();
+        assert_fails("SELECT * FROM analytics.stock_drift()", "55000");
     }
 
     #[pg_test]

@@ -549,15 +549,24 @@ mod tests {
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'store_id'
              WHERE c.relnamespace = 'analytics'::regnamespace AND c.relkind IN ('v', 'r')",
         );
+        // a drift in each store (movements without a warehouse)
+        run(&format!(
+            "INSERT INTO pos.inventory_movements (id, store_id, product_id, movement_type, qty_delta)
+             SELECT gen_random_uuid(), s.id, (SELECT min(id::text)::uuid FROM pos.products), 'adjust', 1
+             FROM (VALUES ('{STORE_A}'::uuid), ('{STORE_B}')) AS s (id)"
+        ));
+        assert_eq!(scalar::<i64>("SELECT count(DISTINCT store_id) FROM analytics.stock_drift()"), Some(2));
         let store_functions = [
             "SELECT store_id FROM analytics.inventory_metrics_of(NULL)",
             "SELECT store_id FROM analytics.current_metrics()",
+            "SELECT store_id FROM analytics.stock_drift()",
         ];
         let one_store_calls = [
             "SELECT 1 FROM analytics.kpis('{store}')",
             "SELECT 1 FROM analytics.sales_by_day('{store}', current_date - 400, current_date)",
             "SELECT 1 FROM analytics.top_products('{store}')",
             "SELECT 1 FROM analytics.heatmap('{store}', current_date - 400, current_date)",
+            "SELECT 1 FROM analytics.stock_drift('{store}')",
         ];
         // Off: both roles see both stores.
         run("SET LOCAL ROLE lacaja_store_a");

@@ -15,6 +15,8 @@ mod tests {
         for (function, expected) in [
             ("_fold_rows", include_str!("../../tests/expected/fold_rows.sql")),
             ("_fold_items", include_str!("../../tests/expected/fold_items.sql")),
+            // not the capture's, but generated from the same catalog by attach()
+            ("_stock_drift", include_str!("../../tests/expected/stock_drift.sql")),
         ] {
             let actual: String =
                 scalar(&format!("SELECT pg_get_functiondef('analytics_internal.{function}'::regproc)")).unwrap();

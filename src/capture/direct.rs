@@ -594,7 +594,8 @@ pub(super) fn rows(shard: i32, sales: &[SaleRow], stock: &[StockRow]) -> bool {
             *customers.entry((store, day, customer)).or_default() += sale.sign as i64;
         }
     }
-    let mut stocks: BTreeMap<(Id, Id), Sums> = BTreeMap::new();
+    // Keyed as the parts are: a movement without a warehouse under the nil uuid.
+    let mut stocks: BTreeMap<(Id, Id, Id), Sums> = BTreeMap::new();
     for row in stock {
         let qty = match &row.qty {
             Some(qty) => {
@@ -603,9 +604,12 @@ pub(super) fn rows(shard: i32, sales: &[SaleRow], stock: &[StockRow]) -> bool {
             }
             None => zero,
         };
-        let sums = stocks.entry((row.store, row.product)).or_insert_with(|| Sums::new(2));
-        sums.amount(0, signed(row.sign, qty));
+        let warehouse = row.warehouse.unwrap_or(NIL_UUID);
+        let sums = stocks.entry((row.store, warehouse, row.product)).or_insert_with(|| Sums::new(3));
+        let qty = signed(row.sign, qty);
+        sums.amount(0, qty);
         sums.count(1, row.sign as i64);
+        sums.amount(2, if row.escrow { qty } else { zero });
     }
 
     const MEASURES: [&CStr; 9] = [
@@ -636,7 +640,11 @@ pub(super) fn rows(shard: i32, sales: &[SaleRow], stock: &[StockRow]) -> bool {
             open(!hourly.is_empty(), c"sales_hourly_parts", &columns(&[c"store_id", c"bucket", c"local_hour", c"shard"], &MEASURES))?,
             open(!daily.is_empty(), c"sales_daily_parts", &columns(&[c"store_id", c"day", c"method", c"shard"], &MEASURES))?,
             open(!customers.is_empty(), c"customer_daily_parts", &[c"store_id", c"day", c"customer_id", c"shard", c"sales_count"])?,
-            open(!stocks.is_empty(), c"product_stock_parts", &[c"store_id", c"product_id", c"shard", c"stock", c"movements"])?,
+            open(
+                !stocks.is_empty(),
+                c"product_stock_parts",
+                &[c"store_id", c"warehouse_id", c"product_id", c"shard", c"stock", c"movements", c"escrow"],
+            )?,
         ))
     })() else {
         return false;
@@ -666,9 +674,9 @@ pub(super) fn rows(shard: i32, sales: &[SaleRow], stock: &[StockRow]) -> bool {
         }
     }
     if let Some(mut parts) = stock_parts {
-        for ((store, product), sums) in &stocks {
+        for ((store, warehouse, product), sums) in &stocks {
             if let Some(deltas) = sums.deltas(zero) {
-                parts.add_to(&[Datum::from(store.as_ptr()), Datum::from(product.as_ptr()), shard], &deltas);
+                parts.add_to(&[Datum::from(store.as_ptr()), Datum::from(warehouse.as_ptr()), Datum::from(product.as_ptr()), shard], &deltas);
             }
         }
     }

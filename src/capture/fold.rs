@@ -28,6 +28,13 @@ const TEXTS: pg_sys::Oid = pg_sys::TEXTARRAYOID;
 
 thread_local! {
     static FOLD_ROWS: SavedPlan = const { SavedPlan {
+        sql: c"SELECT analytics_internal._fold_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        types: &[INT4, INT4S, UUIDS, UUIDS, TIMES, UUIDS, JSONBS, JSONBS, BOOLS, INT4S, UUIDS, UUIDS, UUIDS, TEXTS, BOOLS],
+        plan: Cell::new(std::ptr::null_mut()),
+    } };
+    /// The fold of 0.1.0's SQL (stock parts without warehouses): the library serves it until
+    /// `ALTER EXTENSION lacaja_analytics UPDATE` runs.
+    static FOLD_ROWS_0_1: SavedPlan = const { SavedPlan {
         sql: c"SELECT analytics_internal._fold_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         types: &[INT4, INT4S, UUIDS, UUIDS, TIMES, UUIDS, JSONBS, JSONBS, BOOLS, INT4S, UUIDS, UUIDS, TEXTS],
         plan: Cell::new(std::ptr::null_mut()),
@@ -74,9 +81,28 @@ fn rows_now(owner: pg_sys::Oid, shard: i32, sales: &[SaleRow], stock: &[StockRow
     args.bools(sales.iter().map(|s| s.counts));
     args.ints(stock.iter().map(|s| s.sign));
     args.uuids(stock.iter().map(|s| Some(&s.store)));
+    let by_warehouse = stock_parts_by_warehouse();
+    if by_warehouse {
+        args.uuids(stock.iter().map(|s| s.warehouse.as_ref()));
+    }
     args.uuids(stock.iter().map(|s| Some(&s.product)));
     args.texts(stock.iter().map(|s| s.qty.as_deref()));
-    FOLD_ROWS.with(|plan| execute(owner, plan, &args));
+    if by_warehouse {
+        args.bools(stock.iter().map(|s| s.escrow));
+        FOLD_ROWS.with(|plan| execute(owner, plan, &args));
+    } else {
+        FOLD_ROWS_0_1.with(|plan| execute(owner, plan, &args));
+    }
+}
+
+/// Whether the installed SQL keeps the stock ledger per warehouse (0.2.0 on), by the column
+/// (a syscache lookup per fold: the session may outlive an update).
+fn stock_parts_by_warehouse() -> bool {
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"analytics_internal".as_ptr(), true);
+        let relid = pg_sys::get_relname_relid(c"product_stock_parts".as_ptr(), namespace);
+        relid != pg_sys::InvalidOid && pg_sys::get_attnum(relid, c"warehouse_id".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
 }
 
 /// Sales whose item facts one call of `_fold_items` recomputes: a million-sale transaction is

@@ -51,9 +51,13 @@ pub(crate) struct SaleRow {
 pub(crate) struct StockRow {
     pub sign: i32,
     pub store: Id,
+    /// The movement's warehouse (None: none, or the source has no `warehouse_id uuid`).
+    pub warehouse: Option<Id>,
     pub product: Id,
     /// The quantity as text (numeric or integer columns alike); NULL counts as 0.
     pub qty: Option<String>,
+    /// An escrow movement (`from_escrow`): stock an offline device was granted and sold.
+    pub escrow: bool,
 }
 
 /// One item inserted into a sale this transaction inserted, as the item facts read it

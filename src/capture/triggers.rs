@@ -116,6 +116,10 @@ impl Row {
         self.datum(column).map(|d| unsafe { *(d.cast_mut_ptr::<Id>()) })
     }
 
+    fn boolean(&self, column: Option<i32>) -> Option<bool> {
+        self.datum(column).map(|d| d.value() != 0)
+    }
+
     fn time(&self, column: Option<i32>) -> Option<i64> {
         self.datum(column).map(|d| d.value() as i64)
     }
@@ -424,11 +428,27 @@ mod analytics_internal {
         } else {
             (table.column("product_id", pg_sys::UUIDOID), table.column("qty_delta", pg_sys::InvalidOid))
         };
+        // A movement's warehouse and escrow flag, when the table has them with these types
+        // (the SQL reads the same: analytics_internal._capture_columns).
+        let (warehouse, escrow) = if current_stock {
+            (None, None)
+        } else {
+            (table.column("warehouse_id", pg_sys::UUIDOID), table.column("from_escrow", pg_sys::BOOLOID))
+        };
         let read = |row: &Row, sign: i32| -> Option<StockRow> {
-            Some(StockRow { sign, store: row.uuid(store)?, product: row.uuid(product)?, qty: row.text(qty, table.desc) })
+            Some(StockRow {
+                sign,
+                store: row.uuid(store)?,
+                warehouse: row.uuid(warehouse),
+                product: row.uuid(product)?,
+                qty: row.text(qty, table.desc),
+                escrow: row.boolean(escrow).unwrap_or(false),
+            })
         };
         let unchanged = |o: &Option<StockRow>, n: &Option<StockRow>| match (o, n) {
-            (Some(o), Some(n)) => o.store == n.store && o.product == n.product && o.qty == n.qty,
+            (Some(o), Some(n)) => {
+                o.store == n.store && o.warehouse == n.warehouse && o.product == n.product && o.qty == n.qty && o.escrow == n.escrow
+            }
             (None, None) => true,
             _ => false,
         };

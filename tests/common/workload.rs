@@ -251,7 +251,7 @@ pub fn change_warehouse_stock(db: &mut postgres::Transaction, rng: &mut Rng, pro
             )
             .unwrap();
         }
-        4 => {
+        4 if rng.chance(60) => {
             // a transfer created: stock moves to reserved, no movement until it is received
             db.execute(
                 "UPDATE warehouse_stock SET stock = stock - 1, reserved = reserved + 1
@@ -260,13 +260,42 @@ pub fn change_warehouse_stock(db: &mut postgres::Transaction, rng: &mut Rng, pro
             )
             .unwrap();
         }
+        4 => {
+            // a transfer received into another warehouse of the store: the reservation leaves
+            // the origin, the destination gains it (clamped upsert), and the two movements
+            let received = db
+                .execute(
+                    "UPDATE warehouse_stock SET reserved = reserved - 1
+                     WHERE warehouse_id = $1::text::uuid AND product_id = $2::text::uuid AND variant_id IS NULL AND reserved >= 1",
+                    &[&warehouse, &product],
+                )
+                .unwrap();
+            if received == 1 {
+                db.execute(
+                    "WITH destination AS (
+                         SELECT id FROM warehouses WHERE store_id = $3::text::uuid AND id <> $1::text::uuid ORDER BY random() LIMIT 1),
+                     stocked AS (
+                         INSERT INTO warehouse_stock (warehouse_id, product_id, stock)
+                         SELECT id, $2::text::uuid, 1 FROM destination
+                         ON CONFLICT (warehouse_id, product_id) WHERE variant_id IS NULL
+                         DO UPDATE SET stock = greatest(0, warehouse_stock.stock + 1), updated_at = now())
+                     INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, warehouse_id)
+                     SELECT gen_random_uuid(), $3::text::uuid, $2::text::uuid, m.kind, m.qty, m.warehouse_id
+                     FROM destination d
+                     CROSS JOIN LATERAL (VALUES ('transfer_out', -1, $1::text::uuid), ('transfer_in', 1, d.id))
+                          AS m (kind, qty, warehouse_id)",
+                    &[&warehouse, &product, &store],
+                )
+                .unwrap();
+            }
+        }
         5 => {
             // an escrow sale (movement, no stock write) or a void whose warehouse is unknown
-            let (kind, wh) = if rng.chance(50) { ("sold", Some(warehouse.as_str())) } else { ("adjust", None) };
+            let (kind, wh, escrow) = if rng.chance(50) { ("sold", Some(warehouse.as_str()), true) } else { ("adjust", None, false) };
             db.execute(
-                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, warehouse_id)
-                 VALUES (gen_random_uuid(), $1::text::uuid, $2::text::uuid, $3, -1, $4::text::uuid)",
-                &[&store, &product, &kind, &wh],
+                "INSERT INTO inventory_movements (id, store_id, product_id, movement_type, qty_delta, warehouse_id, from_escrow)
+                 VALUES (gen_random_uuid(), $1::text::uuid, $2::text::uuid, $3, -1, $4::text::uuid, $5)",
+                &[&store, &product, &kind, &wh, &escrow],
             )
             .unwrap();
         }

@@ -1,4 +1,4 @@
-CREATE OR REPLACE FUNCTION analytics_internal._fold_rows(target_shard integer, sale_signs integer[], sale_ids uuid[], sale_stores uuid[], sale_times timestamp with time zone[], sale_customers uuid[], sale_totals jsonb[], sale_payments jsonb[], sale_counts boolean[], stock_signs integer[], stock_stores uuid[], stock_products uuid[], stock_quantities text[])
+CREATE OR REPLACE FUNCTION analytics_internal._fold_rows(target_shard integer, sale_signs integer[], sale_ids uuid[], sale_stores uuid[], sale_times timestamp with time zone[], sale_customers uuid[], sale_totals jsonb[], sale_payments jsonb[], sale_counts boolean[], stock_signs integer[], stock_stores uuid[], stock_warehouses uuid[], stock_products uuid[], stock_quantities text[], stock_escrow boolean[])
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
@@ -53,15 +53,16 @@ BEGIN
     END IF;
     END IF;
     IF cardinality(stock_signs) > 0 THEN
-        WITH changed AS (SELECT r.sign, r.store_id, r.product_id, r.qty
-                    FROM unnest(stock_signs, stock_stores, stock_products, stock_quantities) AS r (sign, store_id, product_id, qty)), measured AS (
-        SELECT c.sign, c.store_id, c.product_id, c.sign * coalesce(c.qty::numeric, 0) AS qty
+        WITH changed AS (SELECT r.sign, r.store_id, r.warehouse_id, r.product_id, r.qty, r.from_escrow
+                    FROM unnest(stock_signs, stock_stores, stock_warehouses, stock_products, stock_quantities, stock_escrow)
+                         AS r (sign, store_id, warehouse_id, product_id, qty, from_escrow)), measured AS (
+        SELECT c.sign, c.store_id, c.warehouse_id, c.product_id, c.sign * coalesce(c.qty::numeric, 0) AS qty,
+               CASE WHEN c.from_escrow THEN c.sign * coalesce(c.qty::numeric, 0) ELSE 0 END AS escrow
         FROM (SELECT * FROM changed) AS c
         WHERE c.store_id IS NOT NULL AND c.product_id IS NOT NULL)
-        INSERT INTO analytics_internal.product_stock_parts AS p (store_id, product_id, shard, stock, movements)
-        SELECT store_id, product_id, target_shard, stock, movements FROM (SELECT store_id AS store_id, product_id AS product_id, sum(qty) AS stock, sum(sign) AS movements FROM measured WHERE true GROUP BY 1, 2) AS d
-        WHERE ROW(stock, movements) <> ROW(0, 0)
-        ON CONFLICT (store_id, product_id, shard) DO UPDATE SET stock = p.stock + excluded.stock, movements = p.movements + excluded.movements;
+        INSERT INTO analytics_internal.product_stock_parts AS p (store_id, warehouse_id, product_id, shard, stock, movements, escrow)
+        SELECT store_id, warehouse_id, product_id, target_shard, stock, movements, escrow FROM (SELECT store_id AS store_id, coalesce(warehouse_id, '00000000-0000-0000-0000-000000000000') AS warehouse_id, product_id AS product_id, sum(qty) AS stock, sum(sign) AS movements, sum(escrow) AS escrow FROM measured WHERE true GROUP BY 1, 2, 3) AS d
+        WHERE ROW(stock, movements, escrow) <> ROW(0, 0, 0)
+        ON CONFLICT (store_id, warehouse_id, product_id, shard) DO UPDATE SET stock = p.stock + excluded.stock, movements = p.movements + excluded.movements, escrow = p.escrow + excluded.escrow;
     END IF;
 END$function$
-

@@ -105,6 +105,32 @@ LEFT JOIN (SELECT l.product_id, sum(l.remaining_quantity) AS remaining,
            FROM product_lots l WHERE l.remaining_quantity > 0 GROUP BY l.product_id) lot ON lot.product_id = p.id
 WHERE p.is_active;
 
+-- SPEC §2 stock_drift: per store, warehouse and product, the ledger against stock + reserved
+-- (variants summed), where they differ; movements without a warehouse under warehouse_id NULL.
+-- The causes as docs/design.md tells them.
+CREATE TEMP VIEW oracle_stock_drift AS
+SELECT d.*,
+       CASE WHEN d.warehouse_id IS NULL THEN 'movements without a warehouse'
+            ELSE nullif(concat_ws(' and ',
+                CASE WHEN d.escrow <> 0 THEN 'escrow sales' END,
+                CASE WHEN d.difference - d.escrow < 0 AND d.reserved > 0 AND d.ledger - d.escrow < d.reserved
+                          THEN 'transfer in transit'
+                     WHEN d.difference - d.escrow < 0 AND d.ledger - d.escrow < 0 THEN 'clamp hid a negative' END), '') END AS cause
+FROM (SELECT coalesce(l.store_id, h.store_id) AS store_id, coalesce(l.warehouse_id, h.warehouse_id) AS warehouse_id,
+             coalesce(l.product_id, h.product_id) AS product_id,
+             coalesce(l.ledger, 0) AS ledger, coalesce(h.stock, 0) AS stock, coalesce(h.reserved, 0) AS reserved,
+             coalesce(l.ledger, 0) - coalesce(h.stock, 0) - coalesce(h.reserved, 0) AS difference,
+             coalesce(l.escrow, 0) AS escrow
+      FROM (SELECT m.store_id, m.warehouse_id, m.product_id, sum(m.qty_delta)::numeric AS ledger,
+                   coalesce(sum(m.qty_delta) FILTER (WHERE m.from_escrow), 0)::numeric AS escrow
+            FROM inventory_movements m GROUP BY 1, 2, 3) AS l
+      FULL JOIN (SELECT w.store_id, ws.warehouse_id, ws.product_id, sum(ws.stock)::numeric AS stock,
+                        sum(ws.reserved)::numeric AS reserved
+                 FROM warehouse_stock ws JOIN warehouses w ON w.id = ws.warehouse_id
+                 GROUP BY 1, 2, 3) AS h
+           ON h.store_id = l.store_id AND h.warehouse_id = l.warehouse_id AND h.product_id = l.product_id) AS d
+WHERE d.difference <> 0;
+
 -- The store's BCV rate in force (SPEC §2, LA-CAJA's order of preference).
 CREATE TEMP VIEW oracle_bcv_rate AS
 SELECT DISTINCT ON (r.store_id) r.store_id, r.rate
@@ -256,9 +282,17 @@ BEGIN
 END
 $$;
 
--- One row per relation: how many rows differ between the rollup and the oracle.
-CREATE TEMP VIEW oracle_differences AS
-SELECT r.relation, pg_temp.differences('analytics.' || r.relation, 'oracle_' || r.relation) AS differences
+-- What is compared with its oracle (oracle_<relation>): the rollup's rows as a FROM item.
+-- A table: an older release's oracle (tests/upgrade.rs) leaves out what it did not have.
+CREATE TEMP TABLE oracle_compared (relation text PRIMARY KEY, rollup text NOT NULL);
+INSERT INTO oracle_compared
+SELECT r.relation, 'analytics.' || r.relation
 FROM unnest(ARRAY['sales_hourly', 'sales_daily', 'sales_by_payment_daily', 'sales_heatmap',
                   'product_sales_daily', 'product_stock', 'inventory_metrics',
                   'mv_sales_daily', 'mv_top_products_30d', 'mv_inventory_metrics', 'mv_customer_metrics']) AS r (relation);
+INSERT INTO oracle_compared VALUES ('stock_drift', 'analytics.stock_drift()');
+
+-- One row per relation: how many rows differ between the rollup and the oracle.
+CREATE TEMP VIEW oracle_differences AS
+SELECT c.relation, pg_temp.differences(c.rollup, 'oracle_' || c.relation) AS differences
+FROM oracle_compared c;
