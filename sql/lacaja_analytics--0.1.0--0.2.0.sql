@@ -1729,7 +1729,8 @@ CREATE TABLE analytics_internal.product_stock_parts (
 ) WITH (fillfactor = 80);
 REVOKE ALL ON analytics_internal.product_stock_parts FROM PUBLIC;
 UPDATE analytics_internal.rollup_catalog
-SET keys = '{store_id,warehouse_id,product_id}',
+SET parts = 'analytics_internal.product_stock_parts',  -- the new table's
+    keys = '{store_id,warehouse_id,product_id}',
     key_exprs = '{store_id,"coalesce(warehouse_id, ''00000000-0000-0000-0000-000000000000'')",product_id}',
     vals = '{stock,movements,escrow}', val_exprs = '{sum(qty),sum(sign),sum(escrow)}'
 WHERE name = 'product_stock';
@@ -1962,9 +1963,11 @@ REVOKE ALL ON FUNCTION analytics_internal._fold_rows(int, int[], uuid[], uuid[],
                        analytics_internal._column_or(regclass, name, regtype, text),
                        analytics_internal._capture_columns(text, text, regclass),
                        analytics_internal._stock_drift(uuid),
-                       analytics_internal._stock_drift_body(regclass, regclass)
+                       analytics_internal._stock_drift_body(regclass, regclass),
+                       analytics.stock_drift(uuid),
+                       analytics_internal._stock_drift_of(uuid, bigint)
     FROM PUBLIC;
--- the public wrapper and what it names (install.sql)
+-- the public wrapper and what it names: as install.sql leaves those (revoked, then granted)
 GRANT EXECUTE ON FUNCTION analytics.stock_drift(uuid), analytics_internal._stock_drift_of(uuid, bigint) TO PUBLIC;
 
 REVOKE ALL ON FUNCTION analytics_internal._library_version(),
