@@ -8,7 +8,8 @@
 #    (inventory_metrics_of), kpis(), product_stock, stock_drift(), each against the plain SQL of
 #    its definition (tests/sql/oracle.sql's views, the same store, every column) as the baseline;
 #  - the POS path with warehouse stock: a sale, 5 items, 5 movements and the 5 clamped
-#    warehouse_stock updates LA-CAJA makes, attached and detached by turns (3 rounds of 10 s).
+#    warehouse_stock updates LA-CAJA makes (pos), and the same without the warehouse_stock
+#    updates (pos_ledger_only), attached and detached by turns (3 rounds of 10 s each).
 # Usage: bench/stock.sh [database]   (default lacaja_stock_bench; dropped and re-created)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,10 +98,15 @@ UPDATE warehouse_stock ws SET stock = greatest(0, ws.stock - 1), updated_at = no
 FROM picked WHERE ws.warehouse_id = picked.warehouse_id AND ws.product_id = picked.id AND ws.variant_id IS NULL;
 COMMIT;
 PGB
+# the same sale without its warehouse_stock writes: what those cost, attached and detached
+grep -v '^UPDATE warehouse_stock\|^FROM picked WHERE' "$scripts/pos.pgbench" | sed 's/FROM picked)$/FROM picked)\nSELECT 1;/' > "$scripts/pos_ledger_only.pgbench"
 for round in 1 2 3; do
   for mode in attached detached; do
     if [ $mode = attached ]; then q -c "SELECT analytics.attach('public')" >/dev/null; else q -c "SELECT analytics.detach()" >/dev/null; fi
-    echo "round $round, POS sale with its movements and warehouse stock, $mode: $(pgbench -n -f "$scripts/pos.pgbench" -c 1 -T 10 "$DB" 2>/dev/null | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p') ms"
+    pgbench -n -f "$scripts/pos.pgbench" -c 1 -T 3 "$DB" >/dev/null 2>&1  # warm up after attach/detach
+    for script in pos pos_ledger_only; do
+      echo "round $round, $mode, $script: $(pgbench -n -f "$scripts/$script.pgbench" -c 1 -T 10 "$DB" 2>/dev/null | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p') ms"
+    done
   done
 done
 q -c "SELECT analytics.attach('public')" >/dev/null
