@@ -170,7 +170,8 @@ pub fn change_one_sale(db: &mut postgres::Transaction, rng: &mut Rng, id: &str) 
 }
 
 /// Stock work of a store: a delivery, a sale's movement, a correction, a deleted or edited
-/// movement, or a product that changes what the inventory metrics count.
+/// movement (its quantity, warehouse or escrow flag), or a product that changes what the
+/// inventory metrics count.
 pub fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(String, String)]) {
     let (product, store) = rng.pick(products).clone();
     if rng.chance(50) {
@@ -195,10 +196,22 @@ pub fn change_stock(db: &mut postgres::Transaction, rng: &mut Rng, products: &[(
             )
             .unwrap();
         }
-        4 => {
+        4 if rng.chance(50) => {
             db.execute(
                 "UPDATE inventory_movements SET qty_delta = qty_delta + 1.5 WHERE id = (SELECT id FROM inventory_movements
                  WHERE product_id = $1::text::uuid ORDER BY id DESC LIMIT 1)",
+                &[&product],
+            )
+            .unwrap();
+        }
+        4 => {
+            // a movement re-assigned (LA-CAJA's reconciliation backfills a warehouse into
+            // movements without one), or marked as escrow: it moves between the ledger's keys
+            db.execute(
+                "UPDATE inventory_movements m SET warehouse_id = CASE WHEN m.warehouse_id IS NULL
+                        THEN (SELECT w.id FROM warehouses w WHERE w.store_id = m.store_id ORDER BY random() LIMIT 1) END,
+                        from_escrow = NOT coalesce(m.from_escrow, false)
+                 WHERE m.id = (SELECT id FROM inventory_movements WHERE product_id = $1::text::uuid ORDER BY random() LIMIT 1)",
                 &[&product],
             )
             .unwrap();
