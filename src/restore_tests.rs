@@ -131,7 +131,7 @@ mod tests {
 DROP TABLE public.canary; --\"");
         run("SELECT analytics.attach(E'pos\nDROP TABLE public.canary; --')");
         run("SELECT count(*) FROM analytics.product_stock; SELECT count(*) FROM analytics.inventory_metrics;
-             SELECT count(*) FROM analytics.mv_customer_metrics");
+             SELECT count(*) FROM analytics.mv_customer_metrics; SELECT count(*) FROM analytics.stock_drift()");
         run("CREATE TABLE public.fk_parent (id int PRIMARY KEY, at timestamptz NOT NULL);
              INSERT INTO public.fk_parent VALUES (1, '2026-01-01');
              CREATE TABLE public.fk_child (parent_id int);
