@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod anomaly;
 mod capture;
+mod compression;
 mod guc;
 mod hypertable;
 mod indexes;
