@@ -361,3 +361,126 @@ mod tests {
         assert!(decode_bytes(&good).is_err(), "integers read as bytes");
     }
 }
+
+/// How small LA-CAJA's events get in batches of these codecs (issue 18 asks ≥ 10× against heap +
+/// TOAST + indexes). Not a check: a measurement against a server, run by hand:
+///   cargo test --lib --offline compression::codec::probe -- --ignored --nocapture
+#[cfg(test)]
+mod probe {
+    use super::*;
+    use postgres::{Client, NoTls};
+
+    const DATABASE: &str = "lacaja_compression_probe";
+
+    #[test]
+    #[ignore]
+    fn events_in_batches_of_a_store_ordered_by_time() {
+        let server = std::env::var("LACAJA_TEST_SERVER").unwrap_or_else(|_| "host=127.0.0.1 port=55432 user=postgres".into());
+        let mut admin = Client::connect(&format!("{server} dbname=postgres"), NoTls).unwrap();
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).unwrap();
+        let mut db = Client::connect(&format!("{server} dbname={DATABASE}"), NoTls).unwrap();
+        db.batch_execute(include_str!("../../sql/fixtures/lacaja_schema.sql")).unwrap();
+        // 20 stores, 3 registers each, 300 products each, 60 days; events as LA-CAJA's sync
+        // writes them: sales with their items, stock deltas, voids, cash sessions.
+        db.batch_execute(
+            "INSERT INTO stores (id, name) SELECT md5('store' || s)::uuid, 'Tienda ' || s FROM generate_series(1, 20) s;
+             CREATE TEMP TABLE catalog AS SELECT s, p, md5('product' || s || '/' || p)::uuid AS id, round((0.5 + random() * 20)::numeric, 2) AS usd
+             FROM generate_series(1, 20) s, generate_series(1, 300) p;
+             INSERT INTO events (event_id, store_id, device_id, seq, type, version, created_at, received_at, payload, request_id)
+             SELECT gen_random_uuid(), md5('store' || e.s)::uuid, md5('device' || e.s || '/' || e.d)::uuid, e.seq, e.type, 1, e.t,
+                    e.t + (random() * 5) * interval '1 second' + CASE WHEN random() < 0.05 THEN interval '3 hours' ELSE interval '0' END,
+                    CASE e.type
+                    WHEN 'SaleCreated' THEN jsonb_build_object(
+                        'sale_id', gen_random_uuid(), 'cash_session_id', md5('session' || e.s || '/' || e.d || '/' || (e.t::date))::uuid,
+                        'sold_at', e.t, 'exchange_rate', 36.5, 'currency', 'BS',
+                        'items', (SELECT jsonb_agg(jsonb_build_object('product_id', c.id, 'qty', 1 + (random() * 3)::int,
+                                                                      'unit_price_bs', round(c.usd * 36.5, 2), 'unit_price_usd', c.usd,
+                                                                      'discount_bs', 0, 'discount_usd', 0))
+                                  FROM catalog c WHERE c.s = e.s AND c.p <= 1 + (e.seq % 6) AND c.p > 0 AND e.seq > 0),
+                        'totals', jsonb_build_object('subtotal_bs', round((random() * 500)::numeric, 2), 'subtotal_usd', round((random() * 14)::numeric, 2),
+                                                     'discount_bs', 0, 'discount_usd', 0, 'total_bs', round((random() * 500)::numeric, 2),
+                                                     'total_usd', round((random() * 14)::numeric, 2)),
+                        'payment', jsonb_build_object('method', (ARRAY['CASH_BS', 'CASH_USD', 'PAGO_MOVIL', 'TRANSFER', 'FIAO'])[1 + (random() * 4)::int]),
+                        'customer_id', CASE WHEN random() < 0.3 THEN md5('customer' || (random() * 500)::int)::uuid END)
+                    WHEN 'StockDeltaApplied' THEN jsonb_build_object(
+                        'product_id', md5('product' || e.s || '/' || (1 + (random() * 299)::int))::uuid,
+                        'warehouse_id', md5('warehouse' || e.s)::uuid, 'qty_delta', -(1 + (random() * 3)::int),
+                        'reason', 'sale', 'ref', jsonb_build_object('sale_id', gen_random_uuid()), 'from_escrow', random() < 0.05)
+                    WHEN 'SaleVoided' THEN jsonb_build_object('sale_id', gen_random_uuid(), 'reason', 'cliente desistió', 'voided_at', e.t)
+                    ELSE jsonb_build_object('cash_session_id', md5('session' || e.s || '/' || e.d || '/' || (e.t::date))::uuid,
+                                            'opening_amount_bs', 500, 'opening_amount_usd', 20) END,
+                    CASE WHEN random() < 0.9 THEN gen_random_uuid() END
+             FROM (SELECT s, d, seq, now() - interval '60 days' + seq * interval '52 seconds' + (random() * 10) * interval '1 second' AS t,
+                          CASE WHEN r < 0.6 THEN 'SaleCreated' WHEN r < 0.9 THEN 'StockDeltaApplied' WHEN r < 0.93 THEN 'SaleVoided'
+                               ELSE 'CashSessionOpened' END AS type
+                   FROM (SELECT s, d, seq, random() AS r FROM generate_series(1, 20) s, generate_series(1, 3) d,
+                                generate_series(1, 3500) seq) x) e;",
+        )
+        .unwrap();
+        db.batch_execute("VACUUM ANALYZE events").unwrap();
+        let total: i64 = db.query_one("SELECT pg_total_relation_size('events')", &[]).unwrap().get(0);
+        let heap: i64 = db.query_one("SELECT pg_relation_size('events')", &[]).unwrap().get(0);
+        let rows: i64 = db.query_one("SELECT count(*) FROM events", &[]).unwrap().get(0);
+        // batches: per store, by created_at, 1,000 rows
+        let names = ["event_id", "store_id", "device_id", "seq", "type", "version", "created_at", "received_at", "payload", "request_id"];
+        let mut sizes = vec![0usize; names.len()];
+        let mut batches = 0usize;
+        for store in db.query("SELECT DISTINCT store_id FROM events ORDER BY 1", &[]).unwrap() {
+            let store: uuid_bytes::Uuid = store.get(0);
+            let rows = db
+                .query(
+                    "SELECT event_id::text, store_id::text, device_id::text, seq, type, version::bigint,
+                            (extract(epoch FROM created_at) * 1e6)::bigint, (extract(epoch FROM received_at) * 1e6)::bigint,
+                            payload::text, request_id::text
+                     FROM events WHERE store_id = $1::text::uuid ORDER BY created_at",
+                    &[&store.0],
+                )
+                .unwrap();
+            for batch in rows.chunks(1000) {
+                batches += 1;
+                for (i, _) in names.iter().enumerate() {
+                    let stream = match i {
+                        3 | 5 | 6 | 7 => encode_i64s(&batch.iter().map(|r| r.get::<_, Option<i64>>(i)).collect::<Vec<_>>()),
+                        0 | 1 | 2 | 9 => {
+                            // uuids as their 16 bytes
+                            let raw: Vec<Option<Vec<u8>>> = batch
+                                .iter()
+                                .map(|r| r.get::<_, Option<String>>(i).map(|u| uuid_bytes::parse(&u)))
+                                .collect();
+                            encode_bytes(&raw.iter().map(|v| v.as_deref()).collect::<Vec<_>>())
+                        }
+                        _ => {
+                            let raw: Vec<Option<String>> = batch.iter().map(|r| r.get::<_, Option<String>>(i)).collect();
+                            encode_bytes(&raw.iter().map(|v| v.as_deref().map(str::as_bytes)).collect::<Vec<_>>())
+                        }
+                    };
+                    sizes[i] += stream.len();
+                }
+            }
+        }
+        let compressed: usize = sizes.iter().sum::<usize>() + batches * 64; // + a batch's min/max and bookkeeping
+        eprintln!("{rows} events: heap {heap} B, with TOAST and indexes {total} B; {batches} batches: {compressed} B; ratio {:.1}x",
+                  total as f64 / compressed as f64);
+        for (name, size) in names.iter().zip(&sizes) {
+            eprintln!("  {name:12} {size:>10} B  {:.1} B/row", *size as f64 / rows as f64);
+        }
+    }
+
+    /// uuids without the uuid crate: 32 hex digits to 16 bytes.
+    mod uuid_bytes {
+        pub struct Uuid(pub String);
+        impl<'a> postgres::types::FromSql<'a> for Uuid {
+            fn from_sql(_: &postgres::types::Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(Uuid(raw.iter().map(|b| format!("{b:02x}")).collect()))
+            }
+            fn accepts(ty: &postgres::types::Type) -> bool {
+                *ty == postgres::types::Type::UUID
+            }
+        }
+        pub fn parse(text: &str) -> Vec<u8> {
+            let hex: String = text.chars().filter(|c| *c != '-').collect();
+            (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect()
+        }
+    }
+}
