@@ -82,12 +82,18 @@ pgrx::extension_sql_file!("../sql/anomalies.sql", name = "anomalies", requires =
 pgrx::extension_sql_file!("../sql/warehouse.sql", name = "warehouse", requires = ["anomalies"]);
 pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["timeseries", "indexes"]);
 pgrx::extension_sql_file!("../sql/restore.sql", name = "restore", requires = ["health", "warehouse"]);
+pgrx::extension_sql_file!(
+    "compression/compression.sql",
+    name = "compression",
+    requires = ["timeseries", compression::chunks::_compress_chunk_rows, compression::chunks::_decompress_chunk_rows]
+);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     capture::init();
+    compression::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         jobs::register_scheduler();
     }

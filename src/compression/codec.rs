@@ -268,6 +268,37 @@ pub fn decode_bytes(stream: &[u8]) -> Result<Vec<Option<Vec<u8>>>, CodecError> {
     Ok(values)
 }
 
+// Batches ---------------------------------------------------------------------------------------
+
+/// A batch as stored: the column streams one after the other, each length-prefixed. An
+/// empty stream is a column the batch does not hold (dropped, or added after compression):
+/// the reader answers it with the column's missing value.
+pub fn encode_batch(columns: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(columns.iter().map(|c| c.len() + 4).sum::<usize>() + 4);
+    put_varint(&mut out, columns.len() as u64);
+    for column in columns {
+        put_varint(&mut out, column.len() as u64);
+        out.extend_from_slice(column);
+    }
+    out
+}
+
+/// The column streams of a batch, borrowed from it.
+pub fn decode_batch(batch: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
+    let mut reader = Reader::new(batch);
+    let count = reader.varint()? as usize;
+    if count > 1600 {
+        return Err(CodecError(format!("a batch of {count} columns")));
+    }
+    let mut columns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = reader.varint()? as usize;
+        columns.push(reader.take(len)?);
+    }
+    reader.finish()?;
+    Ok(columns)
+}
+
 fn expect_tag(reader: &mut Reader, expected: Tag) -> Result<(), CodecError> {
     let tag = Tag::of(reader.byte()?)?;
     if tag == expected {
@@ -286,7 +317,13 @@ fn compress(raw: &[u8]) -> Vec<u8> {
 const MAX_STREAM_BYTES: usize = 256 << 20;
 
 fn decompress(stream: &[u8]) -> Result<Vec<u8>, CodecError> {
-    zstd::bulk::decompress(stream, MAX_STREAM_BYTES).map_err(|e| CodecError(format!("zstd: {e}")))
+    // the frame says its size (bulk compression writes it): allocate that, not the bound
+    let size = match zstd::zstd_safe::get_frame_content_size(stream) {
+        Ok(Some(size)) if size as usize <= MAX_STREAM_BYTES => size as usize,
+        Ok(Some(size)) => return Err(CodecError(format!("a stream of {size} bytes"))),
+        _ => return Err(CodecError("zstd: a frame without its size".into())),
+    };
+    zstd::bulk::decompress(stream, size).map_err(|e| CodecError(format!("zstd: {e}")))
 }
 
 #[cfg(test)]
@@ -308,6 +345,23 @@ mod tests {
             let stream = encode_i64s(&values);
             assert_eq!(decode_i64s(&stream).unwrap(), values, "{name}");
         }
+    }
+
+    #[test]
+    fn batches_frame_their_columns() {
+        let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            ("no columns", vec![]),
+            ("one empty column", vec![vec![]]),
+            ("mixed", vec![encode_i64s(&[Some(1), None]), vec![], encode_bytes(&[Some(b"x"), None])]),
+        ];
+        for (name, columns) in cases {
+            let batch = encode_batch(&columns);
+            let read: Vec<Vec<u8>> = decode_batch(&batch).unwrap().into_iter().map(<[u8]>::to_vec).collect();
+            assert_eq!(read, columns, "{name}");
+        }
+        let batch = encode_batch(&[vec![1, 2, 3]]);
+        assert!(decode_batch(&batch[..batch.len() - 1]).is_err(), "a truncated batch is refused");
+        assert!(decode_batch(&[batch.clone(), vec![0]].concat()).is_err(), "trailing bytes are refused");
     }
 
     #[test]
