@@ -1,0 +1,319 @@
+//! Compressed chunks on a real server: still LA-CAJA's table. The same rows before, during
+//! and after compression; the POS workload (late sales, voids, deletes, sales moved to another
+//! day, rollbacks, savepoints) writing into compressed ranges while chunks are compressed
+//! again, with every rollup equal to its definition; constraints enforced on compressed rows
+//! with Postgres' own errors; concurrent writers of one compressed row serialized as on a
+//! heap; and a dump restored with the same rows.
+
+mod common;
+
+use common::workload::{assert_exact, run_sessions, seed_products, SharedIds};
+use common::{connect, lacaja_database, server};
+use postgres::Client;
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const CONVERT: [&str; 2] = [
+    "SELECT analytics.create_hypertable('events', 'created_at', chunk_time_interval => INTERVAL '1 day',
+                                        migrate_data => true, extend_unique => true, replace_foreign_keys => true,
+                                        replace_unique => true)",
+    "SELECT analytics.create_hypertable('sales', 'sold_at', chunk_time_interval => INTERVAL '1 day',
+                                        migrate_data => true, extend_unique => true, replace_foreign_keys => true,
+                                        replace_unique => true)",
+];
+
+/// Events over the last 20 days, LA-CAJA-like: sale created / voided, stock moved; half with a
+/// request id (idempotent sync).
+fn insert_events(db: &mut Client, n: i32) {
+    db.execute(
+        "INSERT INTO events (event_id, store_id, device_id, seq, type, version, created_at, received_at, payload, request_id)
+         SELECT gen_random_uuid(), s.id, d.device, i, (ARRAY['SaleCreated', 'SaleVoided', 'StockMoved'])[1 + i % 3], 1 + i % 2,
+                now() - (i % 20) * interval '1 day' - (i % 1440) * interval '1 minute',
+                now() - (i % 20) * interval '1 day' - (i % 1440) * interval '1 minute' + interval '4 seconds',
+                jsonb_build_object('sale_id', gen_random_uuid(), 'total_bs', round((i % 997) * 1.37, 2),
+                                   'items', jsonb_build_array(jsonb_build_object('qty', 1 + i % 5, 'price', i % 50))),
+                CASE WHEN i % 2 = 0 THEN gen_random_uuid() END
+         FROM generate_series(1, $1) i
+         CROSS JOIN LATERAL (SELECT id FROM stores ORDER BY id OFFSET i % 3 LIMIT 1) s
+         CROSS JOIN LATERAL (SELECT md5(s.id::text || (i % 4))::uuid AS device) d",
+        &[&n],
+    )
+    .unwrap();
+}
+
+fn checksum(db: &mut Client, table: &str, key: &str) -> String {
+    db.query_one(&format!("SELECT md5(string_agg(t::text, ',' ORDER BY {key})) || '/' || count(*) FROM {table} t"), &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Compresses every chunk of `table` that ended before `older_than` ago and is not fully
+/// compressed; returns how many it compressed.
+fn compress_old_chunks(db: &mut Client, table: &str, older_than: &str) -> i64 {
+    db.query_one(
+        "SELECT count(analytics.compress_chunk(c.chunk)) FROM analytics.chunks c
+         WHERE c.hypertable_name = $1 AND c.range_end < now() - $2::text::interval
+           AND analytics_internal._compression_state(c.chunk) <> 'compressed'",
+        &[&table, &older_than],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn sqlstate(result: Result<impl Sized, postgres::Error>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("{e}")),
+    }
+}
+
+#[test]
+fn compressed_chunks_stay_the_same_table_under_the_pos_workload() {
+    let database = "lacaja_compression_workload";
+    let mut db = lacaja_database(database);
+    seed_products(&mut db);
+    let seed = common::seed();
+    let shared = SharedIds::default();
+    for handle in run_sessions(database, seed, 2, 600, &shared) {
+        handle.join().expect("a POS session failed");
+    }
+    insert_events(&mut db, 30_000);
+    for statement in CONVERT {
+        db.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    }
+    let sales_before = checksum(&mut db, "sales", "id");
+    let events_before = checksum(&mut db, "events", "event_id");
+
+    let compressed = compress_old_chunks(&mut db, "sales", "2 days") + compress_old_chunks(&mut db, "events", "2 days");
+    assert!(compressed > 20, "only {compressed} chunks were compressed");
+    assert_eq!(checksum(&mut db, "sales", "id"), sales_before, "sales read back from compressed chunks");
+    assert_eq!(checksum(&mut db, "events", "event_id"), events_before, "events read back from compressed chunks");
+    let rows: i64 = db.query_one("SELECT sum(row_count)::bigint FROM analytics_internal.compressed_chunks", &[]).unwrap().get(0);
+    assert!(rows > 20_000, "{rows} rows compressed");
+    assert_exact(&mut db, seed, "with the old chunks compressed");
+
+    // The POS keeps writing into compressed days (late syncs, voids, deletes, sales moved to
+    // another day) while chunks are compressed again beside it.
+    let writers = run_sessions(database, seed ^ 0xC0C0, 3, 1500, &shared);
+    let (stop, stopped) = mpsc::channel::<()>();
+    let recompressor = thread::spawn(move || {
+        let mut db = connect(database);
+        // A POS that voids by id (no time in the statement) holds every chunk of sales at
+        // once, so compression waits for a moment between its transactions: one chunk per
+        // transaction, tries of 200 ms, giving up after 5 s (55P03) as a job run would.
+        db.batch_execute("SET lacaja_analytics.maintenance_lock_timeout = '200ms'; SET lacaja_analytics.maintenance_lock_wait = '5s'")
+            .unwrap();
+        let (mut done, mut gave_way) = (0, 0);
+        while stopped.recv_timeout(Duration::from_millis(100)).is_err() {
+            let chunk: Option<String> = db
+                .query_opt(
+                    "SELECT c.chunk::text FROM analytics.chunks c
+                     WHERE c.hypertable_name = 'sales' AND c.range_end < now() - interval '2 days'
+                       AND analytics_internal._compression_state(c.chunk) = 'partially compressed'
+                     ORDER BY random() LIMIT 1",
+                    &[],
+                )
+                .unwrap()
+                .map(|r| r.get(0));
+            let Some(chunk) = chunk else { continue };
+            match sqlstate(db.execute("SELECT analytics.compress_chunk($1::text::regclass)", &[&chunk])).as_str() {
+                "ok" => done += 1,
+                "55P03" => gave_way += 1,
+                other => panic!("compressing {chunk} beside the POS: {other}"),
+            }
+        }
+        (done, gave_way)
+    });
+    for handle in writers {
+        handle.join().expect("a POS session failed while chunks were compressed");
+    }
+    stop.send(()).unwrap();
+    let (done, gave_way) = recompressor.join().unwrap();
+    assert!(done > 0, "no chunk was compressed beside the POS ({gave_way} gave way)");
+    eprintln!("{done} chunks compressed again beside the POS, {gave_way} attempts gave way");
+    let touched: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analytics.chunks c
+             WHERE c.hypertable_name = 'sales' AND analytics_internal._compression_state(c.chunk) <> 'uncompressed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(touched > 10, "{touched} sales chunks compressed");
+    assert_exact(&mut db, seed, "after the POS wrote into compressed chunks");
+
+    // Decompressing gives back exactly the rows the table shows.
+    let sales_now = checksum(&mut db, "sales", "id");
+    db.batch_execute(
+        "SELECT analytics.decompress_chunk(c.chunk) FROM analytics.chunks c
+         WHERE analytics_internal._compression_state(c.chunk) <> 'uncompressed'",
+    )
+    .unwrap();
+    assert_eq!(checksum(&mut db, "sales", "id"), sales_now, "the round trip compress → decompress");
+    let left: i64 = db.query_one("SELECT count(*) FROM analytics_internal.compressed_batches", &[]).unwrap().get(0);
+    assert_eq!(left, 0, "decompressed chunks leave no batches");
+    assert_exact(&mut db, seed, "after decompressing");
+}
+
+#[test]
+fn writes_to_compressed_rows_behave_as_on_a_heap() {
+    let database = "lacaja_compression_writes";
+    let mut db = lacaja_database(database);
+    insert_events(&mut db, 6_000);
+    db.batch_execute(CONVERT[0]).unwrap();
+    assert!(compress_old_chunks(&mut db, "events", "2 days") > 10);
+    let old = db
+        .query_one(
+            "SELECT event_id::text, request_id::text, tableoid::regclass::text FROM events
+             WHERE created_at < now() - interval '5 days' AND request_id IS NOT NULL ORDER BY created_at LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    let (event, request, chunk): (String, String, String) = (old.get(0), old.get(1), old.get(2));
+    assert_eq!(
+        db.query_one("SELECT analytics_internal._compression_state($1::text::regclass)", &[&chunk]).unwrap().get::<_, String>(0),
+        "compressed"
+    );
+
+    // Constraints: the primary key and the idempotent-sync key, with Postgres' errors.
+    let duplicate_key = "INSERT INTO events SELECT * FROM events WHERE event_id = $1::text::uuid";
+    assert_eq!(sqlstate(db.execute(duplicate_key, &[&event])), "23505", "a second copy of a compressed event");
+    let duplicate_request = "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload, request_id)
+                             SELECT gen_random_uuid(), store_id, device_id, seq, type, created_at, payload, request_id
+                             FROM events WHERE event_id = $1::text::uuid";
+    assert_eq!(sqlstate(db.execute(duplicate_request, &[&event])), "23505", "a sync replayed with request {request}");
+    // A late sync into the compressed day is accepted, and read back.
+    db.execute(
+        "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
+         SELECT gen_random_uuid(), store_id, device_id, 999999, 'SaleVoided', created_at + interval '1 second', '{\"late\": true}'
+         FROM events WHERE event_id = $1::text::uuid",
+        &[&event],
+    )
+    .unwrap();
+    let late: i64 = db.query_one(&format!("SELECT count(*) FROM {chunk} WHERE seq = 999999"), &[]).unwrap().get(0);
+    assert_eq!(late, 1);
+
+    // A conflict recorded against the compressed event: the replaced foreign key locks it,
+    // and then refuses its deletion (NO ACTION).
+    db.execute(
+        "INSERT INTO sync_conflicts (store_id, event_id_a, event_id_b, conflict_type, entity_type, entity_id, value_a, value_b)
+         SELECT store_id, event_id, event_id, 'price', 'product', gen_random_uuid(), '{}', '{}' FROM events WHERE event_id = $1::text::uuid",
+        &[&event],
+    )
+    .expect("a conflict naming a compressed event");
+    assert_eq!(sqlstate(db.execute("DELETE FROM events WHERE event_id = $1::text::uuid", &[&event])), "23503");
+    db.batch_execute("DELETE FROM sync_conflicts").unwrap();
+
+    // Two sessions delete the same compressed event: the second waits for the first, then
+    // finds it gone (0 rows) at READ COMMITTED, and fails to serialize at REPEATABLE READ.
+    let mut first = connect(database);
+    let mut tx = first.transaction().unwrap();
+    assert_eq!(tx.execute("DELETE FROM events WHERE event_id = $1::text::uuid", &[&event]).unwrap(), 1);
+    let waiter = {
+        let event = event.clone();
+        thread::spawn(move || {
+            let mut second = connect(database);
+            second.execute("DELETE FROM events WHERE event_id = $1::text::uuid", &[&event]).unwrap()
+        })
+    };
+    let repeatable = {
+        let mut third = connect(database);
+        third.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+        let seen: i64 = third.query_one("SELECT count(*) FROM events WHERE event_id = $1::text::uuid", &[&event]).unwrap().get(0);
+        assert_eq!(seen, 1);
+        let event = event.clone();
+        let handle = thread::spawn(move || {
+            let result = sqlstate(third.execute("UPDATE events SET payload = '{}' WHERE event_id = $1::text::uuid", &[&event]));
+            let _ = third.batch_execute("ROLLBACK");
+            result
+        });
+        handle
+    };
+    thread::sleep(Duration::from_millis(500));
+    assert!(!waiter.is_finished(), "the second delete must wait for the first");
+    tx.commit().unwrap();
+    assert_eq!(waiter.join().unwrap(), 0, "the second delete finds the event gone");
+    assert_eq!(repeatable.join().unwrap(), "40001", "a repeatable-read writer cannot update a row deleted since");
+    let gone: i64 = db.query_one("SELECT count(*) FROM events WHERE event_id = $1::text::uuid", &[&event]).unwrap().get(0);
+    assert_eq!(gone, 0);
+
+    // An update of a compressed row, then a concurrent one at READ COMMITTED: the second
+    // applies to the first's new version (EvalPlanQual through the batch to the heap row).
+    let other: String = db
+        .query_one(&format!("SELECT event_id::text FROM {chunk} WHERE seq <> 999999 ORDER BY seq LIMIT 1"), &[])
+        .unwrap()
+        .get(0);
+    let mut first = connect(database);
+    let mut tx = first.transaction().unwrap();
+    tx.execute("UPDATE events SET version = version + 10 WHERE event_id = $1::text::uuid", &[&other]).unwrap();
+    let follower = {
+        let other = other.clone();
+        thread::spawn(move || {
+            let mut second = connect(database);
+            second.execute("UPDATE events SET version = version + 100 WHERE event_id = $1::text::uuid", &[&other]).unwrap()
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    tx.commit().unwrap();
+    assert_eq!(follower.join().unwrap(), 1);
+    let version: i32 = db.query_one("SELECT version FROM events WHERE event_id = $1::text::uuid", &[&other]).unwrap().get(0);
+    assert!(version >= 111, "both updates applied, in turn: version {version}");
+
+    // A rewrite would leave the batches behind: refused, with what to do.
+    assert_eq!(sqlstate(db.batch_execute("ALTER TABLE events ALTER COLUMN version TYPE bigint")), "0A000");
+    // The extension cannot be dropped from under a compressed chunk.
+    assert_eq!(sqlstate(db.batch_execute("DROP EXTENSION lacaja_analytics")), "2BP01");
+
+    // TRUNCATE of a compressed chunk empties it, batches included; dropping one forgets them.
+    db.batch_execute(&format!("TRUNCATE {chunk}")).unwrap();
+    let rows: i64 = db.query_one(&format!("SELECT count(*) FROM {chunk}"), &[]).unwrap().get(0);
+    assert_eq!(rows, 0);
+    let batches: i64 = db
+        .query_one("SELECT count(*) FROM analytics_internal.compressed_batches WHERE chunk = $1::text::regclass::oid", &[&chunk])
+        .unwrap()
+        .get(0);
+    assert_eq!(batches, 0);
+    let all_batches_before: i64 = db.query_one("SELECT count(*) FROM analytics_internal.compressed_batches", &[]).unwrap().get(0);
+    db.batch_execute("SELECT analytics.drop_chunks('events', now() - interval '10 days')").unwrap();
+    let orphans: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analytics_internal.compressed_batches b WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.chunk)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let all_batches_after: i64 = db.query_one("SELECT count(*) FROM analytics_internal.compressed_batches", &[]).unwrap().get(0);
+    assert_eq!(orphans, 0, "dropped chunks leave no batches");
+    assert!(all_batches_after < all_batches_before);
+}
+
+#[test]
+fn a_dump_of_compressed_chunks_restores_the_same_rows() {
+    let source = "lacaja_compression_dump";
+    let target = "lacaja_compression_restored";
+    let mut db = lacaja_database(source);
+    insert_events(&mut db, 4_000);
+    db.batch_execute(CONVERT[0]).unwrap();
+    assert!(compress_old_chunks(&mut db, "events", "2 days") > 5);
+    db.execute("DELETE FROM events WHERE seq % 97 = 0", &[]).unwrap();
+    let before = checksum(&mut db, "events", "event_id");
+    let dump = std::env::temp_dir().join("lacaja_compression.dump");
+    let conninfo = |name: &str| format!("{} dbname={name}", server());
+    let run = |program: &str, args: &[&str]| {
+        let output = Command::new(program).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success() && !stderr.contains("ERROR"), "{program} failed:\n{stderr}");
+    };
+    run("pg_dump", &["-Fc", "-d", &conninfo(source), "-f", dump.to_str().unwrap()]);
+    let mut admin = connect("postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {target}")).unwrap();
+    run("pg_restore", &["-d", &conninfo(target), dump.to_str().unwrap()]);
+    let mut restored = connect(target);
+    assert_eq!(checksum(&mut restored, "events", "event_id"), before, "the restored events");
+    // the restored chunks hold their rows uncompressed until the next compression
+    assert!(compress_old_chunks(&mut restored, "events", "2 days") > 5);
+    assert_eq!(checksum(&mut restored, "events", "event_id"), before, "compressed again after the restore");
+}
