@@ -18,6 +18,8 @@ BEGIN
     'analytics_internal.replaced_foreign_keys',
     -- the registries themselves and their trigger functions are not the extension's: dumped as they are
     'analytics_internal.replaced_unique_indexes',
+    -- how each hypertable's chunks are compressed (the batches are not dumped: a dump holds the rows)
+    'analytics_internal.compression_settings',
     'analytics.holidays', 'analytics_internal.store_isolation', 'analytics_internal.zone_changes',
     'analytics.job_errors', 'analytics.job_errors_id_seq',
     -- rollups: the parts and what they are folded from

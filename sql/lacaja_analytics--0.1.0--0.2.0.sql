@@ -2051,6 +2051,272 @@ END
 $$;
 SELECT pg_catalog.pg_extension_config_dump('analytics_internal.job_run_state', 'WHERE job_id >= 1000');
 
+-- Compression (new in 0.2.0): sql/compression.sql as it stands, and the Rust it calls ------------
+
+-- src/compression/chunks.rs
+CREATE  FUNCTION analytics_internal."_decompress_chunk_rows"(
+	"chunk" oid /* pg_sys :: Oid */
+) RETURNS bigint /* i64 */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_decompress_chunk_rows_wrapper';
+CREATE  FUNCTION analytics_internal."_compress_chunk_rows"(
+	"chunk" oid, /* pg_sys :: Oid */
+	"segment_by" TEXT, /* Option < & str > */
+	"order_by" TEXT /* & str */
+) RETURNS TABLE (
+	"rows" bigint,  /* i64 */
+	"batches" INT,  /* i32 */
+	"compressed_bytes" bigint  /* i64 */
+)
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_compress_chunk_rows_wrapper';
+
+-- Columnar compression of old chunks (SPEC §3). A compressed chunk keeps its place in the
+-- hypertable under the table access method lacaja_compressed (src/compression/am.rs): same
+-- table, same rows, same constraints; its rows live in batches below, plus a heap for what
+-- arrives later (late syncs, new versions of updated rows) until the next compression.
+
+CREATE FUNCTION analytics_internal.lacaja_compressed_am_handler(internal) RETURNS table_am_handler
+LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'lacaja_compressed_am_handler';
+CREATE ACCESS METHOD lacaja_compressed TYPE TABLE HANDLER analytics_internal.lacaja_compressed_am_handler;
+COMMENT ON ACCESS METHOD lacaja_compressed IS
+    'lacaja_analytics: a chunk compressed by analytics.compress_chunk (its rows in analytics_internal.compressed_batches).';
+
+-- Batch ids are never reused (a recompression writes new ones), so a row's item pointer
+-- (block 0x80000000 | batch_id) names one row for as long as it exists.
+CREATE SEQUENCE analytics_internal.compressed_batch_ids AS integer MINVALUE 0 MAXVALUE 2147483646 START 0;
+
+-- The chunks compressed, what they held before the first compression, and their batches'
+-- totals for the planner. Keyed by OID: a dropped chunk's rows go with it (_forget_dropped_chunks).
+CREATE TABLE analytics_internal.compressed_chunks (
+    chunk             oid         PRIMARY KEY,
+    hypertable        oid         NOT NULL,
+    segment_by        name,
+    order_by          name        NOT NULL,
+    row_count         bigint      NOT NULL,
+    compressed_bytes  bigint      NOT NULL,
+    batch_count       int         NOT NULL,
+    rows_before       bigint      NOT NULL,
+    heap_bytes_before bigint      NOT NULL,
+    toast_bytes_before bigint     NOT NULL,
+    index_bytes_before bigint     NOT NULL,
+    compressed_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per batch: up to 1,000 rows of one segment value, ordered by order_by; data holds
+-- every column's stream (codec.rs), already compressed: stored out of line as it is.
+CREATE TABLE analytics_internal.compressed_batches (
+    chunk      oid    NOT NULL,
+    batch_id   int    NOT NULL,
+    row_count  int    NOT NULL,
+    segment    bytea,
+    min_order  bigint,
+    max_order  bigint,
+    data       bytea  NOT NULL,
+    PRIMARY KEY (chunk, batch_id)
+);
+ALTER TABLE analytics_internal.compressed_batches ALTER COLUMN data SET STORAGE EXTERNAL;
+
+-- Compressed rows deleted, or updated (moved_to: the new version, a heap row of the chunk).
+CREATE TABLE analytics_internal.compressed_row_deletions (
+    chunk     oid NOT NULL,
+    batch_id  int NOT NULL,
+    row_no    int NOT NULL,
+    moved_to  tid,
+    PRIMARY KEY (chunk, batch_id, row_no)
+);
+
+-- What compress_chunk segments and orders a hypertable's chunks by (add_compression_policy,
+-- or the defaults: store_id when the table has it, and the time column).
+CREATE TABLE analytics_internal.compression_settings (
+    hypertable regclass PRIMARY KEY,
+    segment_by name,
+    order_by   name NOT NULL
+);
+
+-- The hypertable a chunk belongs to; raises when it is not a chunk.
+CREATE FUNCTION analytics_internal._chunk_hypertable(chunk regclass) RETURNS analytics.hypertables
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h analytics.hypertables;
+BEGIN
+    SELECT hy.* INTO h FROM analytics.chunks c JOIN analytics.hypertables hy USING (hypertable_id) WHERE c.chunk = _chunk_hypertable.chunk;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is not a chunk of a hypertable', chunk
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'SELECT chunk FROM analytics.chunks lists them (the default partition is not compressed).';
+    END IF;
+    RETURN h;
+END
+$$;
+
+CREATE FUNCTION analytics_internal._compression_columns(h analytics.hypertables, OUT segment_by name, OUT order_by name)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(s.segment_by, d.segment_by), coalesce(s.order_by, h.time_column)
+    FROM (SELECT (SELECT a.attname FROM pg_attribute a
+                  WHERE a.attrelid = h.relation AND a.attname = 'store_id' AND NOT a.attisdropped AND a.attname <> h.time_column)
+                 AS segment_by) AS d
+    LEFT JOIN analytics_internal.compression_settings s ON s.hypertable = h.relation
+$$;
+
+-- 'uncompressed', 'compressed', or 'partially compressed' (rows arrived, or compressed rows
+-- changed, since the last compression: the policy compresses it again).
+CREATE FUNCTION analytics_internal._compression_state(chunk regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN a.amname IS DISTINCT FROM 'lacaja_compressed' THEN 'uncompressed'
+                WHEN pg_relation_size(c.oid) = 0
+                     AND NOT EXISTS (SELECT 1 FROM analytics_internal.compressed_row_deletions d WHERE d.chunk = c.oid)
+                THEN 'compressed'
+                ELSE 'partially compressed' END
+    FROM pg_class c LEFT JOIN pg_am a ON a.oid = c.relam
+    WHERE c.oid = chunk
+$$;
+
+-- Switches a chunk between heap and lacaja_compressed in the catalog, with the dependency
+-- that keeps DROP EXTENSION from leaving a table without its access method. No rewrite: the
+-- heap file is the same under both. The caller holds ACCESS EXCLUSIVE on the chunk.
+CREATE FUNCTION analytics_internal._set_access_method(chunk regclass, method name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    method_oid constant oid := (SELECT a.oid FROM pg_am a WHERE a.amname = method AND a.amtype = 't');
+    compressed constant oid := (SELECT a.oid FROM pg_am a WHERE a.amname = 'lacaja_compressed');
+BEGIN
+    UPDATE pg_class SET relam = method_oid WHERE oid = chunk;
+    DELETE FROM pg_depend d
+    WHERE d.classid = 'pg_class'::regclass AND d.objid = chunk AND d.refclassid = 'pg_am'::regclass AND d.refobjid = compressed;
+    IF method_oid = compressed THEN
+        INSERT INTO pg_depend (classid, objid, objsubid, refclassid, refobjid, refobjsubid, deptype)
+        VALUES ('pg_class'::regclass, chunk, 0, 'pg_am'::regclass, compressed, 0, 'n');
+    END IF;
+END
+$$;
+
+CREATE FUNCTION analytics.compress_chunk(uncompressed_chunk regclass, if_not_compressed boolean DEFAULT true)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    the_chunk constant regclass := uncompressed_chunk;
+    h constant analytics.hypertables := analytics_internal._chunk_hypertable(uncompressed_chunk);
+    columns record;
+    state text;
+    result record;
+BEGIN
+    PERFORM analytics_internal._require_owner(h.relation);
+    state := analytics_internal._compression_state(the_chunk);
+    IF state = 'compressed' THEN
+        IF if_not_compressed THEN
+            RAISE NOTICE 'chunk % is already compressed', the_chunk;
+            RETURN the_chunk;
+        END IF;
+        RAISE EXCEPTION 'chunk % is already compressed', the_chunk
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Pass if_not_compressed => true to accept that.';
+    END IF;
+    -- readers and late writers of this one chunk wait for it; never queued in front of them
+    PERFORM analytics_internal._lock_tables(ARRAY[the_chunk::text], 'ACCESS EXCLUSIVE');
+    columns := analytics_internal._compression_columns(h);
+    IF state = 'uncompressed' THEN
+        INSERT INTO analytics_internal.compressed_chunks AS cc
+            (chunk, hypertable, segment_by, order_by, row_count, compressed_bytes, batch_count, rows_before,
+             heap_bytes_before, toast_bytes_before, index_bytes_before)
+        SELECT the_chunk, h.relation, columns.segment_by, columns.order_by, 0, 0, 0, coalesce(greatest(c.reltuples, 0), 0)::bigint,
+               pg_relation_size(the_chunk), pg_table_size(the_chunk) - pg_relation_size(the_chunk), pg_indexes_size(the_chunk)
+        FROM pg_class c WHERE c.oid = the_chunk;
+        PERFORM analytics_internal._set_access_method(the_chunk, 'lacaja_compressed');
+        -- a parallel scan of the heap would hand every worker all the batches
+        EXECUTE format('ALTER TABLE %s SET (parallel_workers = 0)', the_chunk);
+    ELSE
+        -- rows that arrived since count as they were stored before this compression
+        UPDATE analytics_internal.compressed_chunks cc
+        SET heap_bytes_before = cc.heap_bytes_before + pg_relation_size(the_chunk),
+            toast_bytes_before = cc.toast_bytes_before + pg_table_size(the_chunk) - pg_relation_size(the_chunk)
+        WHERE cc.chunk = the_chunk;
+    END IF;
+    SELECT * INTO result FROM analytics_internal._compress_chunk_rows(the_chunk, columns.segment_by, columns.order_by);
+    EXECUTE format('REINDEX TABLE %s', the_chunk);
+    UPDATE analytics_internal.compressed_chunks cc
+    SET row_count = result.rows, compressed_bytes = result.compressed_bytes, batch_count = result.batches,
+        rows_before = CASE WHEN state = 'uncompressed' THEN result.rows ELSE cc.rows_before END,
+        segment_by = columns.segment_by, order_by = columns.order_by, compressed_at = now()
+    WHERE cc.chunk = the_chunk;
+    RETURN the_chunk;
+END
+$$;
+
+CREATE FUNCTION analytics.decompress_chunk(compressed_chunk regclass, if_compressed boolean DEFAULT true)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    the_chunk constant regclass := compressed_chunk;
+    h constant analytics.hypertables := analytics_internal._chunk_hypertable(compressed_chunk);
+BEGIN
+    PERFORM analytics_internal._require_owner(h.relation);
+    IF analytics_internal._compression_state(the_chunk) = 'uncompressed' THEN
+        IF if_compressed THEN
+            RAISE NOTICE 'chunk % is not compressed', the_chunk;
+            RETURN the_chunk;
+        END IF;
+        RAISE EXCEPTION 'chunk % is not compressed', the_chunk
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Pass if_compressed => true to accept that.';
+    END IF;
+    PERFORM analytics_internal._lock_tables(ARRAY[the_chunk::text], 'ACCESS EXCLUSIVE');
+    PERFORM analytics_internal._decompress_chunk_rows(the_chunk);
+    DELETE FROM analytics_internal.compressed_batches b WHERE b.chunk = the_chunk;
+    DELETE FROM analytics_internal.compressed_row_deletions d WHERE d.chunk = the_chunk;
+    DELETE FROM analytics_internal.compressed_chunks cc WHERE cc.chunk = the_chunk;
+    PERFORM analytics_internal._set_access_method(the_chunk, 'heap');
+    EXECUTE format('ALTER TABLE %s RESET (parallel_workers)', the_chunk);
+    EXECUTE format('REINDEX TABLE %s', the_chunk);
+    RETURN the_chunk;
+END
+$$;
+
+-- A rewrite (ALTER COLUMN … TYPE, SET LOGGED) would copy the rows into a new heap and leave
+-- the batches behind under the same OID: refused, with what to do instead.
+CREATE FUNCTION analytics_internal._refuse_compressed_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rewritten constant oid := pg_event_trigger_table_rewrite_oid();
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+               WHERE c.oid = rewritten AND a.amname = 'lacaja_compressed') THEN
+        RAISE EXCEPTION 'cannot rewrite compressed chunk %', rewritten::regclass
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Decompress it first: SELECT analytics.decompress_chunk(''' || rewritten::regclass::text || ''');';
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER lacaja_analytics_compressed_rewrite ON table_rewrite
+    EXECUTE FUNCTION analytics_internal._refuse_compressed_rewrite();
+
+-- A dropped chunk's batches go with it (drop_chunks, DROP TABLE, DROP … CASCADE).
+CREATE FUNCTION analytics_internal._forget_dropped_chunks() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM analytics_internal.compressed_batches b
+    WHERE b.chunk IN (SELECT o.objid FROM pg_event_trigger_dropped_objects() o
+                      WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0);
+    DELETE FROM analytics_internal.compressed_row_deletions d
+    WHERE d.chunk IN (SELECT o.objid FROM pg_event_trigger_dropped_objects() o
+                      WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0);
+    DELETE FROM analytics_internal.compressed_chunks c
+    WHERE c.chunk IN (SELECT o.objid FROM pg_event_trigger_dropped_objects() o
+                      WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0);
+END
+$$;
+CREATE EVENT TRIGGER lacaja_analytics_compressed_drop ON sql_drop
+    EXECUTE FUNCTION analytics_internal._forget_dropped_chunks();
+
+SELECT pg_catalog.pg_extension_config_dump('analytics_internal.compression_settings', '');
+REVOKE ALL ON analytics_internal.compressed_chunks, analytics_internal.compressed_batches,
+              analytics_internal.compressed_row_deletions, analytics_internal.compression_settings,
+              analytics_internal.compressed_batch_ids FROM PUBLIC;
+REVOKE ALL ON FUNCTION analytics_internal."_decompress_chunk_rows"(oid), analytics_internal."_compress_chunk_rows"(oid, text, text),
+              analytics_internal.lacaja_compressed_am_handler(internal), analytics_internal._chunk_hypertable(regclass),
+              analytics_internal._compression_columns(analytics.hypertables), analytics_internal._compression_state(regclass),
+              analytics_internal._set_access_method(regclass, name), analytics.compress_chunk(regclass, boolean),
+              analytics.decompress_chunk(regclass, boolean), analytics_internal._refuse_compressed_rewrite(),
+              analytics_internal._forget_dropped_chunks() FROM PUBLIC;
+
 -- An attached database: its capture was built by 0.1.0's attach() (the generated fold bodies
 -- are the same in 0.2.0); it gains the triggers that note writes made with triggers off, and
 -- readers of the stock that follow warehouse_stock.

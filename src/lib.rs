@@ -83,7 +83,7 @@ pgrx::extension_sql_file!("../sql/warehouse.sql", name = "warehouse", requires =
 pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["timeseries", "indexes"]);
 pgrx::extension_sql_file!("../sql/restore.sql", name = "restore", requires = ["health", "warehouse"]);
 pgrx::extension_sql_file!(
-    "compression/compression.sql",
+    "../sql/compression.sql",
     name = "compression",
     requires = ["timeseries", compression::chunks::_compress_chunk_rows, compression::chunks::_decompress_chunk_rows]
 );

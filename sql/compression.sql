@@ -60,7 +60,6 @@ CREATE TABLE analytics_internal.compression_settings (
     segment_by name,
     order_by   name NOT NULL
 );
-SELECT pg_catalog.pg_extension_config_dump('analytics_internal.compression_settings', '');
 
 -- The hypertable a chunk belongs to; raises when it is not a chunk.
 CREATE FUNCTION analytics_internal._chunk_hypertable(chunk regclass) RETURNS analytics.hypertables
