@@ -2290,7 +2290,7 @@ CREATE EVENT TRIGGER lacaja_analytics_compressed_rewrite ON table_rewrite
 
 -- A dropped chunk's batches go with it (drop_chunks, DROP TABLE, DROP … CASCADE).
 CREATE FUNCTION analytics_internal._forget_dropped_chunks() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM analytics_internal.compressed_batches b
     WHERE b.chunk IN (SELECT o.objid FROM pg_event_trigger_dropped_objects() o

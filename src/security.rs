@@ -272,6 +272,15 @@ fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
     as_role_with(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, SearchPath::Keep, body)
 }
 
+/// Runs `body` as the extension's owner with `search_path` pinned: what the compressed
+/// chunks' access method writes to its own tables (a deleted compressed row, batches gone with
+/// a truncated chunk) whoever deletes or truncates, as heap would write a row's xmax.
+pub(crate) fn as_extension_owner<R>(body: impl FnOnce() -> R) -> R {
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    as_role_with(extension_owner(), saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, SearchPath::Pinned, body)
+}
+
 /// What `search_path` code run by [`as_role_with`] sees.
 #[derive(Clone, Copy, PartialEq)]
 enum SearchPath {

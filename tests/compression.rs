@@ -206,6 +206,24 @@ fn writes_to_compressed_rows_behave_as_on_a_heap() {
     assert_eq!(sqlstate(db.execute("DELETE FROM events WHERE event_id = $1::text::uuid", &[&event])), "23503");
     db.batch_execute("DELETE FROM sync_conflicts").unwrap();
 
+    // LA-CAJA's own role writes to compressed rows with its rights on events alone, and any
+    // role's DDL passes the event triggers.
+    db.batch_execute(
+        "DROP ROLE IF EXISTS lacaja_app; CREATE ROLE lacaja_app LOGIN;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON events TO lacaja_app; GRANT CREATE ON SCHEMA public TO lacaja_app;",
+    )
+    .unwrap();
+    {
+        let mut app = postgres::Client::connect(&format!("{} dbname={database} user=lacaja_app", server()), postgres::NoTls).unwrap();
+        let victim: String = db
+            .query_one(&format!("SELECT event_id::text FROM {chunk} WHERE seq <> 999999 ORDER BY seq DESC LIMIT 1"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(app.execute("UPDATE events SET version = 7 WHERE event_id = $1::text::uuid", &[&victim]).unwrap(), 1);
+        assert_eq!(app.execute("DELETE FROM events WHERE event_id = $1::text::uuid", &[&victim]).unwrap(), 1);
+        app.batch_execute("CREATE TABLE app_scratch (id int); DROP TABLE app_scratch;").unwrap();
+    }
+
     // Two sessions delete the same compressed event: the second waits for the first, then
     // finds it gone (0 rows) at READ COMMITTED, and fails to serialize at REPEATABLE READ.
     let mut first = connect(database);

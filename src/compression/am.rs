@@ -734,6 +734,10 @@ unsafe extern "C-unwind" fn tuple_lock(
 // Storage ---------------------------------------------------------------------------------------
 
 fn forget_batches(relation: pg_sys::Oid) {
+    crate::security::as_extension_owner(|| forget_batches_as_owner(relation))
+}
+
+fn forget_batches_as_owner(relation: pg_sys::Oid) {
     Spi::run_with_args(
         "DELETE FROM analytics_internal.compressed_batches WHERE chunk = $1; ",
         &[relation.into()],

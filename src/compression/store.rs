@@ -149,10 +149,12 @@ pub fn record_deletion(chunk: pg_sys::Oid, batch: i32, row: usize, moved_to: Opt
     let moved_to = moved_to.map(|tid| {
         format!("({},{})", ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32, tid.ip_posid)
     });
-    Spi::run_with_args(
-        "INSERT INTO analytics_internal.compressed_row_deletions (chunk, batch_id, row_no, moved_to) VALUES ($1, $2, $3, $4::tid)",
-        &[chunk.into(), batch.into(), (row as i32).into(), moved_to.into()],
-    )
+    crate::security::as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO analytics_internal.compressed_row_deletions (chunk, batch_id, row_no, moved_to) VALUES ($1, $2, $3, $4::tid)",
+            &[chunk.into(), batch.into(), (row as i32).into(), moved_to.into()],
+        )
+    })
     .unwrap_or_else(|e| error!("lacaja_analytics: could not record the deletion of a compressed row: {e}"));
 }
 
