@@ -20,7 +20,8 @@
 //! (`heap_getnext`): index builds and VACUUM FULL run with the relation's access method
 //! switched to heap for their duration ([`as_heap`]).
 
-use super::{batch::Batch, batch::MAX_BATCH_ROWS, store};
+use super::batch::{self, Batch, MAX_BATCH_ROWS};
+use super::store;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -146,13 +147,7 @@ impl BatchCache {
             batch: -1,
             local_xid: 0,
             decoded: None,
-            row_context: pg_sys::AllocSetContextCreateInternal(
-                pg_sys::CurrentMemoryContext,
-                c"lacaja_analytics compressed row".as_ptr(),
-                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
-                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
-                pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
-            ),
+            row_context: batch::row_context(c"lacaja_analytics compressed row"),
         }
     }
 
@@ -270,13 +265,7 @@ unsafe extern "C-unwind" fn scan_begin(
     let scan = pg_sys::palloc0(std::mem::size_of::<CompressedScan>()) as *mut CompressedScan;
     (*scan).base = *inner;
     (*scan).heap = inner;
-    let row_context = pg_sys::AllocSetContextCreateInternal(
-        pg_sys::CurrentMemoryContext,
-        c"lacaja_analytics compressed scan row".as_ptr(),
-        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-    );
+    let row_context = batch::row_context(c"lacaja_analytics compressed scan row");
     // Rust state dropped with the memory context the scan lives in, should the query fail
     // before scan_end
     (*scan).state = pgrx::PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState {
@@ -860,13 +849,7 @@ unsafe fn index_compressed_rows(
     let seen = store::DeletionsSeen::As(snapshot);
     let relid = (*table_rel).rd_id;
     let mut count = 0f64;
-    let row_context = pg_sys::AllocSetContextCreateInternal(
-        pg_sys::CurrentMemoryContext,
-        c"lacaja_analytics index build row".as_ptr(),
-        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-    );
+    let row_context = batch::row_context(c"lacaja_analytics index build row");
     for batch in store::batch_ids(relid, snapshot) {
         let Some(bytes) = store::batch_data(relid, batch, snapshot) else { continue };
         let decoded = Batch::decode((*table_rel).rd_att, &bytes);

@@ -16,6 +16,18 @@ use pgrx::prelude::*;
 /// row's item pointer (am.rs), well under Postgres' MaxOffsetNumber.
 pub const MAX_BATCH_ROWS: usize = 1000;
 
+/// A memory context for one row's by-reference values, reset before the next row: a scan
+/// keeps the values of the row it returned until it returns the next one.
+pub unsafe fn row_context(name: &'static std::ffi::CStr) -> pg_sys::MemoryContext {
+    pg_sys::AllocSetContextCreateInternal(
+        pg_sys::CurrentMemoryContext,
+        name.as_ptr(),
+        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+    )
+}
+
 /// One column of a row, owned.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Value {

@@ -23,7 +23,7 @@ unsafe fn read_rows(relation: pg_sys::Relation) -> Vec<Vec<Value>> {
     let scan = routine.scan_begin.unwrap()(relation, snapshot, 0, std::ptr::null_mut(), std::ptr::null_mut(), flags);
     let slot = pg_sys::table_slot_create(relation, std::ptr::null_mut());
     let mut rows = Vec::new();
-    let context = row_context(c"lacaja_analytics compress row");
+    let context = batch::row_context(c"lacaja_analytics compress row");
     while routine.scan_getnextslot.unwrap()(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
         let before = pg_sys::MemoryContextSwitchTo(context);
         rows.push(batch::row_of_slot(slot));
@@ -36,17 +36,6 @@ unsafe fn read_rows(relation: pg_sys::Relation) -> Vec<Vec<Value>> {
     routine.scan_end.unwrap()(scan);
     pg_sys::UnregisterSnapshot(snapshot);
     rows
-}
-
-/// A memory context for one row's allocations, reset row by row.
-unsafe fn row_context(name: &'static std::ffi::CStr) -> pg_sys::MemoryContext {
-    pg_sys::AllocSetContextCreateInternal(
-        pg_sys::CurrentMemoryContext,
-        name.as_ptr(),
-        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-    )
 }
 
 fn segment_bytes(value: &Value) -> Option<Vec<u8>> {
@@ -158,7 +147,7 @@ pub fn _decompress_chunk_rows(chunk: pg_sys::Oid) -> i64 {
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
         let cid = pg_sys::GetCurrentCommandId(true);
         let mut written = 0i64;
-        let context = row_context(c"lacaja_analytics decompress row");
+        let context = batch::row_context(c"lacaja_analytics decompress row");
         for batch_id in store::batch_ids(chunk, snapshot) {
             let Some(bytes) = store::batch_data(chunk, batch_id, snapshot) else { continue };
             let decoded = Batch::decode(desc, &bytes);
