@@ -2270,6 +2270,136 @@ BEGIN
 END
 $$;
 
+-- Bytes per chunk before and after, every part counted: the chunk's heap, TOAST and indexes
+-- as they are now, and what compression keeps beside them (its batches, each row with its
+-- tuple header and line pointer, its share of the batches' primary key, and its deletions).
+-- Before: what the chunk held when first compressed, plus what arrived and was folded in since.
+CREATE FUNCTION analytics.compression_stats(hypertable regclass)
+RETURNS TABLE (chunk regclass, status text, row_count bigint, before_heap bigint, before_toast bigint, before_indexes bigint,
+               before_total bigint, after_heap bigint, after_toast bigint, after_indexes bigint, after_compressed bigint,
+               after_total bigint, ratio numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h constant analytics.hypertables := analytics_internal._hypertable(hypertable);
+    batch_key_bytes_per_batch constant float8 := (
+        SELECT pg_relation_size('analytics_internal.compressed_batches_pkey')::float8 / greatest(count(*), 1)
+        FROM analytics_internal.compressed_batches);
+BEGIN
+    PERFORM analytics_internal._require_owner(h.relation);
+    RETURN QUERY
+    SELECT c.chunk, analytics_internal._compression_state(c.chunk),
+           coalesce(cc.row_count, greatest(k.reltuples, 0)::bigint),
+           coalesce(cc.heap_bytes_before, pg_relation_size(c.chunk)),
+           coalesce(cc.toast_bytes_before, pg_table_size(c.chunk) - pg_relation_size(c.chunk)),
+           coalesce(cc.index_bytes_before, pg_indexes_size(c.chunk)),
+           coalesce(cc.heap_bytes_before + cc.toast_bytes_before + cc.index_bytes_before, pg_total_relation_size(c.chunk)),
+           pg_relation_size(c.chunk), pg_table_size(c.chunk) - pg_relation_size(c.chunk), pg_indexes_size(c.chunk),
+           b.bytes, pg_total_relation_size(c.chunk) + b.bytes,
+           round((coalesce(cc.heap_bytes_before + cc.toast_bytes_before + cc.index_bytes_before, pg_total_relation_size(c.chunk))::numeric
+                  / greatest(pg_total_relation_size(c.chunk) + b.bytes, 1)), 2)
+    FROM analytics.chunks c
+    JOIN pg_class k ON k.oid = c.chunk
+    LEFT JOIN analytics_internal.compressed_chunks cc ON cc.chunk = c.chunk
+    CROSS JOIN LATERAL (
+        SELECT (coalesce((SELECT sum(pg_column_size(x.*) + 28 + batch_key_bytes_per_batch)
+                          FROM analytics_internal.compressed_batches x WHERE x.chunk = c.chunk), 0)
+                + coalesce((SELECT sum(pg_column_size(d.*) + 28 + 16)
+                            FROM analytics_internal.compressed_row_deletions d WHERE d.chunk = c.chunk), 0))::bigint AS bytes
+    ) AS b
+    WHERE c.hypertable_id = h.hypertable_id
+    ORDER BY c.range_start;
+END
+$$;
+
+-- A policy: a job that compresses, at each run, the oldest chunk that ended compress_after ago
+-- and is not (fully) compressed — one chunk per run and transaction, so that each chunk's lock
+-- is held only for its own compression and a failure leaves the others as they were.
+CREATE PROCEDURE analytics_internal.policy_compression(job_id int, config jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    h constant analytics.hypertables := analytics_internal._job_hypertable(config);
+    next_chunk regclass;
+BEGIN
+    SELECT c.chunk INTO next_chunk FROM analytics.chunks c
+    WHERE c.hypertable_id = h.hypertable_id AND c.range_end <= now() - (config ->> 'compress_after')::interval
+      AND analytics_internal._compression_state(c.chunk) <> 'compressed'
+    ORDER BY c.range_start LIMIT 1;
+    IF next_chunk IS NOT NULL THEN
+        PERFORM analytics.compress_chunk(next_chunk);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION analytics.add_compression_policy(hypertable regclass, compress_after interval, if_not_exists boolean DEFAULT false,
+                                                 schedule_interval interval DEFAULT NULL, initial_start timestamptz DEFAULT NULL,
+                                                 timezone text DEFAULT NULL, segment_by name DEFAULT NULL, order_by name DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h constant analytics.hypertables := analytics_internal._hypertable(hypertable);
+    existing int;
+    job int;
+    order_type regtype;
+BEGIN
+    PERFORM analytics_internal._require_owner(h.relation);
+    IF compress_after IS NULL OR compress_after <= interval '0' THEN
+        RAISE EXCEPTION 'compress_after must be a positive interval, not %', coalesce(compress_after::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF segment_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = h.relation AND a.attname = segment_by
+                                              AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'column % of % does not exist', segment_by, hypertable USING ERRCODE = 'undefined_column',
+            HINT = 'segment_by names the column whose value every row of a batch shares (store_id for LA-CAJA''s tables).';
+    END IF;
+    SELECT a.atttypid::regtype INTO order_type FROM pg_attribute a
+    WHERE a.attrelid = h.relation AND a.attname = coalesce(order_by, h.time_column) AND a.attnum > 0 AND NOT a.attisdropped;
+    IF order_type IS NULL OR order_type NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype,
+                                                 'smallint'::regtype, 'integer'::regtype, 'bigint'::regtype) THEN
+        RAISE EXCEPTION 'order_by % of % must be a time or integer column', coalesce(order_by, h.time_column), hypertable
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Leave it out to order by the time column.';
+    END IF;
+    SELECT j.job_id INTO existing FROM analytics.jobs j
+    WHERE j.proc = 'analytics_internal.policy_compression'::regproc AND (j.config ->> 'hypertable_id')::int = h.hypertable_id;
+    IF existing IS NOT NULL THEN
+        IF if_not_exists THEN
+            RAISE NOTICE 'compression policy already exists for hypertable "%", skipping', hypertable;
+            RETURN existing;
+        END IF;
+        RAISE EXCEPTION 'compression policy already exists for hypertable "%"', hypertable USING ERRCODE = 'duplicate_object',
+            HINT = format('Remove it first: SELECT analytics.remove_compression_policy(%L);', hypertable::text);
+    END IF;
+    IF segment_by IS NOT NULL OR order_by IS NOT NULL THEN
+        INSERT INTO analytics_internal.compression_settings AS s (hypertable, segment_by, order_by)
+        VALUES (h.relation, segment_by, coalesce(order_by, h.time_column))
+        ON CONFLICT ON CONSTRAINT compression_settings_pkey DO UPDATE SET segment_by = excluded.segment_by, order_by = excluded.order_by;
+    END IF;
+    job := analytics.add_job('analytics_internal.policy_compression'::regproc,
+                             coalesce(schedule_interval, least(analytics_internal._fixed_interval(h.chunk_interval), interval '1 hour')),
+                             jsonb_build_object('hypertable_id', h.hypertable_id, 'compress_after', compress_after),
+                             initial_start => initial_start, timezone => timezone);
+    PERFORM analytics_internal._label_job(job, format('Compression Policy [%s]', job), hypertable);
+    RETURN job;
+END
+$$;
+
+CREATE FUNCTION analytics.remove_compression_policy(hypertable regclass, if_exists boolean DEFAULT false) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h constant analytics.hypertables := analytics_internal._hypertable(hypertable);
+    id constant int := (SELECT j.job_id FROM analytics.jobs j WHERE j.proc = 'analytics_internal.policy_compression'::regproc
+                        AND (j.config ->> 'hypertable_id')::int = h.hypertable_id);
+BEGIN
+    IF id IS NULL THEN
+        IF if_exists THEN
+            RAISE NOTICE 'compression policy not found for hypertable "%", skipping', hypertable;
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'compression policy not found for hypertable "%"', hypertable USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM analytics.delete_job(id);
+    RETURN true;
+END
+$$;
+
 -- A rewrite (ALTER COLUMN … TYPE, SET LOGGED) would copy the rows into a new heap and leave
 -- the batches behind under the same OID: refused, with what to do instead.
 CREATE FUNCTION analytics_internal._refuse_compressed_rewrite() RETURNS event_trigger
@@ -2315,7 +2445,10 @@ REVOKE ALL ON FUNCTION analytics_internal."_decompress_chunk_rows"(oid), analyti
               analytics_internal._compression_columns(analytics.hypertables), analytics_internal._compression_state(regclass),
               analytics_internal._set_access_method(regclass, name), analytics.compress_chunk(regclass, boolean),
               analytics.decompress_chunk(regclass, boolean), analytics_internal._refuse_compressed_rewrite(),
-              analytics_internal._forget_dropped_chunks() FROM PUBLIC;
+              analytics_internal._forget_dropped_chunks(), analytics.compression_stats(regclass),
+              analytics.add_compression_policy(regclass, interval, boolean, interval, timestamptz, text, name, name),
+              analytics.remove_compression_policy(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE analytics_internal.policy_compression(int, jsonb) FROM PUBLIC;
 
 -- An attached database: its capture was built by 0.1.0's attach() (the generated fold bodies
 -- are the same in 0.2.0); it gains the triggers that note writes made with triggers off, and

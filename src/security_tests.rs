@@ -480,6 +480,21 @@ mod tests {
             "SELECT count(*) FROM \"Tienda Ñ\".\"Eventos \"\"raros\"\"\" WHERE \"Creado\" < now() - interval '430 days'"
         ));
         assert_eq!(oldest, Some(0), "retention dropped the old chunks");
+        // compression of that table, by its policy's job and by hand
+        let rows_before: Option<i64> = scalar(&format!("SELECT count(*) FROM {}", table.trim_matches('\'')));
+        let compressing_job: i32 = scalar(&format!("SELECT analytics.add_compression_policy({table}, interval '40 days')")).unwrap();
+        run(&format!("CALL analytics.run_job({compressing_job})"));
+        let compressed: Option<i64> = scalar(&format!(
+            "SELECT count(*) FROM analytics.compression_stats({table}) WHERE status = 'compressed' AND after_compressed > 0"
+        ));
+        assert_eq!(compressed, Some(1), "the policy compresses one chunk a run");
+        run(&format!(
+            "SELECT analytics.compress_chunk(chunk) FROM analytics.compression_stats({table}) WHERE status = 'uncompressed' LIMIT 2"
+        ));
+        assert_eq!(scalar::<i64>(&format!("SELECT count(*) FROM {}", table.trim_matches('\''))), rows_before);
+        run(&format!("SELECT analytics.decompress_chunk(chunk) FROM analytics.compression_stats({table}) WHERE status <> 'uncompressed'"));
+        assert_eq!(scalar::<i64>(&format!("SELECT count(*) FROM {}", table.trim_matches('\''))), rows_before);
+        run(&format!("SELECT analytics.remove_compression_policy({table})"));
         run(&format!("SELECT analytics.drop_chunks({table}, older_than => now() - interval '300 days')"));
         // LA-CAJA's views replaced and restored, owner and grants kept
         let installed: pgrx::JsonB = scalar("SELECT analytics.install_compat(replace_public => true)").unwrap();

@@ -230,7 +230,57 @@ struct CompressedScan {
     state: *mut ScanState,
 }
 
+/// Which batches a scan may skip, from the query's conditions on the segment and order
+/// columns (set by the scan node of scan.rs); the rows of the batches kept are still checked
+/// against every condition, so a filter only ever needs to keep too much.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchFilter {
+    /// a condition compares with NULL: no row can match
+    pub nothing: bool,
+    /// segment = this (as batch.rs stores the value)
+    pub segment: Option<Vec<u8>>,
+    /// order >= this
+    pub min_order: Option<i64>,
+    /// order <= this
+    pub max_order: Option<i64>,
+}
+
+impl BatchFilter {
+    pub fn keeps(&self, batch: &store::BatchMeta) -> bool {
+        if self.nothing {
+            return false;
+        }
+        if let Some(segment) = &self.segment {
+            if batch.segment.as_ref() != Some(segment) {
+                return false;
+            }
+        }
+        // min and max are over the batch's non-null values, which are the only ones a range
+        // condition can match
+        if let (Some(low), Some(max)) = (self.min_order, batch.max_order) {
+            if max < low {
+                return false;
+            }
+        }
+        if let (Some(high), Some(min)) = (self.max_order, batch.min_order) {
+            if min > high {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Narrows a sequential scan of a compressed chunk to the batches `filter` keeps; before the
+/// first row is read.
+pub unsafe fn set_batch_filter(scan: pg_sys::TableScanDesc, filter: BatchFilter) {
+    if let Some(s) = wrapped(scan) {
+        (*s.state).filter = Some(filter);
+    }
+}
+
 struct ScanState {
+    filter: Option<BatchFilter>,
     heap_done: bool,
     /// the batches as this scan's snapshot sees them, loaded at the first batch
     batches: Option<Vec<i32>>,
@@ -269,6 +319,7 @@ unsafe extern "C-unwind" fn scan_begin(
     // Rust state dropped with the memory context the scan lives in, should the query fail
     // before scan_end
     (*scan).state = pgrx::PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState {
+        filter: None,
         heap_done: false,
         batches: None,
         next_batch: 0,
@@ -362,7 +413,14 @@ unsafe extern "C-unwind" fn scan_getnextslot(
             state.current = None;
         }
         let snapshot = s.base.rs_snapshot;
-        let batches = state.batches.get_or_insert_with(|| store::batch_ids((*rel).rd_id, snapshot));
+        let filter = state.filter.clone();
+        let batches = state.batches.get_or_insert_with(|| {
+            store::batches((*rel).rd_id, snapshot)
+                .into_iter()
+                .filter(|b| filter.as_ref().map_or(true, |f| f.keeps(b)))
+                .map(|b| b.id)
+                .collect()
+        });
         let ordinal = match parallel_counter(s.base.rs_rd, s.base.rs_parallel) {
             Some(counter) => counter.fetch_add(1, Ordering::SeqCst),
             None => {
@@ -982,6 +1040,36 @@ pub extern "C" fn pg_finfo_lacaja_compressed_am_handler() -> &'static pg_sys::Pg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_filter_keeps_every_batch_that_may_hold_a_match() {
+        let batch = |segment: Option<&[u8]>, min: Option<i64>, max: Option<i64>| store::BatchMeta {
+            id: 0,
+            segment: segment.map(<[u8]>::to_vec),
+            min_order: min,
+            max_order: max,
+        };
+        let day = |low: i64, high: i64| BatchFilter { min_order: Some(low), max_order: Some(high), ..Default::default() };
+        let store_a = BatchFilter { segment: Some(b"a".to_vec()), ..Default::default() };
+        let cases = [
+            ("no filter", BatchFilter::default(), batch(Some(b"a"), Some(1), Some(9)), true),
+            ("compared with NULL", BatchFilter { nothing: true, ..Default::default() }, batch(None, None, None), false),
+            ("same store", store_a.clone(), batch(Some(b"a"), Some(1), Some(9)), true),
+            ("other store", store_a.clone(), batch(Some(b"b"), Some(1), Some(9)), false),
+            ("NULL store", store_a, batch(None, Some(1), Some(9)), false),
+            ("range inside", day(3, 4), batch(None, Some(1), Some(9)), true),
+            ("range touching the end", day(9, 20), batch(None, Some(1), Some(9)), true),
+            ("range touching the start", day(-5, 1), batch(None, Some(1), Some(9)), true),
+            ("range after", day(10, 20), batch(None, Some(1), Some(9)), false),
+            ("range before", day(-5, 0), batch(None, Some(1), Some(9)), false),
+            ("times all NULL", day(10, 20), batch(None, None, None), true),
+            ("open above", BatchFilter { min_order: Some(5), ..Default::default() }, batch(None, Some(1), Some(4)), false),
+            ("open below", BatchFilter { max_order: Some(5), ..Default::default() }, batch(None, Some(6), Some(9)), false),
+        ];
+        for (name, filter, meta, kept) in cases {
+            assert_eq!(filter.keeps(&meta), kept, "{name}");
+        }
+    }
 
     #[test]
     fn item_pointers_of_compressed_rows_round_trip_and_never_look_like_heap_rows() {

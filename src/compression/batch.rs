@@ -84,20 +84,33 @@ pub unsafe fn row_of_slot(slot: *mut pg_sys::TupleTableSlot) -> Vec<Value> {
             if nulls[i] {
                 return Value::Null;
             }
-            let datum = values[i];
-            match kind(attribute) {
-                Kind::Dropped => Value::Null,
-                Kind::Word => Value::Word(datum.value() as i64),
-                Kind::Fixed(len) => Value::Bytes(std::slice::from_raw_parts(datum.cast_mut_ptr::<u8>(), len).to_vec()),
-                Kind::Varlena => {
-                    let flat = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-                    let len = pgrx::varlena::varsize_any_exhdr(flat);
-                    Value::Bytes(std::slice::from_raw_parts(pgrx::varlena::vardata_any(flat) as *const u8, len).to_vec())
-                }
-                Kind::CString => Value::Bytes(std::ffi::CStr::from_ptr(datum.cast_mut_ptr()).to_bytes().to_vec()),
-            }
+            value_of_datum(attribute, values[i])
         })
         .collect()
+}
+
+/// A non-null value of `attribute` as a batch stores it.
+pub unsafe fn value_of_datum(attribute: &pg_sys::FormData_pg_attribute, datum: pg_sys::Datum) -> Value {
+    match kind(attribute) {
+        Kind::Dropped => Value::Null,
+        Kind::Word => Value::Word(datum.value() as i64),
+        Kind::Fixed(len) => Value::Bytes(std::slice::from_raw_parts(datum.cast_mut_ptr::<u8>(), len).to_vec()),
+        Kind::Varlena => {
+            let flat = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+            let len = pgrx::varlena::varsize_any_exhdr(flat);
+            Value::Bytes(std::slice::from_raw_parts(pgrx::varlena::vardata_any(flat) as *const u8, len).to_vec())
+        }
+        Kind::CString => Value::Bytes(std::ffi::CStr::from_ptr(datum.cast_mut_ptr()).to_bytes().to_vec()),
+    }
+}
+
+/// The bytes a batch's catalog row keeps of its segment value (compressed_batches.segment).
+pub fn segment_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Null => None,
+        Value::Word(w) => Some(w.to_le_bytes().to_vec()),
+        Value::Bytes(b) => Some(b.clone()),
+    }
 }
 
 /// Encodes rows (all of one row type) as one batch.

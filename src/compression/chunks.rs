@@ -38,14 +38,6 @@ unsafe fn read_rows(relation: pg_sys::Relation) -> Vec<Vec<Value>> {
     rows
 }
 
-fn segment_bytes(value: &Value) -> Option<Vec<u8>> {
-    match value {
-        Value::Null => None,
-        Value::Word(w) => Some(w.to_le_bytes().to_vec()),
-        Value::Bytes(b) => Some(b.clone()),
-    }
-}
-
 /// Compresses the chunk's rows into batches: one segment value per batch, ordered by
 /// `order_by` within it, at most MAX_BATCH_ROWS rows each. The chunk already has the
 /// compressed access method and is locked ACCESS EXCLUSIVE by the caller. Replaces its earlier
@@ -92,7 +84,7 @@ pub fn _compress_chunk_rows(chunk: pg_sys::Oid, segment_by: Option<&str>, order_
                 &[
                     chunk.into(),
                     (slice.len() as i32).into(),
-                    segment.and_then(|s| segment_bytes(&slice[0][s])).into(),
+                    segment.and_then(|s| batch::segment_bytes(&slice[0][s])).into(),
                     min_order.into(),
                     max_order.into(),
                     data.into(),

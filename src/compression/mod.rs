@@ -8,6 +8,10 @@ mod am;
 mod batch;
 pub mod chunks;
 pub mod codec;
+mod scan;
 mod store;
 
-pub use am::init;
+pub fn init() {
+    am::init();
+    scan::init();
+}

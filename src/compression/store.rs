@@ -97,14 +97,50 @@ fn int4_key(value: i32) -> (pg_sys::RegProcedure, pg_sys::Datum) {
     (pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(value))
 }
 
+/// A batch as its catalog row describes it: what a scan may skip it by.
+pub struct BatchMeta {
+    pub id: i32,
+    /// the segment value's bytes (as batch.rs stores values); None: NULL or no segment column
+    pub segment: Option<Vec<u8>>,
+    pub min_order: Option<i64>,
+    pub max_order: Option<i64>,
+}
+
 /// The chunk's batches, in the order of their ids (the same for every reader of a snapshot).
-pub unsafe fn batch_ids(chunk: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Vec<i32> {
-    let mut ids = Vec::new();
+pub unsafe fn batches(chunk: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Vec<BatchMeta> {
+    let mut found = Vec::new();
     scan_by_key(c"compressed_batches", &[oid_key(chunk)], snapshot, |tuple, desc| {
-        let (values, _) = deform::<2>(tuple, desc);
-        ids.push(values[1].value() as i32);
+        // columns: chunk, batch_id, row_count, segment, min_order, max_order (data not read)
+        let (values, nulls) = deform::<6>(tuple, desc);
+        let segment = (!nulls[3]).then(|| {
+            let flat = pg_sys::pg_detoast_datum_packed(values[3].cast_mut_ptr());
+            let len = pgrx::varlena::varsize_any_exhdr(flat);
+            std::slice::from_raw_parts(pgrx::varlena::vardata_any(flat) as *const u8, len).to_vec()
+        });
+        found.push(BatchMeta {
+            id: values[1].value() as i32,
+            segment,
+            min_order: (!nulls[4]).then(|| values[4].value() as i64),
+            max_order: (!nulls[5]).then(|| values[5].value() as i64),
+        });
     });
-    ids
+    found
+}
+
+pub unsafe fn batch_ids(chunk: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Vec<i32> {
+    batches(chunk, snapshot).into_iter().map(|b| b.id).collect()
+}
+
+/// The segment_by and order_by columns the chunk was compressed with.
+pub unsafe fn compression_columns(chunk: pg_sys::Oid) -> Option<(Option<String>, String)> {
+    let mut found = None;
+    scan_by_key(c"compressed_chunks", &[oid_key(chunk)], pg_sys::GetLatestSnapshot(), |tuple, desc| {
+        // columns: chunk, hypertable, segment_by, order_by
+        let (values, nulls) = deform::<4>(tuple, desc);
+        let name = |d: pg_sys::Datum| std::ffi::CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>()).to_string_lossy().into_owned();
+        found = Some(((!nulls[2]).then(|| name(values[2])), name(values[3])));
+    });
+    found
 }
 
 /// A batch's bytes (detoasted), if it exists in `snapshot`.
