@@ -236,9 +236,16 @@ unsafe extern "C-unwind" fn create_state(cscan: *mut pg_sys::CustomScan) -> *mut
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn begin(node: *mut pg_sys::CustomScanState, _estate: *mut pg_sys::EState, _eflags: i32) {
+unsafe extern "C-unwind" fn begin(node: *mut pg_sys::CustomScanState, estate: *mut pg_sys::EState, _eflags: i32) {
     let state = node as *mut CompressedScanState;
     let cscan = (*node).ss.ps.plan as *mut pg_sys::CustomScan;
+    // Postgres 15 gives a custom scan a virtual slot; the chunk's rows come in its own kind
+    // (heap's buffer slots), so the slot, and the qual and projection compiled for a slot
+    // kind, are made again for it
+    let relation = (*node).ss.ss_currentRelation;
+    pg_sys::ExecInitScanTupleSlot(estate, &mut (*node).ss, (*relation).rd_att, pg_sys::table_slot_callbacks(relation));
+    pg_sys::ExecAssignScanProjectionInfoWithVarno(&mut (*node).ss, (*cscan).scan.scanrelid as i32);
+    (*node).ss.ps.qual = pg_sys::ExecInitQual((*cscan).scan.plan.qual, node as *mut pg_sys::PlanState);
     (*state).values = pg_sys::ExecInitExprList((*cscan).custom_exprs, node as *mut pg_sys::PlanState);
 }
 
