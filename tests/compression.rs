@@ -307,6 +307,14 @@ fn writes_to_compressed_rows_behave_as_on_a_heap() {
     assert!(all_batches_after < all_batches_before);
 }
 
+/// The SQL block of docs/operations.md's section on compression.
+fn operations_example() -> String {
+    let doc = include_str!("../docs/operations.md");
+    let section = &doc[doc.find("## Compressing old chunks").expect("the section")..];
+    let block = &section[section.find("```sql").expect("its example") + 6..];
+    block[..block.find("```").unwrap()].to_string()
+}
+
 #[test]
 fn a_dump_of_compressed_chunks_restores_the_same_rows() {
     let source = "lacaja_compression_dump";
@@ -334,6 +342,13 @@ fn a_dump_of_compressed_chunks_restores_the_same_rows() {
     // the restored chunks hold their rows uncompressed until the next compression
     assert!(compress_old_chunks(&mut restored, "events", "2 days") > 5);
     assert_eq!(checksum(&mut restored, "events", "event_id"), before, "compressed again after the restore");
+    // docs/operations.md's example, as a DBA would paste it
+    restored.batch_execute(&operations_example()).expect("docs/operations.md, \"Compressing old chunks\"");
+    let policies: i64 = restored
+        .query_one("SELECT count(*) FROM analytics.jobs WHERE proc = 'analytics_internal.policy_compression'::regproc", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(policies, 1);
 }
 
 #[test]
