@@ -415,3 +415,51 @@ fn filters_on_store_and_time_skip_batches_and_return_what_a_heap_returns() {
         .collect();
     assert!(plan.iter().any(|l| l.contains("Custom Scan (CompressedChunkScan)")), "{plan:?}");
 }
+
+/// A long report on an old chunk (ACCESS SHARE held in an open transaction): compression gives
+/// way by short tries and gives up with 55P03 leaving the chunk as it was, while the registers
+/// keep writing to the current day without waiting; once the report ends, it goes through.
+#[test]
+fn compression_gives_way_to_a_long_report_and_never_holds_up_the_registers() {
+    let database = "lacaja_compression_report";
+    let mut db = lacaja_database(database);
+    insert_events(&mut db, 3_000);
+    db.batch_execute(CONVERT[0]).unwrap();
+    let chunk: String = db
+        .query_one(
+            "SELECT chunk::text FROM analytics.chunks WHERE hypertable_name = 'events' AND range_end < now() - interval '3 days'
+             ORDER BY range_start LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut report = connect(database);
+    report.batch_execute(&format!("BEGIN; SELECT count(*) FROM {chunk};")).unwrap();
+
+    let register = thread::spawn(move || {
+        let mut pos = connect(database);
+        let mut slowest = Duration::ZERO;
+        for _ in 0..40 {
+            let started = std::time::Instant::now();
+            pos.batch_execute(
+                "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
+                 SELECT gen_random_uuid(), id, gen_random_uuid(), 1, 'SaleCreated', now(), '{}' FROM stores LIMIT 1",
+            )
+            .unwrap();
+            slowest = slowest.max(started.elapsed());
+            thread::sleep(Duration::from_millis(25));
+        }
+        slowest
+    });
+    db.batch_execute("SET lacaja_analytics.maintenance_lock_wait = '1s'").unwrap();
+    let refused = db.execute("SELECT analytics.compress_chunk($1::text::regclass)", &[&chunk]);
+    assert_eq!(sqlstate(refused), "55P03", "compression gives up while the report reads the chunk");
+    let state: String =
+        db.query_one("SELECT analytics_internal._compression_state($1::text::regclass)", &[&chunk]).unwrap().get(0);
+    assert_eq!(state, "uncompressed", "nothing was changed");
+    let slowest = register.join().unwrap();
+    assert!(slowest < Duration::from_millis(500), "a register waited {slowest:?} while compression tried");
+
+    report.batch_execute("COMMIT").unwrap();
+    db.execute("SELECT analytics.compress_chunk($1::text::regclass)", &[&chunk]).expect("compressed once the report ended");
+}
