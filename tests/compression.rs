@@ -144,6 +144,17 @@ fn compressed_chunks_stay_the_same_table_under_the_pos_workload() {
     assert!(touched > 10, "{touched} sales chunks compressed");
     assert_exact(&mut db, seed, "after the POS wrote into compressed chunks");
 
+    // The unique indexes of compressed chunks are packed; decompressed, they are as the
+    // hypertable's are again.
+    let unique_index_options = "SELECT analytics_internal._compression_state(i.indrelid::regclass), c.reloptions::text
+                                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                                JOIN analytics.chunks ch ON ch.chunk = i.indrelid::regclass
+                                WHERE ch.hypertable_name = 'sales' AND i.indisunique";
+    for row in db.query(unique_index_options, &[]).unwrap() {
+        let (state, options): (String, Option<String>) = (row.get(0), row.get(1));
+        let packed = options.as_deref() == Some("{fillfactor=100}");
+        assert_eq!(packed, state != "uncompressed", "a {state} chunk's unique index with options {options:?}");
+    }
     // Decompressing gives back exactly the rows the table shows.
     let sales_now = checksum(&mut db, "sales", "id");
     db.batch_execute(
@@ -154,6 +165,9 @@ fn compressed_chunks_stay_the_same_table_under_the_pos_workload() {
     assert_eq!(checksum(&mut db, "sales", "id"), sales_now, "the round trip compress → decompress");
     let left: i64 = db.query_one("SELECT count(*) FROM analytics_internal.compressed_batches", &[]).unwrap().get(0);
     assert_eq!(left, 0, "decompressed chunks leave no batches");
+    for row in db.query(unique_index_options, &[]).unwrap() {
+        assert_eq!(row.get::<_, Option<String>>(1), None, "a decompressed chunk's unique index keeps no option of ours");
+    }
     assert_exact(&mut db, seed, "after decompressing");
 }
 
@@ -184,6 +198,31 @@ fn writes_to_compressed_rows_behave_as_on_a_heap() {
                              SELECT gen_random_uuid(), store_id, device_id, seq, type, created_at, payload, request_id
                              FROM events WHERE event_id = $1::text::uuid";
     assert_eq!(sqlstate(db.execute(duplicate_request, &[&event])), "23505", "a sync replayed with request {request}");
+    // LA-CAJA's sync saves a pushed batch with `.orIgnore()` (INSERT … ON CONFLICT DO NOTHING):
+    // a replayed compressed event is skipped, the new one beside it goes in.
+    let replayed = db
+        .execute(
+            "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
+             SELECT event_id, store_id, device_id, seq, type, created_at, payload FROM events WHERE event_id = $1::text::uuid
+             UNION ALL
+             SELECT gen_random_uuid(), store_id, device_id, 999998, type, created_at, payload FROM events WHERE event_id = $1::text::uuid
+             ON CONFLICT DO NOTHING",
+            &[&event],
+        )
+        .unwrap();
+    assert_eq!(replayed, 1, "the replay skipped, the new event inserted");
+    let copies: i64 = db.query_one("SELECT count(*) FROM events WHERE event_id = $1::text::uuid", &[&event]).unwrap().get(0);
+    assert_eq!(copies, 1);
+    // An upsert on the key finds the compressed row and updates it.
+    db.execute(
+        "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
+         SELECT event_id, store_id, device_id, seq, type, created_at, payload FROM events WHERE event_id = $1::text::uuid
+         ON CONFLICT (event_id, created_at) DO UPDATE SET version = events.version + 41",
+        &[&event],
+    )
+    .unwrap();
+    let version: i32 = db.query_one("SELECT version FROM events WHERE event_id = $1::text::uuid", &[&event]).unwrap().get(0);
+    assert_eq!(version, 42, "ON CONFLICT DO UPDATE applied to the compressed row");
     // A late sync into the compressed day is accepted, and read back.
     db.execute(
         "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
