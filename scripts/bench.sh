@@ -8,10 +8,12 @@
 #   scripts/bench.sh --sales 1M        the default
 #   scripts/bench.sh --sales 100k      a quick run (CI runs it with --output, not asserting timings)
 # Other options: --stores N --days N --duration SECONDS --runs N --output FILE.
+# Sections of their own: --events N, --compression N, --streaming N, --anomalies, --warehouse N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 PROFILE=release scripts/install.sh
+scripts/redis.sh start  # for --streaming
 eval "$(scripts/pg.sh env)"
 export LACAJA_BENCH_SERVER="host=$PGHOST port=$PGPORT user=$PGUSER"
 cargo run --release --quiet -p lacaja-bench -- "$@"

@@ -23,6 +23,8 @@ scripts/previous_release.sh
 
 echo "==> integration tests against a PostgreSQL 15 server with lacaja_analytics preloaded"
 PROFILE=${PROFILE:-release} scripts/install.sh
+scripts/redis.sh start
 eval "$(scripts/pg.sh env)"
 export LACAJA_TEST_SERVER="host=$PGHOST port=$PGPORT user=$PGUSER"
+export LACAJA_TEST_REDIS="$(scripts/redis.sh url)"
 cargo test --test '*'

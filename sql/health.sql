@@ -223,5 +223,7 @@ BEGIN
     WHERE c.status = 'failed' AND c.sqlstate = '57P01' AND c.finished_at > now() - interval '7 days'
       AND NOT EXISTS (SELECT 1 FROM analytics.hypertable_conversions later
                       WHERE later.relation = c.relation AND later.conversion_id > c.conversion_id);
+    -- sql/streaming.sql: publishing to Redis, when it is on
+    RETURN QUERY SELECT * FROM analytics_internal._streaming_health();
 END
 $$;

@@ -30,6 +30,19 @@ pub static MAINTENANCE_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new
 /// How long maintenance keeps retrying those tries before it gives up (and a job retries later).
 pub static MAINTENANCE_LOCK_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(120_000);
 
+/// Redis that events are published to (`redis://[user:password@]host:port[/db]`; empty:
+/// streaming off, no outbox grows). Holds a password: readable by superusers only.
+pub static REDIS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Approximate length a stream `events:{store_id}` is trimmed to (`XADD … MAXLEN ~`).
+pub static REDIS_STREAM_MAXLEN: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+
+/// Seconds a cached dashboard `kpis:{store_id}` lives in Redis.
+pub static REDIS_CACHE_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// Events the outbox holds at most while Redis is away; beyond, the oldest are dropped.
+pub static STREAM_OUTBOX_MAX_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000_000);
+
 pub fn init() {
     // SUSET: the zone decides which bucket every sale lands in; a POS session that could
     // change it would scatter its own sales into the wrong days.
@@ -94,6 +107,45 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // SIGHUP: the publisher reads them on reload (a new URL reconnects it).
+    GucRegistry::define_string_guc(
+        c"lacaja_analytics.redis_url",
+        c"Redis that events are published to (redis://user:password@host:port).",
+        c"Needs shared_preload_libraries = 'lacaja_analytics' and lacaja_analytics.database. Empty: streaming is off.",
+        &REDIS_URL,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"lacaja_analytics.redis_stream_maxlen",
+        c"Approximate length each stream events:{store_id} is trimmed to.",
+        c"XADD … MAXLEN ~ this; consumers that fall further behind miss the oldest entries.",
+        &REDIS_STREAM_MAXLEN,
+        1_000,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"lacaja_analytics.redis_cache_ttl",
+        c"Seconds a cached dashboard kpis:{store_id} lives in Redis.",
+        c"The publisher rewrites it after each change of the store's figures.",
+        &REDIS_CACHE_TTL_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"lacaja_analytics.stream_outbox_max_rows",
+        c"Events the outbox holds at most while Redis is unreachable.",
+        c"Beyond it the oldest are dropped from the outbox (counted in analytics.stream_status; LA-CAJA's events table keeps them).",
+        &STREAM_OUTBOX_MAX_ROWS,
+        1_000,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"lacaja_analytics.scheduler_naptime",
         c"Longest the job scheduler sleeps before looking for due jobs again.",
@@ -112,6 +164,22 @@ pub fn direct_fold() -> bool {
 
 pub fn scheduler_database() -> String {
     setting_string(&SCHEDULER_DATABASE, "")
+}
+
+pub fn redis_url() -> String {
+    setting_string(&REDIS_URL, "")
+}
+
+pub fn redis_cache_ttl_s() -> i32 {
+    REDIS_CACHE_TTL_S.get()
+}
+
+pub fn stream_outbox_max_rows() -> i32 {
+    STREAM_OUTBOX_MAX_ROWS.get()
+}
+
+pub fn redis_stream_maxlen() -> i32 {
+    REDIS_STREAM_MAXLEN.get()
 }
 
 pub fn scheduler_naptime_ms() -> i32 {

@@ -98,7 +98,7 @@ pub(crate) fn in_transaction<R>(timeout_ms: i32, body: impl FnOnce() -> Result<R
     .execute()
 }
 
-fn report_activity(what: &str) {
+pub(crate) fn report_activity(what: &str) {
     if let Ok(name) = CString::new(what) {
         unsafe { pg_sys::pgstat_report_appname(name.as_ptr()) };
     }
@@ -180,13 +180,17 @@ fn reload_config() {
     }
 }
 
+/// Postgres' own SIGTERM handling for a worker: what it runs is interrupted at once (shutdown,
+/// pg_terminate_backend) rather than when it finishes. SIGINT stays the statement cancel.
+pub(crate) fn die_on_sigterm() {
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die)) };
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn lacaja_scheduler_main(_arg: pg_sys::Datum) {
-    // Postgres' own SIGTERM handling: a running job is interrupted at once (shutdown,
-    // pg_terminate_backend) rather than when it finishes. SIGINT stays the statement cancel
-    // that max_runtime uses.
-    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die)) };
+    // A running job is interrupted at once by SIGTERM; SIGINT is the cancel max_runtime uses.
+    die_on_sigterm();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     let database = guc::scheduler_database();
     if database.is_empty() {

@@ -14,6 +14,7 @@ mod indexes;
 mod jobs;
 mod rollups;
 mod security;
+mod streaming;
 mod time_bucket;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -87,6 +88,11 @@ pgrx::extension_sql_file!(
     name = "compression",
     requires = ["timeseries", compression::chunks::_compress_chunk_rows, compression::chunks::_decompress_chunk_rows]
 );
+pgrx::extension_sql_file!(
+    "../sql/streaming.sql",
+    name = "streaming",
+    requires = ["rollups", "timeseries", streaming::streaming_enabled]
+);
 pgrx::extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]
@@ -94,8 +100,10 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     capture::init();
     compression::init();
+    streaming::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         jobs::register_scheduler();
+        streaming::register_publisher();
     }
 }
 

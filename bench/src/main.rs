@@ -8,6 +8,7 @@
 //! capture triggers detached for the write path, REFRESH MATERIALIZED VIEW for freshness.
 
 mod compression;
+mod streaming;
 mod anomalies;
 mod timeseries;
 mod warehouse;
@@ -36,6 +37,8 @@ struct Args {
     events: Option<u64>,
     /// `--compression N`: events in the compression benchmark (and a quarter as many sales)
     compression: Option<u64>,
+    /// `--streaming N`: transactions of the streaming benchmark's write path
+    streaming: Option<u64>,
     /// `--warehouse N`: sales in the warehouse benchmark's history
     warehouse: Option<u64>,
     /// `--anomalies`: (stores, days), defaults 100 stores over 120 days
@@ -59,10 +62,11 @@ fn usage(problem: &str) -> ! {
         "{problem}\nusage: scripts/bench.sh [--sales 100k|1M|10M] [--stores N] [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --events 50M [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --compression 10M [--days N] [--runs N] [--output FILE]\n\
+         \x20      scripts/bench.sh --streaming 20k [--output FILE]\n\
          \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--seed N] [--output FILE]\n\
          \x20      scripts/bench.sh --warehouse 10M [--stores N] [--days N] [--runs N] [--output FILE]\n\
          Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\
-         (or FILE; --events, --compression, --anomalies and --warehouse rewrite only their own section)."
+         (or FILE; --events, --compression, --streaming, --anomalies and --warehouse rewrite only their own section)."
     );
     std::process::exit(2)
 }
@@ -79,7 +83,7 @@ impl Args {
                 i += 1;
                 continue;
             }
-            if !["sales", "stores", "days", "duration", "runs", "output", "events", "seed", "warehouse", "compression"].contains(&key.as_str()) {
+            if !["sales", "stores", "days", "duration", "runs", "output", "events", "seed", "warehouse", "compression", "streaming"].contains(&key.as_str()) {
                 usage(&format!("unknown option {}", raw[i]));
             }
             let value = raw.get(i + 1).unwrap_or_else(|| usage(&format!("{} needs a value", raw[i])));
@@ -101,6 +105,7 @@ impl Args {
             command: format!("scripts/bench.sh {}", raw.join(" ")).trim().to_string(),
             events: given.get("events").map(|s| parse_count(s)),
             compression: given.get("compression").map(|s| parse_count(s)),
+            streaming: given.get("streaming").map(|s| parse_count(s)),
             warehouse: given.get("warehouse").map(|s| parse_count(s)),
             anomalies: given.contains_key("anomalies").then(|| {
                 (given.get("stores").map(|s| parse_count(s)).unwrap_or(100), given.get("days").map(|s| parse_count(s)).unwrap_or(120))
@@ -518,6 +523,10 @@ fn main() {
         compression::run(&args.server, events, days, args.runs, &args.command, &args.output);
         return;
     }
+    if let Some(transactions) = args.streaming {
+        streaming::run(&args.server, transactions, &args.command, &args.output);
+        return;
+    }
     if let Some(events) = args.events {
         timeseries::run(&args.server, events, args.days, args.duration, args.runs, &args.command, &args.output);
         return;
@@ -731,7 +740,8 @@ fn main() {
     let output = bench.args.output.clone();
     // The events and anomaly benchmarks are commands of their own; their sections stay as
     // they last wrote them.
-    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (compression::BEGIN, compression::END), (anomalies::BEGIN, anomalies::END), (warehouse::BEGIN, warehouse::END),
+    for (begin, end) in [(timeseries::BEGIN, timeseries::END), (compression::BEGIN, compression::END), (streaming::BEGIN, streaming::END),
+                         (anomalies::BEGIN, anomalies::END), (warehouse::BEGIN, warehouse::END),
                          (BY_HAND_BEGIN, BY_HAND_END)] {
         if let Some(section) = current_section(&output, begin, end) {
             let _ = write!(md, "\n{section}\n");

@@ -551,6 +551,65 @@ type HourKey = (Id, i64, i64);
 type DayKey = (Id, i32, Vec<u8>);
 type CustomerKey = (Id, i32, Id);
 
+unsafe extern "C-unwind" {
+    /// commands/sequence.h (not in pgrx's bindings): `nextval()` without the permission check
+    /// (the outbox's sequence is the extension's).
+    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+/// The stream outbox (src/streaming.rs) as the events trigger appends to it: each event's
+/// columns as LA-CAJA stored them, with the outbox's own (id, transaction, time) filled here,
+/// since an insert without SQL applies no defaults.
+pub(super) struct StreamOutbox {
+    table: Table,
+    ids: pg_sys::Oid,
+    xid: Datum,
+    now: Datum,
+}
+
+impl StreamOutbox {
+    /// None when the outbox is not as this code expects (an older SQL: nothing is streamed).
+    pub(super) fn open() -> Option<StreamOutbox> {
+        let table = Table::open(
+            c"stream_outbox",
+            &[c"id", c"xid", c"enqueued_at", c"store_id", c"event_id", c"type", c"payload", c"created_at", c"seq"],
+        )?;
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"analytics_internal".as_ptr(), true);
+            let ids = pg_sys::get_relname_relid(c"stream_outbox_id_seq".as_ptr(), namespace);
+            if ids == pg_sys::InvalidOid {
+                return None;
+            }
+            let xid = Datum::from(pg_sys::GetTopFullTransactionId().value);
+            let now = Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
+            Some(StreamOutbox { table, ids, xid, now })
+        }
+    }
+
+    /// One event: store_id, event_id, type, payload, created_at, seq (None: NULL).
+    pub(super) fn push(&mut self, event: [Option<Datum>; 6]) {
+        let id = Datum::from(unsafe { nextval_internal(self.ids, false) });
+        let mut values = vec![Some(id), Some(self.xid), Some(self.now)];
+        values.extend(event);
+        self.table.insert(&values);
+    }
+}
+
+/// Notes `stores` in the cache outbox (src/streaming.rs) without SQL: one row each. False when
+/// the table is not as this code expects (then the SQL notes them).
+pub(super) fn note_stores(stores: &std::collections::HashSet<Id>) -> bool {
+    if !crate::guc::direct_fold() {
+        return false;
+    }
+    let _snapshot = FreshSnapshot::push();
+    let Some(mut outbox) = Table::open(c"cache_outbox", &[c"store_id", c"noted_at"]) else { return false };
+    let now = Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
+    for store in stores {
+        outbox.insert(&[Some(Datum::from(store.as_ptr())), Some(now)]);
+    }
+    true
+}
+
 /// Folds sales and stock rows into the parts of `shard`; `false` when the SQL must.
 pub(super) fn rows(shard: i32, sales: &[SaleRow], stock: &[StockRow]) -> bool {
     if !crate::guc::direct_fold() {

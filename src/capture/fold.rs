@@ -39,6 +39,11 @@ thread_local! {
         types: &[INT4, INT4S, UUIDS, UUIDS, TIMES, UUIDS, JSONBS, JSONBS, BOOLS, INT4S, UUIDS, UUIDS, TEXTS],
         plan: Cell::new(std::ptr::null_mut()),
     } };
+    static NOTE_CHANGED_STORES: SavedPlan = const { SavedPlan {
+        sql: c"SELECT analytics_internal._note_changed_stores($1, $2, $3)",
+        types: &[UUIDS, UUIDS, UUIDS],
+        plan: Cell::new(std::ptr::null_mut()),
+    } };
     static FOLD_ITEMS: SavedPlan = const { SavedPlan {
         sql: c"SELECT analytics_internal._fold_items($1, $2, $3, $4, $5, $6, $7)",
         types: &[INT4, UUIDS, UUIDS, UUIDS, UUIDS, TIMES, UUIDS],
@@ -257,6 +262,29 @@ unsafe fn build_array(element: pg_sys::Oid, datums: &mut [pg_sys::Datum], nulls:
         by_value,
         align,
     )
+}
+
+/// Tells the publisher which stores' dashboards this transaction changed (streaming on): one
+/// call, as the transaction commits.
+pub(super) fn note_changed_stores(owner: pg_sys::Oid, frame: &Frame) {
+    let stores = frame.changed_stores();
+    if stores.is_empty() && frame.changed_sales.is_empty() && frame.returned_items.is_empty() {
+        return;
+    }
+    let mut direct = false;
+    if frame.changed_sales.is_empty() && frame.returned_items.is_empty() {
+        in_scratch_memory(|| direct = super::direct::note_stores(&stores));
+    }
+    if direct {
+        return;
+    }
+    in_scratch_memory(|| {
+        let mut args = Args::default();
+        args.uuids(stores.iter().map(Some));
+        args.uuids(frame.changed_sales.iter().map(Some));
+        args.uuids(frame.returned_items.iter().map(Some));
+        NOTE_CHANGED_STORES.with(|plan| execute(owner, plan, &args));
+    });
 }
 
 /// Runs a fold function as the extension's owner with `search_path` pinned.

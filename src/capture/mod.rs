@@ -103,6 +103,8 @@ pub(crate) struct Frame {
     /// once this level commits.
     truncated_sales: bool,
     truncated_stock: bool,
+    /// Stores of the rows this level folded early (for the dashboard cache, src/streaming.rs).
+    folded_stores: HashSet<Id>,
 }
 
 impl Frame {
@@ -133,10 +135,21 @@ impl Frame {
         self.returned_items.extend(child.returned_items);
         self.new_items.extend(child.new_items);
         self.items_by_sql |= child.items_by_sql;
+        self.folded_stores.extend(child.folded_stores);
         self.items_namespace = self.items_namespace.or(child.items_namespace);
         if self.new_items.len() > DIRECT_ITEMS {
             self.keep_items_for_sql();
         }
+    }
+
+    /// The stores whose figures this transaction changed, as far as it knows them without a
+    /// lookup: those of its sales (old and new rows), stock rows and early folds.
+    pub fn changed_stores(&self) -> HashSet<Id> {
+        let mut stores = self.folded_stores.clone();
+        stores.extend(self.sales.iter().filter_map(|s| s.store));
+        stores.extend(self.stock.iter().map(|s| s.store));
+        stores.extend(self.moved_from.iter().filter_map(|(_, at)| at.store));
+        stores
     }
 
     /// Gives up the direct fold of this level's items (the SQL reads them from the source).
@@ -227,6 +240,8 @@ fn fold_rows_of_current_level() {
         let owner = c.owner;
         match c.frames.last_mut() {
             Some(frame) if frame.level == level => {
+                let stores = frame.changed_stores();
+                frame.folded_stores = stores;
                 (owner, std::mem::take(&mut frame.sales), std::mem::take(&mut frame.stock))
             }
             _ => (owner, Vec::new(), Vec::new()),
@@ -304,6 +319,9 @@ fn fold_transaction(shard: i32) {
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     fold::rows(owner, shard, &frame.sales, &frame.stock);
     fold::items(owner, shard, &frame);
+    if crate::streaming::cache_enabled() {
+        fold::note_changed_stores(owner, &frame);
+    }
     unsafe {
         pg_sys::PopActiveSnapshot();
         pg_sys::XactReadOnly = read_only;

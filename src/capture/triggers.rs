@@ -415,6 +415,34 @@ mod analytics_internal {
         none()
     }
 
+    /// `events`, while streaming to Redis is on (src/streaming.rs): the inserted events into
+    /// the stream outbox, in this transaction, copied as stored — no SQL, no output function,
+    /// nothing that could fail a sync on what an event carries. A column missing or of another
+    /// type than LA-CAJA's gives NULL.
+    #[pg_trigger]
+    fn _stream_events<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
+        if !crate::streaming::enabled() {
+            return none();
+        }
+        let table = Transition::of(trigger);
+        let Some(mut outbox) = crate::capture::direct::StreamOutbox::open() else { return none() };
+        let store = table.column("store_id", pg_sys::UUIDOID);
+        let event = table.column("event_id", pg_sys::UUIDOID);
+        let kind = table.column("type", pg_sys::TEXTOID).or_else(|| table.column("type", pg_sys::VARCHAROID));
+        let payload = table.column("payload", pg_sys::JSONBOID);
+        let created_at = table.column("created_at", pg_sys::TIMESTAMPTZOID);
+        let seq = table.column("seq", pg_sys::INT8OID);
+        let seq_int4 = table.column("seq", pg_sys::INT4OID);
+        let mut rows = table.reader(table.new);
+        while let Some(row) = rows.next() {
+            let seq = row.datum(seq).or_else(|| row.datum(seq_int4).map(|d| pg_sys::Datum::from(d.value() as i32 as i64)));
+            outbox.push([row.datum(store), row.datum(event), row.datum(kind), row.datum(payload), row.datum(created_at), seq]);
+        }
+        none()
+    }
+
     /// `inventory_movements` (argument `movements`) or `products` (`current_stock`).
     #[pg_trigger]
     fn _capture_stock<'a>(
