@@ -56,7 +56,7 @@ INSERT INTO analytics_internal.stream_state DEFAULT VALUES;
 
 -- Puts the trigger on the attached schema's events once streaming is on (the publisher calls
 -- it): with the lock taken by short tries, never queued in front of a sync. Bound to the
--- extension (DROP EXTENSION removes it; a dump leaves it out and the publisher puts it back).
+-- extension, so that DROP EXTENSION removes it.
 CREATE FUNCTION analytics_internal._ensure_stream_trigger() RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -70,8 +70,9 @@ BEGIN
         PERFORM analytics_internal._lock_tables(ARRAY[events::text], 'SHARE ROW EXCLUSIVE');
         EXECUTE format('CREATE TRIGGER lacaja_analytics_stream_events AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
                         FOR EACH STATEMENT EXECUTE FUNCTION analytics_internal._stream_events()', events);
-        PERFORM analytics_internal._bind_trigger(events, 'lacaja_analytics_stream_events');
     END IF;
+    -- also one a restore brought back (a dump holds it; pg_restore creates it unbound)
+    PERFORM analytics_internal._bind_trigger(events, 'lacaja_analytics_stream_events');
     RETURN 'capturing ' || events::text;
 END
 $$;
@@ -142,8 +143,9 @@ COMMENT ON VIEW analytics.stream_status IS
 CREATE FUNCTION analytics_internal._streaming_health() RETURNS TABLE (check_name text, status text, detail text, hint text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'streaming',
-           CASE WHEN NOT s.publisher_running OR NOT s.capturing OR s.oldest_pending < now() - interval '1 minute'
-                     OR s.last_dropped_at > now() - interval '1 day' THEN 'problem' ELSE 'ok' END,
+           CASE WHEN NOT s.publisher_running OR NOT s.capturing OR (s.backlog > 0 AND NOT s.connected)
+                     OR s.oldest_pending < now() - interval '1 minute' OR s.last_dropped_at > now() - interval '1 day'
+                THEN 'problem' ELSE 'ok' END,
            format('%s; %s event(s) waiting%s, %s published%s%s',
                   CASE WHEN NOT s.publisher_running THEN 'no publisher is running'
                        WHEN NOT s.capturing THEN 'events are not captured yet' ELSE 'publishing to Redis' END,

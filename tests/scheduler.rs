@@ -10,22 +10,13 @@ mod common;
 
 use common::connect;
 use postgres::Client;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DATABASE: &str = "lacaja_test_jobs";
 
 /// Waits until `condition` holds, reconnecting through server restarts.
-fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut(&mut Client) -> bool) {
-    let started = Instant::now();
-    loop {
-        if let Ok(mut db) = common::try_connect(DATABASE) {
-            if condition(&mut db) {
-                return;
-            }
-        }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn eventually(what: &str, timeout: Duration, condition: impl FnMut(&mut Client) -> bool) {
+    common::eventually_in(DATABASE, what, timeout, Duration::from_millis(250), condition)
 }
 
 fn count(db: &mut Client, sql: &str) -> i64 {

@@ -58,17 +58,8 @@ fn publisher_url() -> String {
 }
 
 /// Waits until `condition` holds, reconnecting through server restarts.
-fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut(&mut Client) -> bool) {
-    let started = Instant::now();
-    loop {
-        if let Ok(mut db) = common::try_connect(DATABASE) {
-            if condition(&mut db) {
-                return;
-            }
-        }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(what: &str, timeout: Duration, condition: impl FnMut(&mut Client) -> bool) {
+    common::eventually_in(DATABASE, what, timeout, Duration::from_millis(100), condition)
 }
 
 fn status(db: &mut Client, column: &str) -> String {
@@ -291,6 +282,47 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
     let refreshes = status(&mut db, "cache_refreshes").parse::<i64>().unwrap() - refreshes_before;
     assert!(refreshes >= 1 && refreshes <= 4, "{sales} sales in a second caused {refreshes} cache refreshes");
 
+    // A return changes the figures through the items of an older sale, whose store the capture
+    // looks up at commit: the cache follows it too.
+    db.batch_execute(&format!(
+        "INSERT INTO products (id, store_id, name, price_bs, price_usd, cost_bs, cost_usd)
+         VALUES ('d0000000-0000-4000-8000-000000000001', '{store}', 'Harina', 73, 2, 40, 1.1);
+         INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
+         VALUES ('e0000000-0000-4000-8000-000000000001', '{store}', now(), 36.5, 'BS', '{{\"total_bs\": 730.00, \"total_usd\": 20.00}}',
+                 '{{\"method\": \"CASH_BS\"}}');
+         INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+         VALUES ('f0000000-0000-4000-8000-000000000001', 'e0000000-0000-4000-8000-000000000001',
+                 'd0000000-0000-4000-8000-000000000001', 1000, 73, 2);"
+    ))
+    .unwrap();
+    let cache_equals_kpis = |db: &mut Client, redis: &mut redis::Connection| {
+        let expected: serde_json::Value =
+            serde_json::from_str(&db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get::<_, String>(0)).unwrap();
+        let cached: Option<String> = redis::cmd("GET").arg(format!("kpis:{store}")).query(redis).unwrap();
+        cached.map(|c| serde_json::from_str::<serde_json::Value>(&c).unwrap()) == Some(expected)
+    };
+    let started = Instant::now();
+    while !cache_equals_kpis(&mut db, &mut redis) {
+        assert!(started.elapsed() < Duration::from_secs(2), "the cache did not follow the sale of product d000…");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before_return: String = db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get(0);
+    db.batch_execute(&format!(
+        "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+         VALUES ('e1000000-0000-4000-8000-000000000001', '{store}', 'e0000000-0000-4000-8000-000000000001', 730, 20);
+         INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+         VALUES (gen_random_uuid(), 'e1000000-0000-4000-8000-000000000001', 'f0000000-0000-4000-8000-000000000001',
+                 'd0000000-0000-4000-8000-000000000001', 999, 72927, 1998);"
+    ))
+    .unwrap();
+    let after_return: String = db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get(0);
+    assert_ne!(before_return, after_return, "the return changes the dashboard (top product's net quantity)");
+    let started = Instant::now();
+    while !cache_equals_kpis(&mut db, &mut redis) {
+        assert!(started.elapsed() < Duration::from_secs(1), "kpis:{store} missed the return a second later");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // Redis goes away during a burst: sales go on at full speed, the outbox grows and says why.
     redis::cmd("SHUTDOWN").arg("NOSAVE").exec(&mut redis).ok();
     let mut burst = Vec::new();
@@ -305,6 +337,12 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
         status(db, "connected") == "false" && !status(db, "last_error").is_empty()
     });
     assert!(status(&mut db, "backlog").parse::<i64>().unwrap() > 0);
+    let (health, detail, hint): (String, String, String) = {
+        let row = db.query_one("SELECT status, detail, hint FROM analytics.health() WHERE check_name = 'streaming'", &[]).unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(health, "problem", "{detail}");
+    assert!(detail.contains("waiting") && detail.contains("last error") && hint.contains("redis_url"), "{detail} / {hint}");
     // Back, but without the publisher's user: authentication fails, without the password.
     redis_script("start");
     let mut redis = self::redis();
@@ -315,6 +353,9 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
     });
     create_redis_user(&mut redis);
     wait_for_empty_outbox("the backlog to be delivered once Redis is back");
+    let health: String =
+        db.query_one("SELECT status FROM analytics.health() WHERE check_name = 'streaming'", &[]).unwrap().get(0);
+    assert_eq!(health, "ok");
     let published = streams(&mut redis);
     let delivered: HashSet<&str> = published.values().flatten().map(|(id, _)| id.as_str()).collect();
     for event in &burst {

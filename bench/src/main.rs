@@ -62,7 +62,7 @@ fn usage(problem: &str) -> ! {
         "{problem}\nusage: scripts/bench.sh [--sales 100k|1M|10M] [--stores N] [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --events 50M [--days N] [--duration SECONDS] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --compression 10M [--days N] [--runs N] [--output FILE]\n\
-         \x20      scripts/bench.sh --streaming 20k [--output FILE]\n\
+         \x20      scripts/bench.sh --streaming 100k [--output FILE]\n\
          \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--seed N] [--output FILE]\n\
          \x20      scripts/bench.sh --warehouse 10M [--stores N] [--days N] [--runs N] [--output FILE]\n\
          Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\

@@ -147,6 +147,27 @@ pub fn seed() -> u64 {
     })
 }
 
+/// Waits until `condition` holds on a connection to `database`, reconnecting through server
+/// restarts (a background worker's `kill -9` restarts the whole server); looks every `every`.
+pub fn eventually_in(
+    database: &str,
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut condition: impl FnMut(&mut Client) -> bool,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(mut db) = try_connect(database) {
+            if condition(&mut db) {
+                return;
+            }
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(every);
+    }
+}
+
 /// Points the scheduler at `database` (None: back to idle) with `naptime`, and reloads.
 pub fn point_scheduler_at(database: Option<&str>, naptime: &str) {
     let mut admin = connect("postgres");
