@@ -2,7 +2,8 @@
 //! `redis-server` (`scripts/redis.sh`, started by scripts/test.sh): every committed event on its
 //! stream exactly once in a normal run, in each session's commit order, rolled-back ones never;
 //! Redis stopped during a burst (the POS unhindered) and back with its user to re-create:
-//! everything delivered; `kill -9` of the publisher mid-batch: nothing lost; `KEYS` never sent;
+//! everything delivered; `kill -9` of the publisher mid-batch: nothing lost; an outage beyond
+//! the outbox's bound: the oldest dropped and counted, the rest delivered; `KEYS` never sent;
 //! the password never shown.
 //!
 //! One test on purpose: `kill -9` restarts the whole server, which no parallel test could
@@ -134,7 +135,8 @@ impl Drop for StreamingOff {
         if let Ok(mut admin) = common::try_connect("postgres") {
             // one statement each: ALTER SYSTEM refuses to run inside a (multi-statement) transaction
             for statement in
-                ["ALTER SYSTEM RESET lacaja_analytics.redis_url", "ALTER SYSTEM RESET lacaja_analytics.database", "SELECT pg_reload_conf()"]
+                ["ALTER SYSTEM RESET lacaja_analytics.redis_url", "ALTER SYSTEM RESET lacaja_analytics.database",
+                 "ALTER SYSTEM RESET lacaja_analytics.stream_outbox_max_rows", "SELECT pg_reload_conf()"]
             {
                 let _ = admin.batch_execute(statement);
             }
@@ -382,6 +384,40 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
     for event in &many {
         assert!(delivered.contains(event.as_str()), "event {event} lost to kill -9");
     }
+
+    // An outage longer than the outbox holds: beyond lacaja_analytics.stream_outbox_max_rows the
+    // oldest events are dropped from the outbox (counted, reported), the newest delivered later.
+    let (mut admin, mut db) = (connect("postgres"), connect(DATABASE)); // the server restarted
+    admin.batch_execute("ALTER SYSTEM SET lacaja_analytics.stream_outbox_max_rows = 1000").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped_before: i64 = status(&mut db, "dropped").parse().unwrap();
+    redis::cmd("SHUTDOWN").arg("NOSAVE").exec(&mut redis).ok();
+    let overflow: Vec<String> = db
+        .query(
+            "INSERT INTO events (event_id, store_id, device_id, seq, type, created_at, payload)
+             SELECT gen_random_uuid(), $1::text::uuid, gen_random_uuid(), 7000000 + i, 'StockDeltaApplied', now(), '{}'
+             FROM generate_series(1, 1500) i ORDER BY i RETURNING event_id::text",
+            &[&STORES[0]],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    eventually("the outbox to be bounded", Duration::from_secs(30), |db| try_status(db, "backlog").as_deref() == Some("1000"));
+    assert_eq!(status(&mut db, "dropped").parse::<i64>().unwrap() - dropped_before, 500);
+    let detail: String =
+        db.query_one("SELECT detail FROM analytics.health() WHERE check_name = 'streaming'", &[]).unwrap().get(0);
+    assert!(detail.contains("dropped from a full outbox"), "{detail}");
+    redis_script("start");
+    let mut redis = self::redis();
+    create_redis_user(&mut redis);
+    wait_for_empty_outbox("the newest events to be delivered after the bound");
+    let delivered: HashSet<String> = streams(&mut redis).into_values().flatten().map(|(id, _)| id).collect();
+    assert!(overflow[..500].iter().all(|e| !delivered.contains(e)), "a dropped event was delivered");
+    assert!(overflow[500..].iter().all(|e| delivered.contains(e)), "an event within the bound was lost");
+    admin.batch_execute("ALTER SYSTEM RESET lacaja_analytics.stream_outbox_max_rows").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
 
     // KEYS (which blocks Redis) was never sent.
     let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut redis).unwrap();
