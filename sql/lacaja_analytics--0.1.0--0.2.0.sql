@@ -2651,11 +2651,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   s.backlog, CASE WHEN s.oldest_pending IS NOT NULL
                                   THEN format(' (oldest since %s)', date_trunc('second', now() - s.oldest_pending)) ELSE '' END,
                   s.published,
-                  CASE WHEN s.last_error IS NOT NULL AND NOT s.connected THEN format('; last error: %s', s.last_error) ELSE '' END,
+                  CASE WHEN s.last_error IS NOT NULL AND (NOT s.connected OR NOT s.capturing)
+                       THEN format('; last error: %s', s.last_error) ELSE '' END,
                   CASE WHEN s.dropped > 0 THEN format('; %s event(s) dropped from a full outbox, the last at %s', s.dropped, s.last_dropped_at)
                        ELSE '' END),
            CASE WHEN NOT s.publisher_running
                 THEN 'Add lacaja_analytics to shared_preload_libraries, set lacaja_analytics.database to this database, restart.'
+                WHEN NOT s.capturing
+                THEN 'The publisher puts its trigger on events by short lock tries every 5 s and gives way to writers; '
+                     'a long transaction that wrote to events (see pg_stat_activity) delays it. Events are streamed from then on.'
                 WHEN s.backlog > 0 AND NOT s.connected THEN 'Check that Redis is reachable at lacaja_analytics.redis_url; events wait in the outbox.'
            END
     FROM analytics.stream_status s

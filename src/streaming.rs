@@ -30,6 +30,8 @@ const BATCH_ROWS: i64 = 1_000;
 const POLL: Duration = Duration::from_millis(20);
 /// How often it makes sure the outbox trigger is on `events`.
 const TRIGGER_CHECK: Duration = Duration::from_secs(5);
+/// How long one check retries the trigger's lock (short tries) before giving way.
+const TRIGGER_LOCK_WAIT: &str = "1s";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -292,6 +294,17 @@ fn forget_refreshed(ctids: &[String], stores: usize) -> Result<(), String> {
     })
 }
 
+/// The trigger could not be put on events (a long transaction holds its lock): shown in
+/// stream_status and health(); the connection to Redis is not in question.
+fn record_trigger_failure(message: &str) {
+    let _ = as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE analytics_internal.stream_state SET last_error = $1, last_error_at = now()",
+            &[message.into()],
+        )
+    });
+}
+
 fn record_error(message: &str) {
     let _ = as_owner(|| {
         Spi::run_with_args(
@@ -428,8 +441,23 @@ impl Publisher {
         }
         if self.trigger_checked.is_none_or(|at| at.elapsed() >= TRIGGER_CHECK) {
             self.trigger_checked = Some(Instant::now());
-            if let Err(failure) = in_transaction(0, || Spi::get_one::<String>("SELECT analytics_internal._ensure_stream_trigger()")) {
-                pgrx::warning!("{WORKER_TYPE}: could not put the outbox trigger on events: {}", failure.message);
+            // The lock it needs is taken by short tries; behind a long transaction on events it
+            // gives up after TRIGGER_LOCK_WAIT rather than stall publishing, and tries again at
+            // the next check.
+            let ensured = in_transaction(0, || {
+                Spi::run_with_args(
+                    "SELECT set_config('lacaja_analytics.maintenance_lock_wait', $1, true)",
+                    &[TRIGGER_LOCK_WAIT.into()],
+                )?;
+                Spi::get_one::<String>("SELECT analytics_internal._ensure_stream_trigger()")
+            });
+            if let Err(failure) = ensured {
+                let message = format!("putting the outbox trigger on events: {} (SQLSTATE {})", failure.message, failure.sqlstate);
+                record_trigger_failure(&message);
+                if message != self.last_logged {
+                    pgrx::warning!("{WORKER_TYPE}: {message} (tried again every {} s)", TRIGGER_CHECK.as_secs());
+                    self.last_logged = message;
+                }
             }
         }
         let batch = match read_batch() {

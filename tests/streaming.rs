@@ -6,14 +6,19 @@
 //! the outbox's bound: the oldest dropped and counted, the rest delivered; `KEYS` never sent;
 //! the password never shown.
 //!
-//! One test on purpose: `kill -9` restarts the whole server, which no parallel test could
-//! survive.
+//! Also, with quoting: a source schema whose name needs it (and reads as SQL) streams and
+//! refreshes the cache through every dynamic statement; and with locks: turning streaming on
+//! behind a long transaction on `events` never makes a register wait.
+//!
+//! The tests run one at a time (`serial()`): `kill -9` restarts the whole server, and the
+//! publisher serves one database.
 
 mod common;
 
 use common::connect;
 use postgres::Client;
 use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const DATABASE: &str = "lacaja_test_streaming";
@@ -23,6 +28,12 @@ const STORES: [&str; 3] = [
     "b0000000-0000-4000-8000-000000000002",
     "c0000000-0000-4000-8000-000000000003",
 ];
+
+/// One test at a time (a failed test does not stop the others).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn redis_url() -> String {
     std::env::var("LACAJA_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
@@ -56,6 +67,14 @@ fn create_redis_user(redis: &mut redis::Connection) {
 
 fn publisher_url() -> String {
     redis_url().replacen("redis://", &format!("redis://lacaja_publisher:{PASSWORD}@"), 1)
+}
+
+/// Streaming on, its publisher serving `database`.
+fn streaming_on_for(database: &str) {
+    let mut admin = connect("postgres");
+    admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.redis_url = '{}'", publisher_url())).unwrap();
+    admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.database = '{database}'")).unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
 /// Waits until `condition` holds, reconnecting through server restarts.
@@ -92,6 +111,54 @@ fn insert_sale(db: &mut Client, store: &str) {
         &[&store],
     )
     .unwrap();
+}
+
+/// A sale of 1,000 units of one product (the store's top product).
+fn sell_a_product(db: &mut Client, store: &str) {
+    db.batch_execute(&format!(
+        "INSERT INTO products (id, store_id, name, price_bs, price_usd, cost_bs, cost_usd)
+         VALUES ('d0000000-0000-4000-8000-000000000001', '{store}', 'Harina', 73, 2, 40, 1.1);
+         INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
+         VALUES ('e0000000-0000-4000-8000-000000000001', '{store}', now(), 36.5, 'BS', '{{\"total_bs\": 730.00, \"total_usd\": 20.00}}',
+                 '{{\"method\": \"CASH_BS\"}}');
+         INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+         VALUES ('f0000000-0000-4000-8000-000000000001', 'e0000000-0000-4000-8000-000000000001',
+                 'd0000000-0000-4000-8000-000000000001', 1000, 73, 2);"
+    ))
+    .unwrap();
+}
+
+/// A return of 999 of those units: it changes the figures through the items of an older
+/// sale, whose store the capture looks up at commit (`_note_changed_stores`). Checks that the
+/// dashboard changed.
+fn return_most_of_it(db: &mut Client, store: &str) {
+    let before: String = db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get(0);
+    db.batch_execute(&format!(
+        "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
+         VALUES ('e1000000-0000-4000-8000-000000000001', '{store}', 'e0000000-0000-4000-8000-000000000001', 730, 20);
+         INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
+         VALUES (gen_random_uuid(), 'e1000000-0000-4000-8000-000000000001', 'f0000000-0000-4000-8000-000000000001',
+                 'd0000000-0000-4000-8000-000000000001', 999, 72927, 1998);"
+    ))
+    .unwrap();
+    let after: String = db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get(0);
+    assert_ne!(before, after, "the return changes the dashboard (top product's net quantity)");
+}
+
+/// Waits up to `within` for `kpis:{store}` in Redis to hold what `kpis()` returns now.
+fn cache_follows(db: &mut Client, redis: &mut redis::Connection, store: &str, within: Duration, what: &str) {
+    let started = Instant::now();
+    loop {
+        let expected: serde_json::Value =
+            serde_json::from_str(&db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get::<_, String>(0))
+                .unwrap();
+        let cached: Option<String> = redis::cmd("GET").arg(format!("kpis:{store}")).query(redis).unwrap();
+        if cached.map(|c| serde_json::from_str::<serde_json::Value>(&c).unwrap()) == Some(expected) {
+            return;
+        }
+        assert!(started.elapsed() < within, "kpis:{store} did not follow {what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Every entry of each store's stream: (event_id, fields), in stream order.
@@ -146,6 +213,7 @@ impl Drop for StreamingOff {
 
 #[test]
 fn committed_events_reach_their_streams_once_in_order_through_failures() {
+    let _one_at_a_time = serial();
     let _off_at_the_end = StreamingOff::now();
     let mut db = common::lacaja_database(DATABASE);
     let mut redis = redis();
@@ -167,10 +235,7 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
     assert_eq!(triggers, 0);
 
     // On: the publisher puts its trigger on events.
-    let mut admin = connect("postgres");
-    admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.redis_url = '{}'", publisher_url())).unwrap();
-    admin.batch_execute(&format!("ALTER SYSTEM SET lacaja_analytics.database = '{DATABASE}'")).unwrap();
-    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    streaming_on_for(DATABASE);
     eventually("the publisher to capture events", Duration::from_secs(30), |db| {
         status(db, "capturing") == "true" && status(db, "publisher_running") == "true"
     });
@@ -286,44 +351,10 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
 
     // A return changes the figures through the items of an older sale, whose store the capture
     // looks up at commit: the cache follows it too.
-    db.batch_execute(&format!(
-        "INSERT INTO products (id, store_id, name, price_bs, price_usd, cost_bs, cost_usd)
-         VALUES ('d0000000-0000-4000-8000-000000000001', '{store}', 'Harina', 73, 2, 40, 1.1);
-         INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
-         VALUES ('e0000000-0000-4000-8000-000000000001', '{store}', now(), 36.5, 'BS', '{{\"total_bs\": 730.00, \"total_usd\": 20.00}}',
-                 '{{\"method\": \"CASH_BS\"}}');
-         INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
-         VALUES ('f0000000-0000-4000-8000-000000000001', 'e0000000-0000-4000-8000-000000000001',
-                 'd0000000-0000-4000-8000-000000000001', 1000, 73, 2);"
-    ))
-    .unwrap();
-    let cache_equals_kpis = |db: &mut Client, redis: &mut redis::Connection| {
-        let expected: serde_json::Value =
-            serde_json::from_str(&db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get::<_, String>(0)).unwrap();
-        let cached: Option<String> = redis::cmd("GET").arg(format!("kpis:{store}")).query(redis).unwrap();
-        cached.map(|c| serde_json::from_str::<serde_json::Value>(&c).unwrap()) == Some(expected)
-    };
-    let started = Instant::now();
-    while !cache_equals_kpis(&mut db, &mut redis) {
-        assert!(started.elapsed() < Duration::from_secs(2), "the cache did not follow the sale of product d000…");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let before_return: String = db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get(0);
-    db.batch_execute(&format!(
-        "INSERT INTO sale_returns (id, store_id, sale_id, total_bs, total_usd)
-         VALUES ('e1000000-0000-4000-8000-000000000001', '{store}', 'e0000000-0000-4000-8000-000000000001', 730, 20);
-         INSERT INTO sale_return_items (id, return_id, sale_item_id, product_id, qty, total_bs, total_usd)
-         VALUES (gen_random_uuid(), 'e1000000-0000-4000-8000-000000000001', 'f0000000-0000-4000-8000-000000000001',
-                 'd0000000-0000-4000-8000-000000000001', 999, 72927, 1998);"
-    ))
-    .unwrap();
-    let after_return: String = db.query_one("SELECT analytics.kpis($1::text::uuid)::text", &[&store]).unwrap().get(0);
-    assert_ne!(before_return, after_return, "the return changes the dashboard (top product's net quantity)");
-    let started = Instant::now();
-    while !cache_equals_kpis(&mut db, &mut redis) {
-        assert!(started.elapsed() < Duration::from_secs(1), "kpis:{store} missed the return a second later");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sell_a_product(&mut db, store);
+    cache_follows(&mut db, &mut redis, store, Duration::from_secs(2), "the sale of product d000…");
+    return_most_of_it(&mut db, store);
+    cache_follows(&mut db, &mut redis, store, Duration::from_secs(1), "the return");
 
     // Redis goes away during a burst: sales go on at full speed, the outbox grows and says why.
     redis::cmd("SHUTDOWN").arg("NOSAVE").exec(&mut redis).ok();
@@ -428,5 +459,136 @@ fn committed_events_reach_their_streams_once_in_order_through_failures() {
     if let Ok(text) = std::fs::read_to_string(format!("{log}/postgres.log")) {
         assert!(!text.contains(PASSWORD), "the Redis password is in the server log");
     }
+}
 
+/// A source schema named like SQL: `_note_changed_stores` (its lookups of returned sales) and
+/// `_ensure_stream_trigger` (CREATE TRIGGER) build statements around it.
+const ODD_SCHEMA: &str = "Tienda \"Ñ\"; DROP TABLE public.decoy; --";
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[test]
+fn a_source_schema_whose_name_needs_quoting_streams_and_caches() {
+    let _one_at_a_time = serial();
+    let _off_at_the_end = StreamingOff::now();
+    let database = "lacaja_test_streaming_names";
+    let mut admin = connect("postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let mut db = connect(database);
+    let schema = quote_ident(ODD_SCHEMA);
+    db.batch_execute(&format!("CREATE TABLE public.decoy (); CREATE SCHEMA {schema}; SET search_path = {schema}, public;")).unwrap();
+    db.batch_execute(common::FIXTURE).unwrap();
+    common::add_pos_stores(&mut db);
+    db.execute("SELECT set_config('lacaja_analytics.source_schema', $1, false)", &[&ODD_SCHEMA]).unwrap();
+    db.batch_execute("CREATE EXTENSION lacaja_analytics").unwrap();
+    let attached: String = db.query_one("SELECT source_schema::text FROM analytics_internal.source_config", &[]).unwrap().get(0);
+    assert_eq!(attached, ODD_SCHEMA);
+    let mut redis = redis();
+    create_redis_user(&mut redis);
+
+    streaming_on_for(database);
+    common::eventually_in(database, "the publisher to capture the odd schema's events", Duration::from_secs(30), Duration::from_millis(100), |db| {
+        status(db, "capturing") == "true" && status(db, "publisher_running") == "true"
+    });
+    let on: (String, String) = {
+        let row = db
+            .query_one(
+                "SELECT n.nspname::text, c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = 'lacaja_analytics_stream_events'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(on, (ODD_SCHEMA.to_string(), "events".to_string()));
+
+    let store = STORES[0];
+    redis::cmd("DEL").arg(format!("events:{store}")).query::<()>(&mut redis).unwrap();
+    let event = insert_event(&mut db, store, 1);
+    sell_a_product(&mut db, store);
+    cache_follows(&mut db, &mut redis, store, Duration::from_secs(2), "a sale in the odd schema");
+    return_most_of_it(&mut db, store);
+    cache_follows(&mut db, &mut redis, store, Duration::from_secs(1), "a return in the odd schema (stores looked up by name)");
+    common::eventually_in(database, "the event on its stream", Duration::from_secs(10), Duration::from_millis(50), |db| {
+        try_status(db, "backlog").as_deref() == Some("0")
+    });
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(format!("events:{store}")).arg("-").arg("+").query(&mut redis).unwrap();
+    let ids: Vec<&str> =
+        entries.iter().flat_map(|(_, fields)| fields.iter().filter(|(k, _)| k == "event_id").map(|(_, v)| v.as_str())).collect();
+    assert_eq!(ids, [event.as_str()]);
+    // the name ran as a name: nothing dropped, nothing failed
+    let decoy: Option<String> = db.query_one("SELECT to_regclass('public.decoy')::text", &[]).unwrap().get(0);
+    assert_eq!(decoy.as_deref(), Some("decoy"));
+    assert_eq!(status(&mut db, "last_error"), "");
+    // (the test sale leaves out its subtotals and discounts, which are recorded as missing)
+    let ingest_errors: i64 =
+        db.query_one("SELECT count(*) FROM analytics.ingest_errors WHERE problem <> 'missing'", &[]).unwrap().get(0);
+    assert_eq!(ingest_errors, 0);
+    drop(db);
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).unwrap();
+}
+
+/// Turning streaming on puts a trigger on `events`, whose lock (SHARE ROW EXCLUSIVE) waits
+/// for every open transaction that wrote there. Behind a long one, the publisher's short tries
+/// give way: registers go on writing at full speed, `stream_status` and `health()` say why
+/// nothing is captured yet, and the trigger goes on once the long transaction ends.
+#[test]
+fn turning_streaming_on_gives_way_to_a_long_transaction_on_events() {
+    let _one_at_a_time = serial();
+    let _off_at_the_end = StreamingOff::now();
+    let database = "lacaja_test_streaming_locks";
+    let mut db = common::lacaja_database(database);
+    let mut redis = redis();
+    create_redis_user(&mut redis);
+    // a sync batch still open (or a report that wrote to events): ROW EXCLUSIVE held
+    let mut long = connect(database);
+    long.batch_execute("BEGIN").unwrap();
+    insert_event(&mut long, STORES[1], 1);
+
+    streaming_on_for(database);
+    let started = Instant::now();
+    let (mut slowest, mut inserts, mut gave_way_at) = (Duration::ZERO, 0i64, None::<Instant>);
+    // registers write until the publisher has given way, and 2 s beyond (another round of tries)
+    while gave_way_at.is_none_or(|at| at.elapsed() < Duration::from_secs(2)) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the publisher never reported giving way");
+        let insert_started = Instant::now();
+        insert_event(&mut db, STORES[0], 10 + inserts);
+        slowest = slowest.max(insert_started.elapsed());
+        inserts += 1;
+        if gave_way_at.is_none() && status(&mut db, "last_error").contains("putting the outbox trigger on events") {
+            gave_way_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(slowest < Duration::from_millis(250), "a register waited {slowest:?} behind the publisher ({inserts} inserts)");
+    assert_eq!(status(&mut db, "capturing"), "false");
+    let error = status(&mut db, "last_error");
+    assert!(error.contains("SQLSTATE 55P03") && error.contains("SHARE ROW EXCLUSIVE"), "{error}");
+    let (state, detail, hint): (String, String, String) = {
+        let row = db.query_one("SELECT status, detail, hint FROM analytics.health() WHERE check_name = 'streaming'", &[]).unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(state, "problem");
+    assert!(detail.contains("not captured yet") && detail.contains("55P03"), "{detail}");
+    assert!(hint.contains("long transaction"), "{hint}");
+
+    long.batch_execute("COMMIT").unwrap();
+    common::eventually_in(database, "the trigger once the long transaction ended", Duration::from_secs(20), Duration::from_millis(100), |db| {
+        status(db, "capturing") == "true"
+    });
+    redis::cmd("DEL").arg(format!("events:{}", STORES[2])).query::<()>(&mut redis).unwrap();
+    let event = insert_event(&mut db, STORES[2], 1);
+    common::eventually_in(database, "the event on its stream", Duration::from_secs(10), Duration::from_millis(50), |db| {
+        try_status(db, "backlog").as_deref() == Some("0")
+    });
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(format!("events:{}", STORES[2])).arg("-").arg("+").query(&mut redis).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].1.contains(&("event_id".to_string(), event)));
+    drop((db, long));
+    connect("postgres").batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).unwrap();
 }

@@ -240,8 +240,11 @@ fn fold_rows_of_current_level() {
         let owner = c.owner;
         match c.frames.last_mut() {
             Some(frame) if frame.level == level => {
-                let stores = frame.changed_stores();
-                frame.folded_stores = stores;
+                // Only the dashboard cache needs the stores folded early (noted at commit);
+                // without streaming, the sales path does not pay for collecting them.
+                if crate::streaming::enabled() {
+                    frame.folded_stores = frame.changed_stores();
+                }
                 (owner, std::mem::take(&mut frame.sales), std::mem::take(&mut frame.stock))
             }
             _ => (owner, Vec::new(), Vec::new()),
