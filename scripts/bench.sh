@@ -8,7 +8,7 @@
 #   scripts/bench.sh --sales 1M        the default
 #   scripts/bench.sh --sales 100k      a quick run (CI runs it with --output, not asserting timings)
 # Other options: --stores N --days N --duration SECONDS --runs N --output FILE.
-# Sections of their own: --events N, --compression N, --streaming N, --anomalies, --warehouse N.
+# Sections of their own: --events N, --compression N, --streaming N, --anomalies, --forecast, --warehouse N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 # Release helper (docs/operations.md, "Making a release"): copies into the update script the
-# current definition, from sql/*.sql, of every function or procedure the script creates, so that
+# current definition, from sql/*.sql and src/**/*.sql, of every function or procedure the script creates, so that
 # one changed again after it was written is not left behind. Run from the repository's root.
 import glob
 import re
 
-FILES=[f for f in sorted(glob.glob('sql/*.sql')) if not f.startswith('sql/lacaja_analytics--')]
+FILES=[f for f in sorted(glob.glob('sql/*.sql')) if not f.startswith('sql/lacaja_analytics--')]+sorted(glob.glob('src/**/*.sql', recursive=True))
 src={f:open(f).read() for f in FILES}
 p=sorted(glob.glob('sql/lacaja_analytics--*--*.sql'))[-1]
 s=open(p).read()

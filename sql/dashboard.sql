@@ -141,7 +141,10 @@ BEGIN
                           SELECT f.total_products, f.low_stock_count, f.out_of_stock_count, f.stock_value_bs, f.stock_value_usd
                           FROM analytics_internal._inventory_figures(_kpis.store_id) AS f) AS m),
         'top_product', top,
-        'top_category', top_category);
+        'top_category', top_category,
+        -- what today should bring (src/forecast): the figures and the 80 % interval, or why not
+        'forecast_today', (SELECT f - 'store_id' - 'day'
+                           FROM jsonb_array_elements(analytics_internal._forecast_sales_json(ARRAY[_kpis.store_id], now(), 1)) AS f));
 END
 $$;
 

@@ -33,7 +33,7 @@ BEGIN
     'analytics.index_builds', 'analytics.index_builds_id_seq',
     'analytics.hypertable_conversions', 'analytics.hypertable_conversions_conversion_id_seq',
     'analytics.anomaly_predictions', 'analytics.anomaly_predictions_id_seq',
-    'analytics_internal.real_time_metric_state', 'analytics_internal.alert_state',
+    'analytics_internal.real_time_metric_state', 'analytics_internal.alert_state', 'analytics_internal.stock_out_alert_state',
     -- the warehouse: history the source does not keep (product versions), and its facts
     'analytics_internal.warehouse_state', 'analytics_internal.warehouse_changes',
     'analytics_internal.warehouse_product_changes', 'analytics_internal.warehouse_product_changes_change_id_seq',
@@ -71,6 +71,8 @@ BEGIN
             'easter_sunday', 'venezuela_holidays',
             -- dashboards: each checks that its caller may read the rollups (and the store)
             'kpis', 'sales_by_day', 'top_products', 'heatmap', 'inventory_metrics_of', 'current_metrics', 'stock_drift',
+            -- predictions: the same checks
+            'forecast_sales', 'forecast_sales_hourly', 'stock_forecast',
             -- warehouse reports: read fact_sales with the caller's rights
             'report_lines', 'report_sales_by_category_month', 'report_sales_by_weekday_hour',
             'report_sales_by_payment_month', 'report_product_abc',

@@ -1612,6 +1612,10 @@ BEGIN
                        revenue_bs numeric, revenue_usd numeric, times_sold bigint, returned_bs numeric, returned_usd numeric)
         LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
         analytics_internal._products_sold_body(products));
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._forecast_products(for_store uuid)
+        RETURNS TABLE (product_id uuid, name text, unit text, by_weight boolean, low_stock_threshold numeric)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$f$,
+        analytics_internal._forecast_products_body(products));
     EXECUTE format($f$CREATE OR REPLACE FUNCTION analytics_internal._customer_figures(for_store uuid DEFAULT NULL)
         RETURNS TABLE (store_id uuid, total_customers bigint, customers_with_debt bigint, total_debt_bs numeric, total_debt_usd numeric,
                        active_customers_30d bigint)

@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 use statrs::distribution::{ContinuousCDF, DiscreteCDF, Normal, Poisson};
 use std::collections::BTreeMap;
 
+use crate::forecast::model::median;
+
 const WEEKS: i32 = 8;
 const MIN_HISTORY: usize = 4;
 /// How much a store's trade swings from one day to the next for no reason (weather, a
@@ -111,16 +113,6 @@ enum Window {
 }
 
 const DAILY_METRICS: [Metric; 5] = [Metric::RevenueBs, Metric::RevenueUsd, Metric::Count, Metric::TicketBs, Metric::TicketUsd];
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
 
 /// A verdict on one value against its baseline: None when there is nothing to say.
 struct Judgement {

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod anomaly;
 mod capture;
 mod compression;
+mod forecast;
 mod guc;
 mod hypertable;
 mod indexes;

@@ -10,6 +10,7 @@
 mod compression;
 mod streaming;
 mod anomalies;
+mod forecast;
 mod timeseries;
 mod warehouse;
 
@@ -43,6 +44,8 @@ struct Args {
     warehouse: Option<u64>,
     /// `--anomalies`: (stores, days), defaults 100 stores over 120 days
     anomalies: Option<(u64, u64)>,
+    /// `--forecast`: (stores, days), defaults 50 stores over 150 days
+    forecast: Option<(u64, u64)>,
     seed: u64,
 }
 
@@ -64,9 +67,10 @@ fn usage(problem: &str) -> ! {
          \x20      scripts/bench.sh --compression 10M [--days N] [--runs N] [--output FILE]\n\
          \x20      scripts/bench.sh --streaming 100k [--output FILE]\n\
          \x20      scripts/bench.sh --anomalies [--stores N] [--days N] [--seed N] [--output FILE]\n\
+         \x20      scripts/bench.sh --forecast [--stores N] [--days N] [--seed N] [--output FILE]\n\
          \x20      scripts/bench.sh --warehouse 10M [--stores N] [--days N] [--runs N] [--output FILE]\n\
          Builds the database lacaja_bench (lacaja_bench_events) on the local cluster and rewrites docs/benchmarks.md\n\
-         (or FILE; --events, --compression, --streaming, --anomalies and --warehouse rewrite only their own section)."
+         (or FILE; --events, --compression, --streaming, --anomalies, --forecast and --warehouse rewrite only their own section)."
     );
     std::process::exit(2)
 }
@@ -78,7 +82,7 @@ impl Args {
         let mut i = 0;
         while i < raw.len() {
             let key = raw[i].trim_start_matches("--").to_string();
-            if key == "anomalies" {
+            if key == "anomalies" || key == "forecast" {
                 given.insert(key, String::new());
                 i += 1;
                 continue;
@@ -109,6 +113,9 @@ impl Args {
             warehouse: given.get("warehouse").map(|s| parse_count(s)),
             anomalies: given.contains_key("anomalies").then(|| {
                 (given.get("stores").map(|s| parse_count(s)).unwrap_or(100), given.get("days").map(|s| parse_count(s)).unwrap_or(120))
+            }),
+            forecast: given.contains_key("forecast").then(|| {
+                (given.get("stores").map(|s| parse_count(s)).unwrap_or(50), given.get("days").map(|s| parse_count(s)).unwrap_or(150))
             }),
             seed: given.get("seed").map(|s| parse_count(s)).unwrap_or(42),
         }
@@ -514,6 +521,10 @@ fn main() {
         anomalies::run(&args.server, stores, days, args.seed, &args.command, &args.output);
         return;
     }
+    if let Some((stores, days)) = args.forecast {
+        forecast::run(&args.server, stores, days, args.seed, &args.command, &args.output);
+        return;
+    }
     if let Some(sales) = args.warehouse {
         warehouse::run(&args.server, sales, args.stores, args.days, args.runs, &args.command, &args.output);
         return;
@@ -741,7 +752,7 @@ fn main() {
     // The events and anomaly benchmarks are commands of their own; their sections stay as
     // they last wrote them.
     for (begin, end) in [(timeseries::BEGIN, timeseries::END), (compression::BEGIN, compression::END), (streaming::BEGIN, streaming::END),
-                         (anomalies::BEGIN, anomalies::END), (warehouse::BEGIN, warehouse::END),
+                         (anomalies::BEGIN, anomalies::END), (forecast::BEGIN, forecast::END), (warehouse::BEGIN, warehouse::END),
                          (BY_HAND_BEGIN, BY_HAND_END)] {
         if let Some(section) = current_section(&output, begin, end) {
             let _ = write!(md, "\n{section}\n");

@@ -10,7 +10,7 @@ members AS (
     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
 generated (name) AS (
     VALUES ('_fold_rows'), ('_fold_items'), ('_inventory_figures'), ('_product_stock'), ('_stock_stores'), ('_stock_drift'), ('_products_sold'),
-           ('_customer_figures'),
+           ('_customer_figures'), ('_forecast_products'),
            ('_capture_warehouse_sales'), ('_capture_warehouse_items'), ('_capture_warehouse_item_returns'),
            ('_capture_warehouse_products'))
 SELECT 'function' AS kind, p.oid::regprocedure::text AS object,
