@@ -107,6 +107,7 @@ DECLARE
     previous jsonb;
     top jsonb;
     top_category jsonb;
+    forecast jsonb;
 BEGIN
     IF store_id IS NULL THEN
         RAISE EXCEPTION 'kpis needs a store id';
@@ -128,6 +129,14 @@ BEGIN
             FROM sold p WHERE p.category IS NOT NULL
             GROUP BY p.category HAVING sum(p.net_qty) <> 0 ORDER BY sum(p.net_qty) DESC, p.category LIMIT 1)
       INTO top, top_category;
+    -- what today should bring (src/forecast): the figures and the 80 % interval, or why not;
+    -- the dashboard never fails for it
+    BEGIN
+        forecast := (SELECT f - 'store_id' - 'day'
+                     FROM jsonb_array_elements(analytics_internal._forecast_sales_json(ARRAY[_kpis.store_id], now(), 1)) AS f);
+    EXCEPTION WHEN OTHERS THEN
+        forecast := jsonb_build_object('status', 'unavailable', 'note', SQLERRM);
+    END;
     RETURN jsonb_build_object(
         'store_id', store_id,
         'timezone', analytics.store_timezone(store_id),
@@ -142,9 +151,7 @@ BEGIN
                           FROM analytics_internal._inventory_figures(_kpis.store_id) AS f) AS m),
         'top_product', top,
         'top_category', top_category,
-        -- what today should bring (src/forecast): the figures and the 80 % interval, or why not
-        'forecast_today', (SELECT f - 'store_id' - 'day'
-                           FROM jsonb_array_elements(analytics_internal._forecast_sales_json(ARRAY[_kpis.store_id], now(), 1)) AS f));
+        'forecast_today', forecast);
 END
 $$;
 

@@ -18,7 +18,6 @@
 //! stock now until it runs out; the interval and the reorder quantity use the product's own
 //! day-to-day dispersion (never below Poisson for products sold by the unit).
 
-use statrs::distribution::{DiscreteCDF, Poisson};
 
 /// Days of history a sales forecast reads.
 pub const WINDOW_DAYS: i32 = 56;
@@ -152,11 +151,28 @@ pub fn theil_sen_slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-/// Poisson's 10th and 90th percentiles for a mean of `expected`.
+/// Poisson's 10th and 90th percentiles for a mean of `expected`: summed exactly up to a mean
+/// of 500, by the normal approximation above (statrs' search panics on some means).
 fn poisson_band(expected: f64) -> (f64, f64) {
-    match Poisson::new(expected) {
-        Ok(poisson) => (poisson.inverse_cdf(0.10) as f64, poisson.inverse_cdf(0.90) as f64),
-        Err(_) => (0.0, 0.0),
+    if !expected.is_finite() || expected <= 0.0 {
+        return (0.0, 0.0);
+    }
+    if expected > 500.0 {
+        let spread = Z80 * expected.sqrt();
+        return ((expected - spread).round().max(0.0), (expected + spread).round());
+    }
+    let (mut low, mut k, mut pmf) = (None, 0.0f64, (-expected).exp());
+    let mut cdf = pmf;
+    loop {
+        if low.is_none() && cdf >= 0.10 {
+            low = Some(k);
+        }
+        if cdf >= 0.90 {
+            return (low.unwrap_or(k), k);
+        }
+        k += 1.0;
+        pmf *= expected / k;
+        cdf += pmf;
     }
 }
 
@@ -314,7 +330,7 @@ impl SalesModel {
         let fits = (usable.len() >= MIN_DAYS).then(|| {
             let count: f64 = usable.iter().map(|d| d.figures.count).sum();
             // one average ticket: the unit of the money metrics' errors
-            let ticket = |metric: usize| usable.iter().map(|d| d.figures.metric(metric)).sum::<f64>() / count;
+            let ticket = |metric: usize| (usable.iter().map(|d| d.figures.metric(metric)).sum::<f64>() / count).max(0.01);
             [MetricFit::new(&usable, 0, 1.0), MetricFit::new(&usable, 1, ticket(1)), MetricFit::new(&usable, 2, ticket(2))]
         });
         let ordinary = (!usable.is_empty()).then(|| usable.iter().map(|d| d.figures.count).sum::<f64>() / usable.len() as f64);
@@ -587,6 +603,17 @@ mod tests {
 
     fn flat(_: i32) -> f64 {
         1.0
+    }
+
+    #[test]
+    fn poisson_percentiles() {
+        // (mean, 10th, 90th): Poisson tables
+        for (mean, low, high) in [(0.5, 0.0, 1.0), (3.0, 1.0, 5.0), (10.0, 6.0, 14.0), (100.0, 87.0, 113.0), (0.0, 0.0, 0.0)] {
+            assert_eq!(poisson_band(mean), (low, high), "{mean}");
+        }
+        let (low, high) = poisson_band(10_000.0);
+        assert!((low - 9872.0).abs() <= 1.0 && (high - 10128.0).abs() <= 1.0, "{low} {high}");
+        assert_eq!(poisson_band(f64::NAN), (0.0, 0.0));
     }
 
     #[test]
