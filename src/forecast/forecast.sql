@@ -15,7 +15,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 GROUP BY p.day HAVING sum(p.sales_count) > 0 ORDER BY p.day LIMIT 1) AS first_day
         FROM (SELECT s AS store_id, (at AT TIME ZONE analytics.store_timezone(s))::date AS today FROM unnest(stores) AS s) AS o)
     SELECT o.store_id, d.day - o.today, extract(dow FROM d.day)::int,
-           coalesce(d.sales_count, 0), coalesce(d.total_bs, 0), coalesce(d.total_usd, 0),
+           -- (sums beyond what a double holds, from hostile amounts, are held at its range)
+           coalesce(d.sales_count, 0), least(greatest(coalesce(d.total_bs, 0), -1e300), 1e300),
+           least(greatest(coalesce(d.total_usd, 0), -1e300), 1e300),
            EXISTS (SELECT 1 FROM analytics.holidays h WHERE h.day = d.day AND (h.store_id IS NULL OR h.store_id = o.store_id))
     FROM origin o
     CROSS JOIN LATERAL (
