@@ -520,6 +520,10 @@ fn a_source_schema_whose_name_needs_quoting_streams_and_caches() {
     let ids: Vec<&str> =
         entries.iter().flat_map(|(_, fields)| fields.iter().filter(|(k, _)| k == "event_id").map(|(_, v)| v.as_str())).collect();
     assert_eq!(ids, [event.as_str()]);
+    // the forecasts' generated reader of products and the alerts' writes name that schema too
+    let products: i64 = db.query_one("SELECT count(*) FROM analytics.stock_forecast($1::text::uuid)", &[&store]).unwrap().get(0);
+    assert_eq!(products, 1, "Harina, read through _forecast_products");
+    db.batch_execute("SELECT analytics.refresh_forecast_alerts(7)").unwrap();
     // the name ran as a name: nothing dropped, nothing failed
     let decoy: Option<String> = db.query_one("SELECT to_regclass('public.decoy')::text", &[]).unwrap().get(0);
     assert_eq!(decoy.as_deref(), Some("decoy"));
