@@ -2,31 +2,54 @@
 -- in Rust (src/forecast/model.rs); these functions gather its history, and the public ones
 -- turn its JSON into rows for readers of the rollups (the pattern of analytics.kpis).
 
+-- Each store's local day of `at` and its zone, computed once (MATERIALIZED where used: a
+-- flattened subquery would compute them again for every row joined to them).
+--
+-- These functions read a few hundred rows a store by their keys. JIT is off in each: the
+-- planner cannot see how many stores or days they are given, guesses thousands, and would
+-- spend 100 ms and more compiling a plan that runs in one.
+CREATE FUNCTION analytics_internal._forecast_origins(stores uuid[], at timestamptz)
+RETURNS TABLE (store_id uuid, tz text, today date)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off ROWS 10 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT z.store_id, z.tz, (at AT TIME ZONE z.tz)::date
+    FROM (SELECT s AS store_id, analytics.store_timezone(s) AS tz FROM unnest(stores) AS s OFFSET 0) AS z;
+END
+$$;
+
 -- Each store's local days before the local day of `at` within `days` days, from its first
 -- sale in that window on (earlier days are no history: the store did not trade yet), with
 -- their sales and whether they are holidays.
 CREATE FUNCTION analytics_internal._forecast_history(stores uuid[], at timestamptz, days int)
 RETURNS TABLE (store_id uuid, day_offset int, weekday int, sales_count bigint, total_bs numeric, total_usd numeric, holiday boolean)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH origin AS (
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH origin AS MATERIALIZED (
         SELECT o.store_id, o.today,
                (SELECT p.day FROM analytics_internal.sales_daily_parts p
                 WHERE p.store_id = o.store_id AND p.day >= o.today - days AND p.day < o.today
                 GROUP BY p.day HAVING sum(p.sales_count) > 0 ORDER BY p.day LIMIT 1) AS first_day
-        FROM (SELECT s AS store_id, (at AT TIME ZONE analytics.store_timezone(s))::date AS today FROM unnest(stores) AS s) AS o)
+        FROM analytics_internal._forecast_origins(stores, at) AS o)
     SELECT o.store_id, d.day - o.today, extract(dow FROM d.day)::int,
            -- (sums beyond what a double holds, from hostile amounts, are held at its range)
            coalesce(d.sales_count, 0), least(greatest(coalesce(d.total_bs, 0), -1e300), 1e300),
            least(greatest(coalesce(d.total_usd, 0), -1e300), 1e300),
-           EXISTS (SELECT 1 FROM analytics.holidays h WHERE h.day = d.day AND (h.store_id IS NULL OR h.store_id = o.store_id))
-    FROM origin o
+           d.day = ANY (o.holidays)
+    FROM (SELECT o.*, ARRAY(SELECT h.day FROM analytics.holidays h
+                            WHERE h.day >= o.first_day AND h.day < o.today AND (h.store_id IS NULL OR h.store_id = o.store_id)) AS holidays
+          FROM origin o) AS o
     CROSS JOIN LATERAL (
         SELECT g.day, f.sales_count, f.total_bs, f.total_usd
         FROM (SELECT generate_series(o.first_day, o.today - 1, interval '1 day')::date AS day) AS g
         LEFT JOIN (SELECT p.day, sum(p.sales_count)::bigint AS sales_count, sum(p.total_bs) AS total_bs, sum(p.total_usd) AS total_usd
                    FROM analytics_internal.sales_daily_parts p
                    WHERE p.store_id = o.store_id AND p.day >= o.first_day AND p.day < o.today
-                   GROUP BY p.day) AS f ON f.day = g.day) AS d
+                   GROUP BY p.day) AS f ON f.day = g.day) AS d;
+END
 $$;
 
 -- The days to forecast: the local day of `at` (offset 0) and the `days` - 1 after it, with
@@ -34,56 +57,65 @@ $$;
 -- since its midnight).
 CREATE FUNCTION analytics_internal._forecast_days(stores uuid[], at timestamptz, days int)
 RETURNS TABLE (store_id uuid, day_offset int, day date, weekday int, holiday boolean, clock_hours float8)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT o.store_id, k, o.today + k, extract(dow FROM o.today + k)::int,
            EXISTS (SELECT 1 FROM analytics.holidays h WHERE h.day = o.today + k AND (h.store_id IS NULL OR h.store_id = o.store_id)),
            extract(epoch FROM o.clock - o.today::timestamp)::float8 / 3600
-    FROM (SELECT s AS store_id, at AT TIME ZONE analytics.store_timezone(s) AS clock,
-                 (at AT TIME ZONE analytics.store_timezone(s))::date AS today
-          FROM unnest(stores) AS s) AS o
-    CROSS JOIN generate_series(0, days - 1) AS k
+    FROM (SELECT x.store_id, x.today, at AT TIME ZONE x.tz AS clock
+          FROM analytics_internal._forecast_origins(stores, at) AS x OFFSET 0) AS o
+    CROSS JOIN generate_series(0, days - 1) AS k;
+END
 $$;
 
--- The store's sales by weekday and local hour over the ordinary days of the window (how its
+-- Each store's sales by weekday and local hour over the ordinary days of the window (how its
 -- days are shared between their hours).
-CREATE FUNCTION analytics_internal._forecast_hours(store uuid, at timestamptz, days int)
-RETURNS TABLE (weekday int, hour int, sales_count bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT extract(dow FROM p.local_hour)::int, extract(hour FROM p.local_hour)::int, sum(p.sales_count)::bigint
-    FROM (SELECT analytics.store_timezone(store) AS tz, (at AT TIME ZONE analytics.store_timezone(store))::date AS today) AS o
+CREATE FUNCTION analytics_internal._forecast_hours(stores uuid[], at timestamptz, days int)
+RETURNS TABLE (store_id uuid, weekday int, hour int, sales_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH origin AS MATERIALIZED (SELECT * FROM analytics_internal._forecast_origins(stores, at))
+    SELECT o.store_id, extract(dow FROM p.local_hour)::int, extract(hour FROM p.local_hour)::int, sum(p.sales_count)::bigint
+    FROM origin o
     JOIN analytics_internal.sales_hourly_parts p
-      ON p.store_id = store
+      ON p.store_id = o.store_id
      -- by the key's bucket (a day either side for the zone), then exactly by local hour
      AND p.bucket >= ((o.today - days)::timestamp AT TIME ZONE o.tz) - interval '1 day'
      AND p.bucket < (o.today::timestamp AT TIME ZONE o.tz) + interval '1 day'
      AND p.local_hour >= (o.today - days)::timestamp AND p.local_hour < o.today::timestamp
     WHERE NOT EXISTS (SELECT 1 FROM analytics.holidays h
-                      WHERE h.day = p.local_hour::date AND (h.store_id IS NULL OR h.store_id = store))
-    GROUP BY 1, 2
+                      WHERE h.day = p.local_hour::date AND (h.store_id IS NULL OR h.store_id = o.store_id))
+    GROUP BY 1, 2, 3
 $$;
 
--- The holidays of the store (national or its own) from a year before the local day of `at` to
+-- Each store's holidays (national or its own) from a year before its local day of `at` to
 -- `ahead` days after it, with its sales on those already past: how it trades on holidays.
-CREATE FUNCTION analytics_internal._forecast_holidays(store uuid, at timestamptz, ahead int)
-RETURNS TABLE (day_offset int, sales_count bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT h.day - o.today,
+CREATE FUNCTION analytics_internal._forecast_holidays(stores uuid[], at timestamptz, ahead int)
+RETURNS TABLE (store_id uuid, day_offset int, sales_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH origin AS MATERIALIZED (SELECT * FROM analytics_internal._forecast_origins(stores, at))
+    SELECT o.store_id, h.day - o.today,
            (SELECT coalesce(sum(p.sales_count), 0)::bigint FROM analytics_internal.sales_daily_parts p
-            WHERE p.store_id = store AND p.day = h.day)
-    FROM (SELECT (at AT TIME ZONE analytics.store_timezone(store))::date AS today) AS o
-    JOIN analytics.holidays h ON h.day >= o.today - 365 AND h.day < o.today + ahead AND (h.store_id IS NULL OR h.store_id = store)
+            WHERE p.store_id = o.store_id AND p.day = h.day)
+    FROM origin o
+    JOIN analytics.holidays h ON h.day >= o.today - 365 AND h.day < o.today + ahead AND (h.store_id IS NULL OR h.store_id = o.store_id)
 $$;
 
 -- Each product's net quantity (sold − returned, returns on the day of their sale) on each
--- local day of the window before the local day of `at`.
-CREATE FUNCTION analytics_internal._forecast_demand(store uuid, at timestamptz, days int)
-RETURNS TABLE (product_id uuid, day_offset int, net_qty numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p.product_id, p.day - o.today, sum(p.qty - p.returned_qty)
-    FROM (SELECT (at AT TIME ZONE analytics.store_timezone(store))::date AS today) AS o
-    JOIN analytics_internal.product_daily_parts p ON p.store_id = store AND p.day >= o.today - days AND p.day < o.today
-    GROUP BY p.product_id, p.day, o.today
-    HAVING sum(p.lines) <> 0
+-- local day of the window before each store's local day of `at`.
+CREATE FUNCTION analytics_internal._forecast_demand(stores uuid[], at timestamptz, days int)
+RETURNS TABLE (store_id uuid, product_id uuid, day_offset int, net_qty numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH origin AS MATERIALIZED (SELECT * FROM analytics_internal._forecast_origins(stores, at))
+    SELECT o.store_id, d.product_id, d.day - o.today, d.net_qty
+    FROM origin o
+    CROSS JOIN LATERAL (
+        SELECT p.product_id, p.day, sum(p.qty - p.returned_qty) AS net_qty
+        FROM analytics_internal.product_daily_parts p
+        WHERE p.store_id = o.store_id AND p.day >= o.today - days AND p.day < o.today
+        GROUP BY p.product_id, p.day
+        HAVING sum(p.lines) <> 0) AS d
 $$;
 
 -- The store's active products as the stock forecast needs them (generated by attach() from
@@ -195,36 +227,44 @@ BEGIN ATOMIC
     SELECT * FROM analytics_internal._forecast_sales_hourly(store_id, at, analytics_internal._caller_token());
 END;
 
--- The stock outlook of the given products (JSON: product_id, stock, low_stock_threshold,
--- by_weight) at `at`, with names and units from `products`: what stock_forecast() returns for
--- the stock now, and what the backtest (scripts/bench.sh --forecast) asks of a past stock.
-CREATE FUNCTION analytics_internal._stock_outlook(store_id uuid, cover_days int, at timestamptz, products jsonb)
-RETURNS TABLE (product_id uuid, name text, unit text, stock numeric, low_stock_threshold numeric, daily_demand numeric,
+-- The stock outlook of the given products (JSON: store_id, product_id, stock,
+-- low_stock_threshold, by_weight, name, unit) at `at`: what stock_forecast() returns for the
+-- stock now, what the alerts ask for every store at once, and what the backtest
+-- (scripts/bench.sh --forecast) asks of a past stock.
+CREATE FUNCTION analytics_internal._stock_outlook(cover_days int, at timestamptz, products jsonb)
+RETURNS TABLE (store_id uuid, product_id uuid, name text, unit text, stock numeric, low_stock_threshold numeric, daily_demand numeric,
                days_of_cover numeric, stockout_date date, stockout_earliest date, stockout_latest date, reorder_qty numeric,
                status text, note text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p.product_id, p.name, p.unit, p.stock, p.low_stock_threshold, o.daily_demand, o.days_of_cover,
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH outlook AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(analytics_internal._stock_forecast_json(at, cover_days, products))
+             AS o (store_id uuid, product_id uuid, status text, daily_demand numeric, days_of_cover numeric, stockout_offset int,
+                   stockout_earliest_offset int, stockout_latest_offset int, reorder_qty numeric, note text)),
+    origin AS MATERIALIZED (
+        SELECT * FROM analytics_internal._forecast_origins(ARRAY(SELECT DISTINCT o.store_id FROM outlook o), at))
+    SELECT p.store_id, p.product_id, p.name, p.unit, p.stock, p.low_stock_threshold, o.daily_demand, o.days_of_cover,
            d.today + o.stockout_offset, d.today + o.stockout_earliest_offset, d.today + o.stockout_latest_offset,
            round(o.reorder_qty, CASE WHEN coalesce(p.by_weight, false) THEN 3 ELSE 0 END), o.status, o.note
-    FROM (SELECT (at AT TIME ZONE analytics.store_timezone(store_id))::date AS today) AS d
-    CROSS JOIN jsonb_to_recordset(analytics_internal._stock_forecast_json(store_id, at, cover_days, products))
-         AS o (product_id uuid, status text, daily_demand numeric, days_of_cover numeric, stockout_offset int,
-               stockout_earliest_offset int, stockout_latest_offset int, reorder_qty numeric, note text)
-    JOIN jsonb_to_recordset(products) AS p (product_id uuid, name text, unit text, by_weight boolean, stock numeric,
+    FROM outlook o
+    JOIN origin d ON d.store_id = o.store_id
+    JOIN jsonb_to_recordset(products) AS p (store_id uuid, product_id uuid, name text, unit text, by_weight boolean, stock numeric,
                                             low_stock_threshold numeric)
-      ON p.product_id = o.product_id
-    ORDER BY d.today + o.stockout_offset NULLS LAST, p.name, p.product_id
+      ON p.store_id = o.store_id AND p.product_id = o.product_id
+    ORDER BY p.store_id, d.today + o.stockout_offset NULLS LAST, p.name, p.product_id
 $$;
 
--- The store's active products with their stock now (SPEC §2 product_stock; none: 0), as
+-- The stores' active products with their stock now (SPEC §2 product_stock; none: 0), as
 -- _stock_outlook takes them.
-CREATE FUNCTION analytics_internal._products_in_stock(store_id uuid) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object('product_id', p.product_id, 'name', p.name, 'unit', p.unit,
-                                                 'by_weight', p.by_weight, 'low_stock_threshold', p.low_stock_threshold,
-                                                 'stock', coalesce(s.stock, 0))), '[]')
-    FROM analytics_internal._forecast_products(store_id) AS p
-    LEFT JOIN analytics_internal._product_stock(store_id) AS s ON s.product_id = p.product_id
+CREATE FUNCTION analytics_internal._products_in_stock(stores uuid[]) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('store_id', s.store_id, 'product_id', p.product_id, 'name', p.name,
+                                                 'unit', p.unit, 'by_weight', p.by_weight,
+                                                 'low_stock_threshold', p.low_stock_threshold, 'stock', p.stock)), '[]')
+    FROM unnest(stores) AS s (store_id)
+    -- (each store's products and stock read once, then joined)
+    CROSS JOIN LATERAL (SELECT f.*, coalesce(k.stock, 0) AS stock
+                        FROM analytics_internal._forecast_products(s.store_id) AS f
+                        LEFT JOIN analytics_internal._product_stock(s.store_id) AS k ON k.product_id = f.product_id) AS p
 $$;
 
 CREATE FUNCTION analytics_internal._stock_forecast(store_id uuid, cover_days int, token bigint)
@@ -241,7 +281,9 @@ BEGIN
         RAISE EXCEPTION 'stock_forecast covers 1 to 365 days, not %', cover_days USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY
-    SELECT * FROM analytics_internal._stock_outlook(store_id, cover_days, now(), analytics_internal._products_in_stock(store_id));
+    SELECT o.product_id, o.name, o.unit, o.stock, o.low_stock_threshold, o.daily_demand, o.days_of_cover, o.stockout_date,
+           o.stockout_earliest, o.stockout_latest, o.reorder_qty, o.status, o.note
+    FROM analytics_internal._stock_outlook(cover_days, now(), analytics_internal._products_in_stock(ARRAY[store_id])) AS o;
 END
 $$;
 
@@ -326,10 +368,10 @@ BEGIN
     END IF;
     IF alerts IS NOT NULL THEN
         CREATE TEMP TABLE lacaja_stock_out_soon ON COMMIT DROP AS
-        SELECT s.store_id, o.*, (at AT TIME ZONE analytics.store_timezone(s.store_id))::date AS today
-        FROM unnest(stores) AS s (store_id)
-        CROSS JOIN LATERAL analytics_internal._stock_outlook(s.store_id, horizon_days, at, analytics_internal._products_in_stock(s.store_id)) o
-        WHERE o.stockout_date < (at AT TIME ZONE analytics.store_timezone(s.store_id))::date + horizon_days;
+        SELECT o.*, d.today
+        FROM analytics_internal._stock_outlook(horizon_days, at, analytics_internal._products_in_stock(stores)) AS o
+        JOIN analytics_internal._forecast_origins(stores, at) AS d ON d.store_id = o.store_id
+        WHERE o.stockout_date < d.today + horizon_days;
         SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'store_id', a.store_id, 'alert_type', 'stock_out_soon',
                    'severity', CASE WHEN a.stockout_date <= a.today + 1 THEN 'critical' WHEN a.stockout_date <= a.today + 3 THEN 'high'

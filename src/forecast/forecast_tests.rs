@@ -193,6 +193,52 @@ mod tests {
     }
 
     #[pg_test]
+    fn every_stores_outlook_in_one_call_is_each_stores_own() {
+        lacaja_pos();
+        eight_weeks_of_store_a();
+        // store B: another zone, its own holiday ahead, and sales on Mondays to Wednesdays only
+        run(&format!(
+            "SELECT analytics.set_store_timezone('{STORE_B}', 'Asia/Tokyo');
+             INSERT INTO analytics.holidays (day, name, store_id) VALUES (analytics.store_today('{STORE_B}') + 3, 'Aniversario', '{STORE_B}');
+             INSERT INTO products (id, store_id, name, price_bs, price_usd, cost_bs, cost_usd, low_stock_threshold)
+             VALUES ('f0000000-0000-4000-8000-000000000003', '{STORE_B}', 'Nuevo', 36.5, 1, 20, 0.5, 2);
+             CREATE TEMP TABLE planned_b AS
+             SELECT gen_random_uuid() AS id, p.sold_at + interval '1 hour' AS sold_at FROM planned p
+             WHERE extract(dow FROM p.sold_at AT TIME ZONE 'Asia/Tokyo') BETWEEN 1 AND 3;
+             INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
+             SELECT id, '{STORE_B}', sold_at, 36.5, 'BS',
+                    '{{\"subtotal_bs\": 36.5, \"subtotal_usd\": 1, \"discount_bs\": 0, \"discount_usd\": 0, \"total_bs\": 36.5, \"total_usd\": 1}}',
+                    '{{\"method\": \"CASH_BS\"}}'
+             FROM planned_b;
+             INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+             SELECT gen_random_uuid(), id, 'f0000000-0000-4000-8000-000000000003', 1, 36.5, 1 FROM planned_b;"
+        ));
+        let outlooks = |stores: &str| {
+            format!("SELECT * FROM analytics_internal._stock_outlook(14, now(), analytics_internal._products_in_stock(ARRAY[{stores}]::uuid[]))")
+        };
+        let (a, b) = (format!("'{STORE_A}'"), format!("'{STORE_B}'"));
+        let together = outlooks(&format!("{a}, {b}"));
+        let apart = format!("SELECT * FROM ({} UNION ALL {}) AS apart", outlooks(&a), outlooks(&b));
+        let rows: i64 = scalar(&format!("SELECT count(*) FROM ({together}) t")).unwrap();
+        assert_eq!(rows, 3, "two products of store A, one of store B");
+        let forecast_in_b: i64 =
+            scalar(&format!("SELECT count(*) FROM ({together}) t WHERE t.store_id = {b} AND t.status = 'forecast'")).unwrap();
+        assert_eq!(forecast_in_b, 1, "store B's product has its own history");
+        let differences: Option<String> = scalar(&format!(
+            "SELECT string_agg(d::text, E'\\n') FROM (({together} EXCEPT ALL {apart}) UNION ALL ({apart} EXCEPT ALL {together})) d"
+        ));
+        assert_eq!(differences, None);
+        // and stock_forecast() is the one store's part of it
+        let differences: Option<String> = scalar(&format!(
+            "SELECT string_agg(d::text, E'\\n') FROM ((SELECT * FROM analytics.stock_forecast({b})
+                                    EXCEPT ALL SELECT product_id, name, unit, stock, low_stock_threshold, daily_demand, days_of_cover,
+                                                      stockout_date, stockout_earliest, stockout_latest, reorder_qty, status, note
+                                               FROM ({together}) t WHERE t.store_id = {b})) d"
+        ));
+        assert_eq!(differences, None);
+    }
+
+    #[pg_test]
     fn stock_out_soon_is_raised_once_while_it_holds_and_today_is_forecast_into_real_time_metrics() {
         outcome_helper();
         lacaja_pos();

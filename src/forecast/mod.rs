@@ -125,23 +125,22 @@ fn _forecast_sales_json(stores: Vec<Uuid>, at: TimestampWithTimeZone, days: i32)
     rows_or_raise("forecast_sales", rows)
 }
 
-/// Each weekday's hour shares over the store's open ordinary days of the window.
-fn hour_shares(client: &pgrx::spi::SpiClient, store: Uuid, at: TimestampWithTimeZone) -> Result<[[f64; 24]; 7], pgrx::spi::Error> {
-    let samples: Vec<(usize, usize, f64)> = client
-        .select(
-            "SELECT weekday, hour, sales_count::float8 FROM analytics_internal._forecast_hours($1, $2, $3)",
-            None,
-            &[store.into(), at.into(), model::WINDOW_DAYS.into()],
-        )?
-        .map(|row| {
-            Ok((
-                row.get::<i32>(1)?.unwrap_or(0).clamp(0, 6) as usize,
-                row.get::<i32>(2)?.unwrap_or(0).clamp(0, 23) as usize,
-                row.get::<f64>(3)?.unwrap_or(0.0),
-            ))
-        })
-        .collect::<Result<_, pgrx::spi::Error>>()?;
-    Ok(model::hour_shares(&samples))
+/// Each store's weekday hour shares over its open ordinary days of the window.
+fn hour_shares(client: &pgrx::spi::SpiClient, stores: &[Uuid], at: TimestampWithTimeZone) -> Result<HashMap<Uuid, [[f64; 24]; 7]>, pgrx::spi::Error> {
+    let mut samples: HashMap<Uuid, Vec<(usize, usize, f64)>> = HashMap::new();
+    for row in client.select(
+        "SELECT store_id, weekday, hour, sales_count::float8 FROM analytics_internal._forecast_hours($1, $2, $3)",
+        None,
+        &[stores.to_vec().into(), at.into(), model::WINDOW_DAYS.into()],
+    )? {
+        let Some(store) = row.get::<Uuid>(1)? else { continue };
+        samples.entry(store).or_default().push((
+            row.get::<i32>(2)?.unwrap_or(0).clamp(0, 6) as usize,
+            row.get::<i32>(3)?.unwrap_or(0).clamp(0, 23) as usize,
+            row.get::<f64>(4)?.unwrap_or(0.0),
+        ));
+    }
+    Ok(samples.into_iter().map(|(store, samples)| (store, model::hour_shares(&samples))).collect())
 }
 
 /// Hourly forecasts of the store's local day of `at` and the next: the day's forecast spread
@@ -151,7 +150,7 @@ fn _forecast_hourly_json(store: Uuid, at: TimestampWithTimeZone) -> JsonB {
     let rows = Spi::connect(|client| {
         let history = histories(&client, &[store], at, model::WINDOW_DAYS)?.remove(&store).unwrap_or_default();
         let days = targets(&client, &[store], at, 2)?.remove(&store).unwrap_or_default();
-        let shares = hour_shares(&client, store, at)?;
+        let shares = hour_shares(&client, &[store], at)?.remove(&store).unwrap_or([[0.0; 24]; 7]);
         let model = SalesModel::fit(&history);
         let mut rows = Vec::new();
         for target in &days {
@@ -172,66 +171,93 @@ fn _forecast_hourly_json(store: Uuid, at: TimestampWithTimeZone) -> JsonB {
     rows_or_raise("forecast_sales_hourly", rows)
 }
 
-/// A product to forecast, as `_stock_forecast` hands it over.
+/// A product to forecast, as `_stock_outlook` hands it over.
 #[derive(serde::Deserialize)]
 struct Product {
+    #[serde(deserialize_with = "uuid_text")]
+    store_id: Uuid,
     product_id: String,
     stock: Option<f64>,
     low_stock_threshold: Option<f64>,
     by_weight: Option<bool>,
 }
 
-/// Stock outlooks of the store's `products` (JSON array: product_id, stock,
-/// low_stock_threshold, by_weight) at `at`: their net demand over the last `DEMAND_DAYS`
-/// usable days, shaped by the store's week.
-#[pg_extern(stable, parallel_safe, schema = "analytics_internal")]
-fn _stock_forecast_json(store: Uuid, at: TimestampWithTimeZone, cover_days: i32, products: JsonB) -> JsonB {
-    let products: Vec<Product> =
-        serde_json::from_value(products.0).unwrap_or_else(|e| pgrx::error!("stock_forecast: products are not as expected: {e}"));
-    let rows = Spi::connect(|client| {
-        let history = histories(&client, &[store], at, model::WINDOW_DAYS)?.remove(&store).unwrap_or_default();
-        let today = targets(&client, &[store], at, 1)?.remove(&store).and_then(|mut t| t.pop());
-        let sales = SalesModel::fit(&history);
+/// A uuid from its text (as jsonb writes a uuid).
+fn uuid_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    let bytes: Option<Vec<u8>> = (hex.len() == 32)
+        .then(|| hex.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect())
+        .flatten();
+    bytes.and_then(|b| Uuid::from_slice(&b).ok()).ok_or_else(|| serde::de::Error::custom(format!("not a uuid: {text}")))
+}
+
+/// What the stock outlook of one store's products needs to know of the store, read for all
+/// the stores at once.
+struct StoreDemand {
+    histories: HashMap<Uuid, Vec<HistoryDay>>,
+    today: BTreeMap<Uuid, Vec<Target>>,
+    shares: HashMap<Uuid, [[f64; 24]; 7]>,
+    /// each product's net quantity by day offset
+    sold: HashMap<(Uuid, String), HashMap<i32, f64>>,
+    holidays: HashMap<Uuid, Vec<(i32, f64)>>,
+}
+
+impl StoreDemand {
+    fn read(client: &pgrx::spi::SpiClient, stores: &[Uuid], at: TimestampWithTimeZone) -> Result<StoreDemand, pgrx::spi::Error> {
+        let mut sold: HashMap<(Uuid, String), HashMap<i32, f64>> = HashMap::new();
+        for row in client.select(
+            "SELECT store_id, product_id::text, day_offset, net_qty::float8 FROM analytics_internal._forecast_demand($1, $2, $3)",
+            None,
+            &[stores.to_vec().into(), at.into(), model::DEMAND_DAYS.into()],
+        )? {
+            if let (Some(store), Some(product)) = (row.get::<Uuid>(1)?, row.get::<String>(2)?) {
+                sold.entry((store, product)).or_default().insert(row.get::<i32>(3)?.unwrap_or(0), row.get::<f64>(4)?.unwrap_or(0.0));
+            }
+        }
+        let mut holidays: HashMap<Uuid, Vec<(i32, f64)>> = HashMap::new();
+        for row in client.select(
+            "SELECT store_id, day_offset, sales_count::float8 FROM analytics_internal._forecast_holidays($1, $2, $3)",
+            None,
+            &[stores.to_vec().into(), at.into(), model::STOCK_HORIZON.into()],
+        )? {
+            if let Some(store) = row.get::<Uuid>(1)? {
+                holidays.entry(store).or_default().push((row.get::<i32>(2)?.unwrap_or(0), row.get::<f64>(3)?.unwrap_or(0.0)));
+            }
+        }
+        Ok(StoreDemand {
+            histories: histories(client, stores, at, model::WINDOW_DAYS)?,
+            today: targets(client, stores, at, 1)?,
+            shares: hour_shares(client, stores, at)?,
+            sold,
+            holidays,
+        })
+    }
+
+    /// The outlooks of one store's products.
+    fn outlooks(&self, store: Uuid, products: &[&Product], cover_days: i32, rows: &mut Vec<Value>) {
+        let history = self.histories.get(&store).map_or(&[][..], |h| &h[..]);
+        let sales = SalesModel::fit(history);
         // the usable days of the demand window, with how busy the store was on each
         let usable: Vec<(i32, f64)> = history
             .iter()
             .filter(|d| d.offset >= -model::DEMAND_DAYS && !d.holiday && d.figures.count > 0.0 && !sales.closed(d.weekday))
             .map(|d| (d.offset, sales.activity(d.offset, d.weekday)))
             .collect();
-        let mut sold: HashMap<String, HashMap<i32, f64>> = HashMap::new();
-        for row in client.select(
-            "SELECT product_id::text, day_offset, net_qty::float8 FROM analytics_internal._forecast_demand($1, $2, $3)",
-            None,
-            &[store.into(), at.into(), model::DEMAND_DAYS.into()],
-        )? {
-            if let Some(product) = row.get::<String>(1)? {
-                sold.entry(product).or_default().insert(row.get::<i32>(2)?.unwrap_or(0), row.get::<f64>(3)?.unwrap_or(0.0));
-            }
-        }
-        let (weekday, rest_of_today) = match &today {
+        let (weekday, rest_of_today) = match self.today.get(&store).and_then(|t| t.first()) {
             Some(t) => {
-                let shares = hour_shares(&client, store, at)?;
+                let day = self.shares.get(&store).map_or([0.0; 24], |s| s[t.weekday]);
                 let hour = (t.clock_hours.floor() as usize).min(23);
-                let day = &shares[t.weekday];
                 let rest: f64 = day[hour + 1..].iter().sum::<f64>() + day[hour] * (1.0 - t.clock_hours.fract());
                 let seen: f64 = day.iter().sum();
                 (t.weekday, if seen > 0.0 { rest } else { (24.0 - t.clock_hours) / 24.0 })
             }
             None => (0, 1.0),
         };
-        let holidays: Vec<(i32, f64)> = client
-            .select(
-                "SELECT day_offset, sales_count::float8 FROM analytics_internal._forecast_holidays($1, $2, $3)",
-                None,
-                &[store.into(), at.into(), model::STOCK_HORIZON.into()],
-            )?
-            .map(|row| Ok((row.get::<i32>(1)?.unwrap_or(0), row.get::<f64>(2)?.unwrap_or(0.0))))
-            .collect::<Result<_, pgrx::spi::Error>>()?;
-        let calendar = DemandCalendar::new(&sales, weekday, rest_of_today, &holidays);
+        let calendar = DemandCalendar::new(&sales, weekday, rest_of_today, self.holidays.get(&store).map_or(&[][..], |h| &h[..]));
         let empty = HashMap::new();
-        let mut rows = Vec::new();
-        for product in &products {
-            let days = sold.get(&product.product_id).unwrap_or(&empty);
+        for product in products {
+            let days = self.sold.get(&(store, product.product_id.clone())).unwrap_or(&empty);
             let demand: Vec<(f64, f64)> = usable.iter().map(|(offset, factor)| (days.get(offset).copied().unwrap_or(0.0), *factor)).collect();
             let by_unit = !product.by_weight.unwrap_or(false);
             let outlook = model::stock_outlook(
@@ -244,6 +270,7 @@ fn _stock_forecast_json(store: Uuid, at: TimestampWithTimeZone, cover_days: i32,
             );
             let digits = if by_unit { 2 } else { 3 };
             rows.push(json!({
+                "store_id": store.to_string(),
                 "product_id": product.product_id,
                 "status": outlook.status.as_str(),
                 "daily_demand": outlook.daily_demand.map_or(Value::Null, |d| rounded(d, 3)),
@@ -260,6 +287,30 @@ fn _stock_forecast_json(store: Uuid, at: TimestampWithTimeZone, cover_days: i32,
                     _ => Value::Null,
                 },
             }));
+        }
+    }
+}
+
+/// Stock outlooks of `products` (JSON array: store_id, product_id, stock,
+/// low_stock_threshold, by_weight; any number of stores) at `at`: each product's net demand
+/// over the last `DEMAND_DAYS` usable days of its store, shaped by the store's week. Every
+/// store's history is read in one pass (the alerts ask for all stores at once).
+#[pg_extern(stable, parallel_safe, schema = "analytics_internal")]
+fn _stock_forecast_json(at: TimestampWithTimeZone, cover_days: i32, products: JsonB) -> JsonB {
+    let products: Vec<Product> =
+        serde_json::from_value(products.0).unwrap_or_else(|e| pgrx::error!("stock_forecast: products are not as expected: {e}"));
+    let mut by_store: BTreeMap<Uuid, Vec<&Product>> = BTreeMap::new();
+    for product in &products {
+        by_store.entry(product.store_id).or_default().push(product);
+    }
+    let stores: Vec<Uuid> = by_store.keys().copied().collect();
+    let rows = Spi::connect(|client| {
+        let mut rows = Vec::with_capacity(products.len());
+        if !stores.is_empty() {
+            let known = StoreDemand::read(&client, &stores, at)?;
+            for (store, products) in &by_store {
+                known.outlooks(*store, products, cover_days, &mut rows);
+            }
         }
         Ok::<_, pgrx::spi::Error>(rows)
     });
