@@ -3210,14 +3210,14 @@ $$;
 REVOKE ALL ON analytics_internal.stock_out_alert_state FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('analytics_internal.stock_out_alert_state', '');
 REVOKE ALL ON FUNCTION analytics_internal._forecast_sales_json(uuid[], timestamptz, int), analytics_internal._forecast_hourly_json(uuid, timestamptz),
-              analytics_internal._stock_forecast_json(uuid, timestamptz, int, jsonb),
+              analytics_internal._stock_forecast_json(timestamptz, int, jsonb), analytics_internal._forecast_origins(uuid[], timestamptz),
               analytics_internal._forecast_history(uuid[], timestamptz, int), analytics_internal._forecast_days(uuid[], timestamptz, int),
-              analytics_internal._forecast_hours(uuid, timestamptz, int), analytics_internal._forecast_holidays(uuid, timestamptz, int),
-              analytics_internal._forecast_demand(uuid, timestamptz, int),
+              analytics_internal._forecast_hours(uuid[], timestamptz, int), analytics_internal._forecast_holidays(uuid[], timestamptz, int),
+              analytics_internal._forecast_demand(uuid[], timestamptz, int),
               analytics_internal._forecast_products(uuid), analytics_internal._forecast_products_body(regclass),
               analytics_internal._forecast_sales(uuid, int, timestamptz, bigint), analytics.forecast_sales(uuid, int, timestamptz),
               analytics_internal._forecast_sales_hourly(uuid, timestamptz, bigint), analytics.forecast_sales_hourly(uuid, timestamptz),
-              analytics_internal._stock_outlook(uuid, int, timestamptz, jsonb), analytics_internal._products_in_stock(uuid),
+              analytics_internal._stock_outlook(int, timestamptz, jsonb), analytics_internal._products_in_stock(uuid[]),
               analytics_internal._stock_forecast(uuid, int, bigint), analytics.stock_forecast(uuid, int),
               analytics.refresh_forecast_alerts(int, timestamptz), analytics.add_forecast_alerts_policy(interval, int)
     FROM PUBLIC;
