@@ -112,14 +112,20 @@ impl DayForecast {
     }
 }
 
+/// The median (the mean of the middle two when even), found by selection rather than a sort:
+/// Theil–Sen takes it of every pair's slope, a thousand and more for each fit.
 pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    if n == 0 {
+        return f64::NAN;
     }
+    let (below, middle, _) = values.select_nth_unstable_by(n / 2, |a, b| a.total_cmp(b));
+    let middle = *middle;
+    if n % 2 == 1 {
+        return middle;
+    }
+    let lower = below.iter().copied().max_by(|a, b| a.total_cmp(b)).unwrap_or(middle);
+    (lower + middle) / 2.0
 }
 
 /// The `p` quantile of sorted-or-not `values` (linear between order statistics).
@@ -626,7 +632,21 @@ mod tests {
         ] {
             assert!((quantile(&values, p) - expected).abs() < 1e-9, "{values:?} {p}");
         }
-        assert_eq!(median(&mut [3.0, 1.0, 2.0, 10.0]), 2.5);
+        for (mut values, expected) in [
+            (vec![3.0, 1.0, 2.0, 10.0], 2.5),
+            (vec![9.0, -1.0, 4.0, 4.0, 0.0], 4.0),
+            (vec![7.0, 7.0, 1.0, 1.0], 4.0),
+            (vec![5.0, 1.0, 8.0, 2.0, 6.0, 3.0], 4.0),
+            (vec![42.0], 42.0),
+        ] {
+            let sorted = {
+                let mut v = values.clone();
+                v.sort_by(|a, b| a.total_cmp(b));
+                v
+            };
+            assert_eq!(median(&mut values), expected, "{sorted:?}");
+        }
+        assert!(median(&mut []).is_nan());
         // one wild point does not bend the line
         let mut points: Vec<(f64, f64)> = (0..20).map(|t| (t as f64, 2.0 * t as f64 + 1.0)).collect();
         points[7].1 = 500.0;
