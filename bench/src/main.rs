@@ -802,7 +802,14 @@ const LIMITS: &str = "
   hot spot (heap_hot_search_buffer 4.6 %, buffer lookups 4.5 %, tbm_iterate 3.5 %, the rest
   spread over the executor). What bounds `kpis()` is those ~600 rows on ~450 pages per call;
   under 1 ms needs them clustered per store or summed over ranges ahead (a rollup more, one
-  more row written per sale, against the write-path aim). The plain SQL baselines use LA-CAJA's
+  more row written per sale, against the write-path aim). Since `kpis()` carries
+  `forecast_today`, each call also reads the store's last 56 days and fits the forecast:
+  0.56 ms a call of `_forecast_sales_json` in a loop on this database (the history 0.23 ms,
+  the fit and its JSON the rest), 18 % of `kpis()` in `perf`. That is about half of the
+  1.2 ms `kpis()` gained since the previous run (2.0 → 3.2 ms, now over the < 2 ms aim); in a
+  loop on the same database it takes 2.4 ms. An exact cache of it would have to learn when a
+  late sale changes one of the store's past days, which means a write on the POS path for
+  late sales. It is not done. The plain SQL baselines use LA-CAJA's
   own indexes and read only the days asked for; at 1M sales a store has about 14 sales a day,
   so a 30-day heatmap over the sales themselves reads about as many rows as the hourly rollup
   has cells.
