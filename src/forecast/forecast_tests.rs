@@ -31,14 +31,25 @@ mod tests {
              FROM generate_series(analytics.store_today('{STORE_A}') - 56, analytics.store_today('{STORE_A}') - 1, interval '1 day') AS d
              JOIN week ON week.weekday = extract(dow FROM d)::int
              CROSS JOIN LATERAL generate_series(1, week.sales) AS i;
-             INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
-             SELECT id, '{STORE_A}', sold_at, 36.5, 'BS',
-                    '{{\"subtotal_bs\": 73, \"subtotal_usd\": 2, \"discount_bs\": 0, \"discount_usd\": 0, \"total_bs\": 73, \"total_usd\": 2}}',
-                    '{{\"method\": \"CASH_BS\"}}'
-             FROM planned;
-             INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
-             SELECT gen_random_uuid(), id, 'f0000000-0000-4000-8000-000000000001', 2, 36.5, 1 FROM planned;"
+             {}",
+            sell_planned("planned", STORE_A, "f0000000-0000-4000-8000-000000000001", 2)
         ));
+    }
+
+    /// SQL that sells each row of the temp table `planned` (id, sold_at) in `store`: `qty` units
+    /// of `product` at 36.5 bs (1 usd) each, paid in bolívares.
+    fn sell_planned(planned: &str, store: &str, product: &str, qty: i32) -> String {
+        let (bs, usd) = (36.5 * qty as f64, qty);
+        format!(
+            "INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
+             SELECT id, '{store}', sold_at, 36.5, 'BS',
+                    jsonb_build_object('subtotal_bs', {bs}, 'subtotal_usd', {usd}, 'discount_bs', 0, 'discount_usd', 0,
+                                       'total_bs', {bs}, 'total_usd', {usd}),
+                    '{{\"method\": \"CASH_BS\"}}'
+             FROM {planned};
+             INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
+             SELECT gen_random_uuid(), id, '{product}', {qty}, 36.5, 1 FROM {planned};"
+        )
     }
 
     fn week_of(day_sql: &str) -> usize {
@@ -205,13 +216,8 @@ mod tests {
              CREATE TEMP TABLE planned_b AS
              SELECT gen_random_uuid() AS id, p.sold_at + interval '1 hour' AS sold_at FROM planned p
              WHERE extract(dow FROM p.sold_at AT TIME ZONE 'Asia/Tokyo') BETWEEN 1 AND 3;
-             INSERT INTO sales (id, store_id, sold_at, exchange_rate, currency, totals, payment)
-             SELECT id, '{STORE_B}', sold_at, 36.5, 'BS',
-                    '{{\"subtotal_bs\": 36.5, \"subtotal_usd\": 1, \"discount_bs\": 0, \"discount_usd\": 0, \"total_bs\": 36.5, \"total_usd\": 1}}',
-                    '{{\"method\": \"CASH_BS\"}}'
-             FROM planned_b;
-             INSERT INTO sale_items (id, sale_id, product_id, qty, unit_price_bs, unit_price_usd)
-             SELECT gen_random_uuid(), id, 'f0000000-0000-4000-8000-000000000003', 1, 36.5, 1 FROM planned_b;"
+             {}",
+            sell_planned("planned_b", STORE_B, "f0000000-0000-4000-8000-000000000003", 1)
         ));
         let outlooks = |stores: &str| {
             format!("SELECT * FROM analytics_internal._stock_outlook(14, now(), analytics_internal._products_in_stock(ARRAY[{stores}]::uuid[]))")
