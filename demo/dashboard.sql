@@ -51,3 +51,17 @@ SELECT (ARRAY['Sun','Mon','Tue','Wed','Thu','Fri','Sat'])[d + 1] AS day,
 FROM generate_series(0, 6) d CROSS JOIN generate_series(6, 22) h CROSS JOIN peak
 LEFT JOIN cells c ON c.day_of_week = d AND c.hour = h
 GROUP BY d, peak.top ORDER BY (d + 6) % 7;
+
+\echo 'analytics.forecast_sales(): the next 7 days, with the 80 % interval'
+SELECT day, to_char(day, 'Dy') AS weekday, status, expected_sales AS sales, sales_low || ' – ' || sales_high AS "80 % (sales)",
+       round(expected_usd, 2) AS "USD", round(usd_low, 2) || ' – ' || round(usd_high, 2) AS "80 % (USD)", note
+FROM analytics.forecast_sales(:'store', 7);
+
+\echo 'analytics.stock_forecast(): the products that run out first, and what to reorder for 14 days'
+SELECT name, unit, round(stock, 3) AS stock, round(daily_demand, 2) AS "a day", days_of_cover AS "days of cover",
+       stockout_date AS "runs out", stockout_earliest || ' – ' || coalesce(stockout_latest::text, 'later') AS "80 %",
+       reorder_qty AS reorder
+FROM analytics.stock_forecast(:'store')
+WHERE status = 'forecast'
+ORDER BY stockout_date NULLS LAST, name
+LIMIT 5;

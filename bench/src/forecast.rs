@@ -244,6 +244,12 @@ fn runs_out_within(stock: f64, demand: impl Iterator<Item = f64>, days: i32) -> 
 }
 
 pub fn run(server: &str, stores: u64, days: u64, seed: u64, command: &str, output: &str) {
+    // the earliest origin needs 28 days before it (the naive 28-day mean)
+    let needed = (EVALUATED_DAYS + HORIZON - 1 + 28) as u64;
+    if days < needed {
+        eprintln!("--forecast needs --days {needed} or more: the origin rolls over the last {EVALUATED_DAYS} days, each with 28 days before it");
+        std::process::exit(2);
+    }
     let started = Instant::now();
     let mut db = super::fresh_lacaja_database(server, DATABASE);
     db.batch_execute(
