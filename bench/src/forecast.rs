@@ -35,7 +35,10 @@ SELECT n, md5('forecast store ' || n)::uuid AS id,
        (4 + 8 * random())::numeric(8,2) AS ticket_usd,
        -0.3 + 0.8 * random() AS growth,
        n % 7 = 3 AS closed_sundays,
-       n % 3 AS shape
+       -- the weekly shape: each weekday's factor, Sunday first
+       CASE n % 3 WHEN 0 THEN ARRAY[0.6, 0.9, 0.9, 1.0, 1.0, 1.3, 1.5]
+                  WHEN 1 THEN ARRAY[1.2, 0.8, 0.85, 0.9, 1.0, 1.2, 1.4]
+                  ELSE ARRAY[0.5, 1.0, 1.0, 1.0, 1.05, 1.1, 1.2] END::float8[] AS week
 FROM generate_series(0, :stores - 1) n;
 INSERT INTO stores (id, name) SELECT id, 'Store ' || n FROM bench_stores;
 CREATE TABLE bench_products AS
@@ -62,9 +65,7 @@ CROSS JOIN LATERAL (SELECT random() + 0 * d.i * s.n < 0.03 AS promotion,
 CROSS JOIN LATERAL (
     SELECT p.promotion,
            s.per_day * (1 + s.growth * d.i / 365.0) * p.noise * CASE WHEN p.promotion THEN 1.8 ELSE 1 END
-           * CASE s.shape WHEN 0 THEN (ARRAY[0.6, 0.9, 0.9, 1.0, 1.0, 1.3, 1.5])[1 + extract(dow FROM d.day)::int]
-                          WHEN 1 THEN (ARRAY[1.2, 0.8, 0.85, 0.9, 1.0, 1.2, 1.4])[1 + extract(dow FROM d.day)::int]
-                          ELSE (ARRAY[0.5, 1.0, 1.0, 1.0, 1.05, 1.1, 1.2])[1 + extract(dow FROM d.day)::int] END AS rate) r
+           * s.week[1 + extract(dow FROM d.day)::int] AS rate) r
 WHERE NOT EXISTS (SELECT 1 FROM analytics.holidays h WHERE h.day = d.day)
   AND NOT (s.closed_sundays AND extract(dow FROM d.day) = 0);
 "#;
@@ -127,7 +128,8 @@ impl Draws {
 /// quantity (1.8 units, 0.7 kg) × the 99 % not returned. A classifier given these rates shows
 /// how much of the stock-out error is the demand's own randomness, not the model's.
 struct Generator {
-    stores: HashMap<String, (f64, f64, i32, bool)>,
+    /// per store: sales a day, growth a year, each weekday's factor (Sunday first), closed on Sundays
+    stores: HashMap<String, (f64, f64, Vec<f64>, bool)>,
     products: HashMap<String, (String, i32, bool)>,
     first_day: i32,
     today_weekday: i32,
@@ -137,7 +139,7 @@ struct Generator {
 impl Generator {
     fn read(db: &mut postgres::Client, first_day: i32, holidays: &[i32]) -> Generator {
         let stores = db
-            .query("SELECT id::text, per_day::float8, growth::float8, shape::int, closed_sundays FROM bench_stores", &[])
+            .query("SELECT id::text, per_day::float8, growth::float8, week, closed_sundays FROM bench_stores", &[])
             .unwrap()
             .iter()
             .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
@@ -154,16 +156,14 @@ impl Generator {
 
     /// day: offset from today
     fn expected_demand(&self, product: &str, day: i32) -> f64 {
-        const SHAPES: [[f64; 7]; 3] =
-            [[0.6, 0.9, 0.9, 1.0, 1.0, 1.3, 1.5], [1.2, 0.8, 0.85, 0.9, 1.0, 1.2, 1.4], [0.5, 1.0, 1.0, 1.0, 1.05, 1.1, 1.2]];
         let (store, rank, by_weight) = &self.products[product];
-        let (per_day, growth, shape, closed_sundays) = self.stores[store];
+        let (per_day, growth, week, closed_sundays) = &self.stores[store];
         let weekday = (self.today_weekday + day).rem_euclid(7) as usize;
-        if self.holidays.contains(&day) || (closed_sundays && weekday == 0) {
+        if self.holidays.contains(&day) || (*closed_sundays && weekday == 0) {
             return 0.0;
         }
         let i = (day - self.first_day) as f64;
-        let sales = per_day * (1.0 + growth * i / 365.0) * SHAPES[shape as usize][weekday] * 0.005f64.exp() * (1.0 + 0.03 * 0.8);
+        let sales = per_day * (1.0 + growth * i / 365.0) * week[weekday] * 0.005f64.exp() * (1.0 + 0.03 * 0.8);
         let share = ((*rank + 1) as f64 / PRODUCTS as f64).sqrt() - (*rank as f64 / PRODUCTS as f64).sqrt();
         sales * 2.0 * share * if *by_weight { 0.7 } else { 1.8 } * 0.99
     }
